@@ -1,0 +1,3 @@
+"""rlqa: reinforcement-learning post-training for reasoning LLMs."""
+
+__version__ = "0.1.0"
