@@ -1,0 +1,1 @@
+"""Built-in procedurally generated tasks (the embedded default needs no downloads)."""

@@ -1,0 +1,265 @@
+"""The reward pipeline: run the recipe's reward terms on a batch, safely, and sum them.
+
+    total_i = Σ_t weight_t · r_t,i          (a term's None, "no opinion", adds 0)
+    correct_i = correctness_fn_i >= 0.5     (kept apart from the total; None when unknown)
+
+User reward code may raise, hang, return garbage or kill its interpreter. So terms run in persistent worker
+processes (`rewards.workers`), one call per term on the whole batch, each under the term's deadline. A failed sample
+(error, timeout, NaN/inf, wrong-length return) scores 0 (failure_value="zero") or is dropped (failure_value="drop":
+its total is NaN and the caller removes it from its group); failures are counted in metrics, the first of each kind
+per term is logged, and strict=True turns any failure into a `RewardError`.
+
+Correctness runs first and its result reaches the other terms as the `correct` column (length rewards use it).
+"""
+
+import asyncio
+import inspect
+import logging
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rewards.registry import load_reward_fn, resolve_spec
+from rewards.workers import Outcome, WorkerPool
+from rlqa.errors import UserError
+
+logger = logging.getLogger("rlqa.rewards")
+
+FAILURE_KINDS = ("errors", "timeouts", "nonfinite", "wrong_length")
+CORRECTNESS_DEADLINE_S = 30.0
+
+
+class RewardError(Exception):
+    """A reward term failed while the pipeline runs with strict=True."""
+
+
+@dataclass(frozen=True)
+class RewardTermSpec:
+    name: str
+    fn: str  # a built-in name, "package.module:function" or "path/to/file.py:function"
+    weight: float = 1.0
+    kwargs: dict = field(default_factory=dict)
+    deadline_s: float = 30.0
+
+
+@dataclass
+class RewardOutput:
+    total: list[float]  # Σ weight · value per sample; NaN where dropped
+    terms: dict[str, list[float]]  # per term after failure handling; NaN where dropped or the term had no opinion
+    correct: list[bool | None]  # from the correctness function, kept apart from the total
+    dropped: list[bool]  # a failing term dropped the sample (failure_value="drop")
+    metrics: dict[str, float]  # "reward/<term>" (mean over values), "reward/<term>/<failure kind>" (counts)
+
+
+@dataclass
+class _Judged:
+    """One term's values on a batch: None where it gave no value (no opinion or failed); the failure kind per sample;
+    the first failure's description."""
+
+    values: list[float | None]
+    failures: list[str | None]
+    message: str = ""
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: each call is one dict key
+class _Call:
+    """One function call on the batch: `name` labels its metrics and logs, `fn_index` picks the loaded function."""
+
+    name: str
+    spec: str
+    fn_index: int
+    kwargs: dict
+    deadline_s: float
+
+
+class RewardPipeline:
+    """Reward terms run in `workers` processes, started here, which import every function once.
+
+    correctness: spec of the function whose value >= 0.5 makes a sample correct (None: `correct` stays None).
+    strict: raise `RewardError` on any failure instead of counting it.
+    failure_value: what a failed sample gets, "zero" (0 for that term) or "drop" (NaN total, `dropped` True).
+    base_dir: where relative "path/to/file.py:function" specs are found (the recipe's directory).
+    """
+
+    def __init__(
+        self,
+        terms: list[RewardTermSpec],
+        *,
+        correctness: str | None = "accuracy",
+        strict: bool = False,
+        failure_value: Literal["zero", "drop"] = "zero",
+        workers: int = 1,
+        base_dir: Path | None = None,
+    ):
+        names = [term.name for term in terms]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise UserError(f"rewards.terms: more than one term is named {duplicates[0]!r}; give each a distinct name")
+        if failure_value not in ("zero", "drop"):
+            raise UserError(f"rewards.failure_value: {failure_value!r} is not one of 'zero', 'drop'")
+        self.terms = list(terms)
+        self.strict = strict
+        self.failure_value = failure_value
+        self._logged: set[tuple[str, str]] = set()
+        # Workers load each distinct function once; a call names its function by index into this list.
+        specs = [resolve_spec(term.fn, base_dir=base_dir) for term in terms]
+        correctness_spec = None if correctness is None else resolve_spec(correctness, base_dir=base_dir)
+        loaded = list(dict.fromkeys(specs + ([correctness_spec] if correctness_spec else [])))
+        self._calls = [
+            _Call(term.name, spec, loaded.index(spec), dict(term.kwargs), term.deadline_s)
+            for term, spec in zip(terms, specs)
+        ]
+        # `correct` comes from a term computing exactly the correctness function when there is one, else its own call.
+        self._correctness: _Call | None = None
+        if correctness_spec is not None:
+            self._correctness = next(
+                (call for call in self._calls if call.spec == correctness_spec and not call.kwargs),
+                _Call("correctness", correctness_spec, loaded.index(correctness_spec), {}, CORRECTNESS_DEADLINE_S),
+            )
+        self._pool = WorkerPool(
+            _call_reward, initializer=_load_functions, initargs=(loaded,), processes=workers, name="rlqa-reward"
+        )
+        self._pool.start()
+
+    def __call__(self, completions: list, prompts: list, columns: dict[str, list]) -> RewardOutput:
+        batch = len(completions)
+        for key, values in {"prompts": prompts, **columns}.items():
+            if len(values) != batch:
+                raise ValueError(f"{key} has {len(values)} entries for {batch} completions")
+        judged: dict[_Call, _Judged] = {}
+        correct: list[bool | None] = [None] * batch
+        if self._correctness is not None:
+            if "correct" in columns:
+                raise ValueError("columns hold 'correct', which the pipeline computes from the correctness function")
+            judged[self._correctness] = self._run([self._correctness], completions, prompts, columns)[0]
+            correct = [None if value is None else value >= 0.5 for value in judged[self._correctness].values]
+            columns = {**columns, "correct": correct}
+        rest = [call for call in self._calls if call not in judged]
+        judged |= dict(zip(rest, self._run(rest, completions, prompts, columns)))
+        return self._combine([judged[call] for call in self._calls], correct, batch)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> "RewardPipeline":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _run(self, calls: list[_Call], completions, prompts, columns) -> list[_Judged]:
+        tasks = [(call.fn_index, completions, prompts, columns, call.kwargs) for call in calls]
+        outcomes = self._pool.run(tasks, [call.deadline_s for call in calls])
+        judged = []
+        for call, outcome in zip(calls, outcomes):
+            judged.append(judge(outcome, len(completions), call.spec, call.deadline_s))
+            self._report(call, judged[-1])
+        return judged
+
+    def _report(self, call: _Call, judged: _Judged) -> None:
+        for kind in FAILURE_KINDS:
+            if kind not in judged.failures:
+                continue
+            if self.strict:
+                raise RewardError(f"reward term {call.name!r} failed with {kind}: {judged.message}")
+            if (call.name, kind) not in self._logged:
+                self._logged.add((call.name, kind))
+                logger.warning("reward term %r, first %s (later ones counted): %s", call.name, kind, judged.message)
+
+    def _combine(self, judged: list[_Judged], correct: list[bool | None], batch: int) -> RewardOutput:
+        drop = self.failure_value == "drop"
+        dropped = [drop and any(result.failures[i] is not None for result in judged) for i in range(batch)]
+        terms: dict[str, list[float]] = {}
+        metrics: dict[str, float] = {}
+        for term, result in zip(self.terms, judged):
+            terms[term.name] = [
+                _term_value(value, failure, is_dropped)
+                for value, failure, is_dropped in zip(result.values, result.failures, dropped)
+            ]
+            metrics[f"reward/{term.name}"] = _nanmean(terms[term.name])
+            for kind in FAILURE_KINDS:
+                metrics[f"reward/{term.name}/{kind}"] = float(result.failures.count(kind))
+        total = [math.nan if dropped[i] else _weighted_sum(self.terms, terms, i) for i in range(batch)]
+        metrics["reward/mean"] = _nanmean(total)
+        if self._correctness is not None:
+            known = [value for value in correct if value is not None]
+            metrics["correct/mean"] = sum(known) / len(known) if known else math.nan
+            metrics["correct/unknown"] = float(batch - len(known))
+        return RewardOutput(total=total, terms=terms, correct=correct, dropped=dropped, metrics=metrics)
+
+
+def _term_value(value: float | None, failure: str | None, dropped: bool) -> float:
+    """NaN for a dropped sample or no opinion; 0 for a failure that does not drop (failure_value="zero")."""
+    if dropped:
+        return math.nan
+    if failure is not None:
+        return 0.0
+    return math.nan if value is None else value
+
+
+def _weighted_sum(specs: list[RewardTermSpec], terms: dict[str, list[float]], i: int) -> float:
+    """Σ_t weight_t · r_t,i over the terms that have a value for sample i (no opinion adds 0)."""
+    return sum(spec.weight * terms[spec.name][i] for spec in specs if not math.isnan(terms[spec.name][i]))
+
+
+def judge(outcome: Outcome, batch: int, label: str, deadline_s: float) -> _Judged:
+    """Check one term call's outcome against the batch: every sample fails alike on an error, a timeout or a
+    wrong-length return; single samples fail on NaN or inf. `label` names the function in the failure message."""
+    if outcome.status == "timeout":
+        message = f"{label} ran past its deadline of {deadline_s:g} s; its worker was killed and restarted"
+        return _all_failed("timeouts", batch, message)
+    if outcome.status == "crashed":
+        return _all_failed("errors", batch, f"{label} killed its worker: {outcome.detail}")
+    if outcome.status == "error":
+        return _all_failed("errors", batch, f"{label} raised:\n{outcome.detail}")
+    values = outcome.value
+    if isinstance(values, str):
+        message = f"{label} returned a value of type {values}, not a list of {batch} values"
+        return _all_failed("wrong_length", batch, message)
+    if len(values) != batch:
+        return _all_failed("wrong_length", batch, f"{label} returned {len(values)} values for a batch of {batch}")
+    judged = _Judged(values=list(values), failures=[None] * batch)
+    for i, value in enumerate(values):
+        if value is not None and not math.isfinite(value):
+            judged.values[i], judged.failures[i] = None, "nonfinite"
+            judged.message = judged.message or f"{label} returned {value} for sample {i}"
+    return judged
+
+
+def _all_failed(kind: str, batch: int, message: str) -> _Judged:
+    return _Judged(values=[None] * batch, failures=[kind] * batch, message=message)
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [value for value in values if not math.isnan(value)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _load_functions(specs: list[str]) -> list[Callable]:
+    """Worker initializer: import every reward function once."""
+    return [load_reward_fn(spec) for spec in specs]
+
+
+def _call_reward(functions: list[Callable], task: tuple) -> list[float | None] | str:
+    """Worker handler: one term on the whole batch. Returns the values as plain floats (None kept), or the type name
+    of a return value that is not a sequence."""
+    fn_index, completions, prompts, columns, kwargs = task
+    values = functions[fn_index](completions, prompts, **columns, **kwargs)
+    if inspect.iscoroutine(values):  # an async def reward
+        values = asyncio.run(values)
+    if hasattr(values, "tolist"):  # a NumPy array or a torch tensor
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        return type(values).__name__
+    return [_as_float(value, i) for i, value in enumerate(values)]
+
+
+def _as_float(value: Any, index: int) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"value {index} has type {type(value).__name__}, not a number or None")

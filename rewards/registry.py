@@ -1,0 +1,99 @@
+"""Reward functions by name: the built-ins, any importable `package.module:function`, or `path/to/file.py:function`.
+
+A recipe names each reward term's function with one of these specs. Loading one is the only place a spec turns into
+code, so every way a spec can be wrong ends here as a one-line `UserError`.
+"""
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rlqa.errors import UserError
+
+# Short names a recipe may use; other engineers add theirs here.
+BUILTIN_REWARDS: dict[str, str] = {
+    "accuracy": "rewards.math:accuracy",
+}
+
+
+def resolve_spec(spec: str, *, base_dir: Path | None = None) -> str:
+    """The canonical form of a spec: built-in names expanded, file paths made absolute. Imports nothing.
+
+    Two specs naming the same function resolve to the same string, e.g. "accuracy" and "rewards.math:accuracy".
+    """
+    spec = spec.strip()
+    if ":" not in spec:
+        if spec not in BUILTIN_REWARDS:
+            raise UserError(
+                f"reward {spec!r}: not a built-in reward (built-ins: {', '.join(sorted(BUILTIN_REWARDS))}); "
+                "custom rewards are 'package.module:function' or 'path/to/file.py:function'"
+            )
+        return BUILTIN_REWARDS[spec]
+    location, _, attribute = spec.rpartition(":")
+    if not location or not attribute:
+        raise UserError(f"reward {spec!r}: expected 'package.module:function' or 'path/to/file.py:function'")
+    if _is_path(location):
+        path = Path(location).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        return f"{path.resolve()}:{attribute}"
+    return f"{location}:{attribute}"
+
+
+def function_name(spec: str) -> str:
+    """The name a term gets by default: the function's own name ("rewards.math:accuracy" -> "accuracy")."""
+    return spec.rpartition(":")[2].rpartition(".")[2] or spec
+
+
+def load_reward_fn(spec: str, *, base_dir: Path | None = None) -> Callable:
+    """The function a spec names; relative file paths are resolved against base_dir (the recipe's directory)."""
+    location, _, attribute = resolve_spec(spec, base_dir=base_dir).rpartition(":")
+    if _is_path(location):
+        module = _import_file(spec, Path(location))
+    else:
+        module = _import_module(spec, location)
+    target = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise UserError(f"reward {spec!r}: {location} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise UserError(f"reward {spec!r}: {attribute} is not callable (type {type(target).__name__})")
+    return target
+
+
+def _is_path(location: str) -> bool:
+    return location.endswith(".py") or "/" in location or "\\" in location
+
+
+def _import_module(spec: str, name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise UserError(f"reward {spec!r}: no module named {exc.name!r}") from exc
+        raise UserError(f"reward {spec!r}: importing {name} failed: {exc}") from exc
+    except Exception as exc:
+        raise UserError(f"reward {spec!r}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _import_file(spec: str, path: Path):
+    if not path.is_file():
+        raise UserError(f"reward {spec!r}: no such file {path}")
+    # One module per file, under a name unique to its path, so two recipes' "rewards.py" do not collide.
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    module_name = f"rlqa_user_rewards_{path.stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise UserError(f"reward {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module

@@ -1,0 +1,57 @@
+"""Generalised advantage estimation for PPO with a critic (ReFT), and masked whitening.
+
+Token sequences are right-padded: each row of `mask` is 1 on the response tokens, then 0.
+"""
+
+import torch
+from torch import Tensor
+
+from rlqa.algorithms.losses import masked_mean
+
+
+@torch.no_grad()
+def gae_advantages(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """GAE over right-padded token sequences.
+
+        δ_t = r_t + γ V_{t+1} - V_t        (V past the last response token is 0: the episode ends there)
+        A_t = Σ_k (γλ)^k δ_{t+k} = δ_t + γλ A_{t+1}
+        returns_t = A_t + V_t
+
+    rewards, values, mask: (B, T). Returns (advantages (B, T), returns (B, T)), both 0 where mask is 0.
+    Computed without gradient: advantages and returns are targets, not functions of the critic being trained.
+    """
+    mask = mask.bool()
+    # Padding may hold anything (even inf); select rather than multiply so it cannot leak in as nan.
+    rewards = torch.where(mask, rewards, 0.0)  # (B, T)
+    values = torch.where(mask, values, 0.0)  # (B, T)
+    advantages = torch.zeros_like(values)  # (B, T)
+    next_value = torch.zeros_like(values[:, 0])  # (B,)
+    next_advantage = torch.zeros_like(values[:, 0])  # (B,)
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
+        # Masked steps come after the last token (right padding), so zeroing them ends each episode at its last token.
+        next_advantage = torch.where(mask[:, t], delta + gamma * lam * next_advantage, 0.0)  # (B,)
+        next_value = values[:, t]
+        advantages[:, t] = next_advantage
+    returns = torch.where(mask, advantages + values, 0.0)  # (B, T)
+    return advantages, returns
+
+
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Masked whitening: (x - μ) / sqrt(σ² + eps) over the positions where mask is 1.
+
+    σ² is the unbiased (n - 1) variance, as in TRL and verl; with fewer than two masked positions it is taken as 0.
+    `shift_mean=False` keeps the original mean: (x - μ) / sqrt(σ² + eps) + μ (TRL/verl semantics).
+    x, mask: same shape, e.g. (B, T) or (N,). Returns that shape, 0 where mask is 0.
+    """
+    mask = mask.bool()
+    x = torch.where(mask, x, 0.0)
+    count = mask.sum()
+    mean = masked_mean(x, mask)
+    variance = torch.where(mask, x - mean, 0.0).square().sum() / (count - 1).clamp(min=1)
+    whitened = (x - mean) * torch.rsqrt(variance + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask, whitened, 0.0)

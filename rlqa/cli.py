@@ -1,0 +1,99 @@
+"""`rlqa train | check | eval | export`: the command line. User mistakes exit 2 with one line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from rlqa.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlqa", description="RL post-training for reasoning LLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run a recipe (SFT warm-up if configured, then RL)")
+    train.add_argument("recipe", help="recipe YAML")
+    train.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    train.add_argument("--run-dir", type=Path, help="run directory (default: trainer.output_dir/<recipe>-<time>)")
+    group = train.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from the latest good checkpoint in --run-dir")
+    group.add_argument("--resume-from", type=Path, help="continue from this checkpoint directory")
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+
+    check = sub.add_parser("check", help="validate a recipe and print it resolved; runs nothing")
+    check.add_argument("recipe")
+    check.add_argument("overrides", nargs="*")
+
+    ev = sub.add_parser("eval", help="held-out accuracy and pass@k of a checkpoint or run directory")
+    ev.add_argument("target", type=Path, help="run directory, checkpoint directory, or Hugging Face model directory")
+    ev.add_argument("--data", help="dataset file (default: the run's data.test)")
+    ev.add_argument("--k", type=int, help="samples per prompt for pass@k")
+    ev.add_argument("--address", help="Ray cluster address")
+    return parser
+
+
+def _train(args) -> int:
+    from rlqa import checkpoint
+    from rlqa.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.resume and args.run_dir is None:
+        raise UserError("--resume needs --run-dir DIR (the run to continue)")
+    run_dir = args.run_dir or Path(recipe.trainer.output_dir) / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    resume_from = None
+    if args.resume:
+        resume_from = checkpoint.latest_good(run_dir, warn=lambda m: print(m, file=sys.stderr))
+        if resume_from is None:
+            raise UserError(f"{run_dir}: no usable checkpoint to resume from")
+        print(f"resuming from {resume_from}", flush=True)
+    elif args.resume_from is not None:
+        resume_from = args.resume_from
+        try:
+            checkpoint.verify(resume_from)
+        except checkpoint.CheckpointError as err:
+            raise UserError(f"--resume-from: {err}") from None
+    from rlqa.trainer import train
+
+    summary = train(recipe, run_dir, resume_from=resume_from, address=args.address)
+    print(f"run directory: {run_dir}")
+    if "after" in summary.get("eval", {}):
+        before = summary["eval"].get("before", {}).get("accuracy")
+        after = summary["eval"]["after"]["accuracy"]
+        print(f"held-out greedy accuracy: {before if before is None else f'{before:.3f}'} -> {after:.3f}")
+    return 0
+
+
+def _check(args) -> int:
+    from rlqa.config import load_recipe, to_yaml
+
+    print(to_yaml(load_recipe(args.recipe, args.overrides)), end="")
+    return 0
+
+
+def _eval(args) -> int:
+    from rlqa.offline_eval import evaluate_target
+
+    results = evaluate_target(args.target, data=args.data, k=args.k, address=args.address)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return {"train": _train, "check": _check, "eval": _eval}[args.command](args)
+    except UserError as err:
+        print(f"rlqa: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The recipe schema: YAML plus dotted command-line overrides, validated into one frozen config.
+
+Every field has a default and one line of help; a recipe holds only what it changes. Unknown keys and wrong types
+are `UserError`s that name the file and the key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlqa.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelConfig(Section):
+    hidden_size: int = Field(128, description="width of the tiny Llama-style model built when model.path is null")
+    layers: int = Field(4, description="number of transformer blocks")
+    heads: int = Field(4, description="attention heads")
+    intermediate_size: int = Field(512, description="MLP width")
+    max_positions: int = Field(256, description="longest prompt + completion in tokens")
+
+
+class ModelConfig(Section):
+    path: str | None = Field(None, description="local Hugging Face model directory; null builds the tiny model")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="shape of the tiny built-in model")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
+    trust_remote_code: bool = Field(False, description="allow custom modelling code from model.path")
+
+
+class DatasetConfig(Section):
+    path: str | None = Field(None, description="JSONL or Parquet file (relative paths: to the recipe's directory)")
+    task: Literal["arithmetic"] | None = Field(None, description="a built-in generated task instead of a file")
+    split: Literal["train", "test"] = Field("train", description="which split of the built-in task")
+    size: int = Field(1000, gt=0, description="number of examples generated for a built-in task")
+    levels: list[int] = Field([1, 2, 3, 4], description="difficulty levels of the built-in task")
+    verbose_fraction: float = Field(0.5, ge=0, le=1, description="share of verbose worked solutions (built-in task)")
+    seed: int = Field(0, description="seed of the built-in task generator")
+    format: Literal["auto", "jsonl", "parquet", "verl", "gsm8k"] = Field("auto", description="file format")
+    prompt_key: str | None = Field(None, description="column holding the prompt (default: the format's own)")
+    answer_key: str | None = Field(None, description="column holding the gold answer, dotted for nested (default: the format's)")
+    solution_key: str | None = Field(None, description="column holding a worked solution (SFT target)")
+    id_key: str | None = Field(None, description="column holding a stable prompt id (default: file stem + row)")
+    prompt_template: str = Field("{prompt}", description="str.format template over the row's columns")
+    chat_template: bool = Field(False, description="render prompts with the tokenizer's chat template")
+    system_prompt: str | None = Field(None, description="system message when chat_template is on")
+    limit: int | None = Field(None, gt=0, description="use only the first N rows")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if (self.path is None) == (self.task is None):
+            raise ValueError("give exactly one of 'path' (a file) or 'task' (a built-in task)")
+        return self
+
+
+class DataConfig(Section):
+    train: DatasetConfig = Field(
+        default_factory=lambda: DatasetConfig(task="arithmetic", split="train", size=2000),
+        description="prompts for RL (and the SFT warm-up unless sft.data is set)",
+    )
+    test: DatasetConfig = Field(
+        default_factory=lambda: DatasetConfig(task="arithmetic", split="test", size=200),
+        description="held-out prompts for evaluation",
+    )
+
+
+class RolloutConfig(Section):
+    workers: int = Field(2, ge=1, description="RolloutWorker actors")
+    backend: Literal["hf"] = Field("hf", description="generation backend")
+    prompts_per_step: int = Field(16, ge=1, description="prompts in each step's batch")
+    rollouts_per_prompt: int = Field(8, ge=1, description="nominal rollouts per prompt (budget = prompts x this)")
+    max_new_tokens: int = Field(64, ge=1, description="generation limit per completion")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling (log-probs stay those of logits / T)")
+    top_k: int = Field(0, ge=0, description="top-k sampling, 0 = off")
+    micro_batch_size: int = Field(64, ge=1, description="sequences generated together in one worker")
+    cpus_per_worker: float = Field(1.0, ge=0, description="CPUs Ray reserves for each worker")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs Ray reserves for each worker")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per worker on CPU")
+
+
+class LearnerConfig(Section):
+    workers: int = Field(1, ge=1, description="Learner actors (more than one: DeepSpeed data parallel)")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage for learner.workers > 1")
+    lr: float = Field(1e-5, gt=0, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    warmup_steps: int = Field(0, ge=0, description="linear LR warm-up, in optimizer steps")
+    schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="LR after warm-up")
+    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
+    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward (gradient accumulation)")
+    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per pass over a rollout batch")
+    cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each learner")
+    gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for each learner")
+    torch_threads: int = Field(2, ge=1, description="intra-op threads of the learner on CPU")
+
+
+class AlgorithmConfig(Section):
+    name: Literal["grpo"] = Field("grpo", description="policy optimisation algorithm")
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"] = Field("grpo", description="advantage estimator")
+    clip_low: float = Field(0.2, ge=0, description="ratio clip below 1")
+    clip_high: float = Field(0.2, ge=0, description="ratio clip above 1 (DAPO clip-higher: 0.28)")
+    dual_clip: float | None = Field(None, gt=1, description="dual-clip constant c for negative advantages")
+    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+        "token-mean", description="how per-token losses are averaged"
+    )
+    kl_coef: float = Field(0.0, ge=0, description="beta of the KL-to-reference loss term (0: no reference)")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="per-token KL estimator")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus in the loss (entropy is measured anyway)")
+
+
+class RewardTermConfig(Section):
+    fn: str = Field(description="built-in name, package.module:function or path/to/file.py:function")
+    name: str | None = Field(None, description="metric name (default: the function's name)")
+    weight: float = Field(1.0, description="weight in the total reward")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments")
+    deadline_s: float = Field(30.0, gt=0, description="per-call deadline; past it the samples count as timeouts")
+
+
+class RewardsConfig(Section):
+    terms: list[RewardTermConfig] = Field(
+        default_factory=lambda: [RewardTermConfig(fn="accuracy")], description="terms of the total reward"
+    )
+    correctness: str | None = Field("accuracy", description="function whose 1/0 gives `correct`")
+    strict: bool = Field(False, description="stop the run on any reward failure")
+    failure_value: Literal["zero", "drop"] = Field("zero", description="what a failed sample gets")
+    workers: int = Field(1, ge=1, description="reward worker processes")
+
+
+class SamplerConfig(Section):
+    allocation: Literal["uniform", "difficulty"] = Field("difficulty", description="how a step's rollouts are spread")
+    n_min: int | None = Field(None, ge=1, description="fewest rollouts per prompt (default: rollout.rollouts_per_prompt)")
+    n_max: int | None = Field(None, ge=1, description="most rollouts per prompt (default: rollout.rollouts_per_prompt)")
+    schedule_delta: int = Field(0, ge=0, description="after each epoch n_min -= delta and n_max += delta (E3: 2)")
+    n_low: int | None = Field(None, ge=1, description="floor of the n_min schedule (E3: 4)")
+    n_high: int | None = Field(None, ge=1, description="ceiling of the n_max schedule (E3: 12)")
+    decay: float = Field(0.9, gt=0, le=1, description="forgetting factor of each prompt's pass-rate estimate")
+    prior_strength: float = Field(2.0, gt=0, description="pseudo-counts of the prior from the offline rank")
+    rank_column: str | None = Field("rank", description="dataset column with an offline difficulty in [0, 1)")
+    skip_mastered: float | None = Field(None, gt=0, le=1, description="skip prompts whose pass rate is above this")
+    revisit_prob: float = Field(0.1, ge=0, le=1, description="chance a mastered prompt is visited anyway")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop zero-variance groups and draw more prompts")
+    max_extra_rounds: int = Field(3, ge=0, description="cap on extra generation rounds of dynamic sampling")
+
+
+class TemperatureConfig(Section):
+    mode: Literal["fixed", "entropy"] = Field("entropy", description="fixed, or E3's entropy-holding controller")
+    initial: float = Field(1.0, gt=0, description="sampling temperature at the start")
+    target: float | None = Field(None, gt=0, description="target entropy (default: measured over the warm-up updates)")
+    warmup_updates: int = Field(1, ge=1, description="updates whose mean entropy becomes the target")
+    t_min: float = Field(0.5, gt=0, description="lowest temperature")
+    t_max: float = Field(2.0, gt=0, description="highest temperature")
+    anneal_fraction: float = Field(0.4, ge=0, le=1, description="cosine-anneal the target to 0.9x over this last part")
+
+
+class SFTConfig(Section):
+    data: DatasetConfig | None = Field(None, description="SFT examples with solutions (default: data.train)")
+    epochs: float = Field(2.0, gt=0, description="passes over the SFT data")
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs decide)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    batch_size: int = Field(32, ge=1, description="examples per optimizer step")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="share of steps with linear LR warm-up")
+    schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="LR schedule")
+
+
+class TrainerConfig(Section):
+    steps: int = Field(50, ge=0, description="RL steps")
+    seed: int = Field(0, description="run seed: every random choice derives from it")
+    output_dir: str = Field("runs", description="parent of run directories when --run-dir is not given")
+    eval_before: bool = Field(True, description="evaluate on data.test before RL")
+    eval_after: bool = Field(True, description="evaluate on data.test after RL")
+    eval_every: int = Field(0, ge=0, description="also evaluate every N steps (0: never)")
+    eval_k: int = Field(4, ge=1, description="samples per prompt for pass@k")
+    eval_temperature: float = Field(1.0, gt=0, description="temperature of the pass@k samples")
+
+
+class CheckpointConfig(Section):
+    every: int = Field(0, ge=0, description="save every N steps (0: only at the end)")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept")
+
+
+class LoggingConfig(Section):
+    progress: bool = Field(True, description="live progress bar on the terminal")
+    samples_per_step: int = Field(4, ge=0, description="completions written to samples.jsonl each step")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="cluster to join (default: start an embedded local Ray)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: what actors need)")
+
+
+class Recipe(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    temperature: TemperatureConfig = Field(default_factory=TemperatureConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    sft: SFTConfig | None = Field(None, description="SFT warm-up before RL (absent: RL starts from model.path)")
+    base_dir: str = Field(".", description="directory relative paths resolve against (set to the recipe's)")
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `0.5`, `true`, `[1, 2]`)."""
+    if "=" not in override:
+        raise UserError(f"override '{override}': expected key.path=value")
+    key, _, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"override '{override}': empty key in '{key}'")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"override '{override}': value is not valid YAML ({err.problem})") from None
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"override '{override}': {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(error: dict) -> str:
+    path = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    return f"{path or '(top level)'}: {message}"
+
+
+def validate_recipe(raw: dict, *, source: str, base_dir: Path) -> Recipe:
+    """Validate a raw recipe dict; a mistake becomes a one-line UserError naming `source` and the key path."""
+    raw = {**raw, "base_dir": str(base_dir)}
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(f"{source}: {_describe(err.errors()[0])}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe YAML, apply `key.path=value` overrides, and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise UserError(f"{path}: {where}invalid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    raw.pop("base_dir", None)
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_recipe(raw, source=str(path), base_dir=path.resolve().parent)
+
+
+def resolve_path(recipe: Recipe, path: str) -> Path:
+    """A path from the recipe, relative to the recipe's directory unless absolute."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(recipe.base_dir) / p
+
+
+def to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (what `rlqa check` prints and the run directory keeps)."""
+    data = recipe.model_dump(mode="json", exclude={"base_dir"})
+    return yaml.safe_dump(data, sort_keys=False)

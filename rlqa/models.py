@@ -1,0 +1,86 @@
+"""Load any Hugging Face causal LM, or build the tiny offline model that the embedded default trains.
+
+The tiny model is a Llama-style decoder (about 1M parameters with the defaults) over a character tokenizer of
+printable ASCII, both built locally so that nothing is downloaded. It is saved as an ordinary Hugging Face
+directory, so every later stage loads it the same way it would load a real model.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlqa.config import ModelConfig, TinyModelConfig
+from rlqa.errors import UserError
+
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]  # printable ASCII plus "\n"
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character: the vocabulary is tiny and every arithmetic string tokenizes the same way."""
+    vocab = {token: i for i, token in enumerate([PAD, EOS, UNK, *CHARACTERS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
+    )
+
+
+def build_tiny_model(shape: TinyModelConfig, vocab_size: int, seed: int) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def create_model_dir(cfg: ModelConfig, out_dir: Path, seed: int) -> Path:
+    """The directory every stage loads the initial policy from: `model.path`, or a freshly built tiny model."""
+    if cfg.path is not None:
+        path = Path(cfg.path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.path: {path} is not a Hugging Face model directory (no config.json)")
+        return path
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(cfg.tiny, len(tokenizer), seed)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

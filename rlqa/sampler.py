@@ -1,0 +1,548 @@
+"""Which prompts each step trains on, and how many rollouts each one gets.
+
+E3 (ALGORITHMS.md §4) spends a fixed rollout budget T = n·B per step unevenly: a group whose samples are all right
+or all wrong teaches nothing, and a hard prompt needs more tries before one of them comes out right. The pieces:
+
+- `allocate`: the budget split, a pure function.
+- `BetaEstimator` / `RankEstimator` (the `DifficultyEstimator` protocol): per-prompt difficulty learned from the
+  outcomes of earlier rollouts.
+- `RolloutSampler`: what the trainer drives. Data order (one seeded permutation per epoch), the n_min/n_max schedule
+  across epochs, optional skipping of mastered prompts, exact resume through `state_dict`.
+- `filter_groups` / `DynamicSampling`: DAPO's dynamic sampling (ALGORITHMS.md §3), which drops groups without signal
+  and draws more prompts, for a bounded number of extra rounds, until the step has enough groups. One step reads:
+
+      groups = DynamicSampling(target_groups=prompts_per_step, max_rounds=3, max_prompts=len(prompt_ids))
+      batch = sampler.next_batch(step)                        # [(prompt_id, rollout_count), ...]
+      while batch:
+          rollouts = generate(batch)                          # then rewards
+          sampler.update(correct_by_prompt)                   # every drawn prompt, kept or not
+          keep = groups.add(rewards_by_prompt)                # ids whose group has signal, up to the target
+          ...                                                 # train on the rollouts of `keep`
+          refill = groups.refill_size()                       # 0 once full or out of rounds
+          batch = sampler.next_batch(step, num_prompts=refill) if refill else []
+
+Nothing here carries a stateful random generator: epoch e's order comes from a Generator seeded by (seed, e) and a
+mastered prompt's revisit coin from (seed, e, position). The checkpoint is a few counters plus the difficulty
+estimates, all plain JSON.
+"""
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from rlqa.errors import UserError
+
+
+def allocate(difficulty: Sequence[float], budget: int, n_min: int, n_max: int) -> list[int]:
+    """Split `budget` rollouts over prompts by difficulty r_i ≥ 0, each getting between n_min and n_max.
+
+    E3's rule, with both bounds kept (B prompts, T = budget):
+
+        x_i = min(n_max, n_min + λ·r_i),  λ such that Σ x_i = T      water-filling; with no prompt at n_max,
+                                                                      λ = (T - n_min·B) / Σ r_j as in E3
+        n_i = floor(x_i), then the shortfall T - Σ n_i goes one rollout each to the hardest prompts below n_max
+
+    All-zero difficulty spreads the budget evenly. A harder prompt never gets fewer rollouts than an easier one; among
+    equals, the lower index goes first. The arithmetic is exact (fractions): a share of 6 never floors to 5.
+    """
+    count = len(difficulty)
+    if not 0 <= n_min <= n_max:
+        raise ValueError(f"need 0 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
+    if not n_min * count <= budget <= n_max * count:
+        raise ValueError(f"cannot split {budget} rollouts over {count} prompts with {n_min} to {n_max} each")
+    if not all(math.isfinite(r) and r >= 0 for r in difficulty):
+        raise ValueError(f"difficulty must be finite and >= 0, got {list(difficulty)}")
+    if count == 0:
+        return []
+    weights = [Fraction(r) for r in difficulty]
+    if sum(weights) == 0:
+        weights = [Fraction(1)] * count
+    hardest_first = sorted(range(count), key=lambda i: (-weights[i], i))
+    counts = [math.floor(x) for x in _capped_shares(weights, hardest_first, budget, n_min, n_max)]
+    # Each fractional share is below n_max and loses less than 1 to the floor: one pass hands the shortfall out.
+    shortfall = budget - sum(counts)
+    for i in hardest_first:
+        if shortfall == 0:
+            break
+        if counts[i] < n_max:
+            counts[i] += 1
+            shortfall -= 1
+    return counts
+
+
+def _capped_shares(
+    weights: list[Fraction], hardest_first: list[int], budget: int, n_min: int, n_max: int
+) -> list[Fraction]:
+    """x_i = min(n_max, n_min + λ·w_i) with Σ x_i = budget: cap the hardest prompts one by one until the rest fit."""
+    capped = 0
+    free_weight = sum(weights)
+    while True:
+        free = hardest_first[capped:]
+        left = budget - n_max * capped - n_min * len(free)
+
+        def share(i: int) -> Fraction:
+            # Only zero-difficulty prompts left uncapped: what remains is spread over them evenly.
+            return left * weights[i] / free_weight if free_weight else Fraction(left, len(free))
+
+        # The hardest free prompt has the largest share; it fits, so all do. It always fits once the harder ones are
+        # capped, because budget <= n_max·B.
+        if n_min + share(free[0]) <= n_max:
+            shares = [Fraction(n_max)] * len(weights)
+            for i in free:
+                shares[i] = n_min + share(i)
+            return shares
+        free_weight -= weights[free[0]]
+        capped += 1
+
+
+class DifficultyEstimator(Protocol):
+    """Per-prompt difficulty in [0, 1] (0 easiest) and estimated pass rate, learned from rollout outcomes."""
+
+    def difficulty(self, prompt_id: str) -> float: ...
+
+    def pass_rate(self, prompt_id: str) -> float: ...
+
+    def update(self, prompt_id: str, successes: int, trials: int) -> None: ...
+
+    def end_epoch(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class BetaEstimator:
+    """Pass rate p_i ~ Beta(α_i, β_i) that forgets old evidence, because the policy it describes keeps changing.
+
+    Prior: mean 1 - rank_i with `prior_strength` = k pseudo-counts when an offline rank is given
+    (α = k·(1 - rank), β = k·rank), else uniform, Beta(1, 1). A visit with s successes out of n trials:
+
+        α ← γ·α + s,   β ← γ·β + (n - s)          γ = decay
+        pass_rate = α / (α + β),   difficulty = 1 - pass_rate
+
+    With γ = 0.9 the posterior holds about ten visits' worth of evidence (Σ γ^k = 1 / (1 - γ)).
+    """
+
+    def __init__(self, priors: Mapping[str, float] | None = None, *, decay: float = 0.9, prior_strength: float = 2.0):
+        if not 0 < decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        if not prior_strength > 0:
+            raise ValueError(f"prior_strength must be > 0, got {prior_strength}")
+        self._priors = _checked_ranks(priors)
+        self._decay = decay
+        self._prior_strength = prior_strength
+        self._posterior: dict[str, tuple[float, float]] = {}
+
+    def difficulty(self, prompt_id: str) -> float:
+        return 1.0 - self.pass_rate(prompt_id)
+
+    def pass_rate(self, prompt_id: str) -> float:
+        alpha, beta = self._alpha_beta(prompt_id)
+        return alpha / (alpha + beta)
+
+    def update(self, prompt_id: str, successes: int, trials: int) -> None:
+        _check_outcome(prompt_id, successes, trials)
+        alpha, beta = self._alpha_beta(prompt_id)
+        self._posterior[prompt_id] = (
+            self._decay * alpha + successes,
+            self._decay * beta + (trials - successes),
+        )
+
+    def end_epoch(self) -> None:
+        """Nothing to do: the posterior already moves with every visit."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"posterior": {prompt_id: list(ab) for prompt_id, ab in self._posterior.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._posterior = {prompt_id: (alpha, beta) for prompt_id, (alpha, beta) in state["posterior"].items()}
+
+    def _alpha_beta(self, prompt_id: str) -> tuple[float, float]:
+        if prompt_id in self._posterior:
+            return self._posterior[prompt_id]
+        if prompt_id in self._priors:
+            rank = self._priors[prompt_id]
+            return self._prior_strength * (1.0 - rank), self._prior_strength * rank
+        return 1.0, 1.0
+
+
+class RankEstimator:
+    """E3's estimator: difficulty = the prompt's rank by cumulative accuracy, refreshed once per epoch.
+
+    Epoch 0 uses the offline ranks (0 for every prompt when none are given: allocation is then uniform). At the end
+    of each epoch, over the N prompts, with acc_i = all successes / all trials of prompt i:
+
+        rank_i = #{j seen : acc_j > acc_i} / N        never-seen prompts rank after every seen one: #seen / N
+
+    Tied prompts share a rank. pass_rate is acc_i, or 1 - offline rank (0 without one) for a prompt never seen.
+    """
+
+    def __init__(self, prompt_ids: Sequence[str], priors: Mapping[str, float] | None = None):
+        self._prompt_ids = list(prompt_ids)
+        self._priors = _checked_ranks(priors)
+        self._ranks = {prompt_id: self._priors.get(prompt_id, 0.0) for prompt_id in self._prompt_ids}
+        self._counts: dict[str, tuple[int, int]] = {}  # prompt id → (successes, trials), never forgotten
+
+    def difficulty(self, prompt_id: str) -> float:
+        return self._ranks[prompt_id]
+
+    def pass_rate(self, prompt_id: str) -> float:
+        if prompt_id in self._counts:
+            successes, trials = self._counts[prompt_id]
+            return successes / trials
+        return 1.0 - self._priors.get(prompt_id, 1.0)
+
+    def update(self, prompt_id: str, successes: int, trials: int) -> None:
+        _check_outcome(prompt_id, successes, trials)
+        if prompt_id not in self._ranks:
+            raise KeyError(f"unknown prompt id {prompt_id!r}")
+        if trials == 0:
+            return  # a prompt with no verdict stays never-seen, so its accuracy is never 0/0
+        old_successes, old_trials = self._counts.get(prompt_id, (0, 0))
+        self._counts[prompt_id] = (old_successes + successes, old_trials + trials)
+
+    def end_epoch(self) -> None:
+        accuracies = sorted(successes / trials for successes, trials in self._counts.values())
+        total = len(self._prompt_ids)
+        for prompt_id in self._prompt_ids:
+            if prompt_id in self._counts:
+                successes, trials = self._counts[prompt_id]
+                better = len(accuracies) - bisect.bisect_right(accuracies, successes / trials)
+                self._ranks[prompt_id] = better / total
+            else:
+                self._ranks[prompt_id] = len(accuracies) / total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ranks": dict(self._ranks), "counts": {prompt_id: list(c) for prompt_id, c in self._counts.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._ranks = dict(state["ranks"])
+        self._counts = {prompt_id: (successes, trials) for prompt_id, (successes, trials) in state["counts"].items()}
+
+
+def _checked_ranks(priors: Mapping[str, float] | None) -> dict[str, float]:
+    for prompt_id, rank in (priors or {}).items():
+        if not 0 <= rank < 1:
+            raise ValueError(f"offline rank of prompt {prompt_id!r} must be in [0, 1), got {rank}")
+    return dict(priors or {})
+
+
+def _check_outcome(prompt_id: str, successes: int, trials: int) -> None:
+    if not 0 <= successes <= trials:
+        raise ValueError(f"prompt {prompt_id!r}: need 0 <= successes <= trials, got {successes} of {trials}")
+
+
+class RolloutSampler:
+    """The prompts of each step, in a seeded order, each with its rollout count.
+
+    Order: epoch e is a permutation of the prompts drawn from a Generator seeded by (seed, e); batches take
+    consecutive prompts. A step that runs past the end of an epoch is completed from the start of the next one, and
+    the prompts it already holds move to the end of that next epoch's order, so no step holds a prompt twice and
+    every prompt comes up exactly once per epoch. A step (refills included) draws at most N prompts.
+
+    Budget: every batch of k prompts gets k·rollouts_per_prompt rollouts, split by `allocate` within
+    [n_min, n_max] ("uniform": every prompt gets rollouts_per_prompt). When an epoch begins,
+    n_min ← max(n_min - Δ, n_low) and n_max ← min(n_max + Δ, n_high); E3 runs n = 8, Δ = 2, n_low = 4,
+    n_high = 12, i.e. (8, 8), (6, 10), (4, 12). A batch that straddles two epochs gets the new epoch's bounds.
+
+    skip_mastered: a drawn prompt whose estimated pass rate exceeds it is passed over (it still counts as seen this
+    epoch), except with probability revisit_prob, and the next prompt in order takes its place. A step looks at no
+    more than N prompts: once skipping would need more, the rest of it skips nothing.
+    """
+
+    def __init__(
+        self,
+        prompt_ids: Sequence[str],
+        *,
+        prompts_per_step: int,
+        rollouts_per_prompt: int,
+        seed: int,
+        allocation: Literal["uniform", "difficulty"] = "difficulty",
+        estimator: Literal["beta", "rank"] = "beta",
+        n_min: int | None = None,
+        n_max: int | None = None,
+        schedule_delta: int = 0,
+        n_low: int | None = None,
+        n_high: int | None = None,
+        priors: Mapping[str, float] | None = None,
+        decay: float = 0.9,
+        prior_strength: float = 2.0,
+        skip_mastered: float | None = None,
+        revisit_prob: float = 0.1,
+    ):
+        self._prompt_ids = list(prompt_ids)
+        if len(set(self._prompt_ids)) != len(self._prompt_ids):
+            raise ValueError("prompt ids must be unique")
+        if not 1 <= prompts_per_step <= len(self._prompt_ids):
+            raise UserError(
+                f"prompts per step ({prompts_per_step}) must be between 1 and the number of training prompts "
+                f"({len(self._prompt_ids)})"
+            )
+        if allocation not in ("uniform", "difficulty") or estimator not in ("beta", "rank"):
+            raise ValueError(f"unknown allocation {allocation!r} or estimator {estimator!r}")
+        self._n_min, self._n_max, self._n_low, self._n_high = _rollout_bounds(
+            rollouts_per_prompt, allocation, n_min, n_max, schedule_delta, n_low, n_high
+        )
+        if skip_mastered is not None and not 0 <= skip_mastered < 1:
+            raise ValueError(f"skip_mastered must be in [0, 1), got {skip_mastered}")
+        if not 0 <= revisit_prob <= 1:
+            raise ValueError(f"revisit_prob must be in [0, 1], got {revisit_prob}")
+
+        self._prompts_per_step = prompts_per_step
+        self._rollouts_per_prompt = rollouts_per_prompt
+        self._seed = seed
+        self._schedule_delta = schedule_delta
+        self._skip_mastered = skip_mastered
+        self._revisit_prob = revisit_prob
+        self._known = set(self._prompt_ids)
+        self._estimator: DifficultyEstimator = (
+            BetaEstimator(priors, decay=decay, prior_strength=prior_strength)
+            if estimator == "beta"
+            else RankEstimator(self._prompt_ids, priors)
+        )
+        self._epoch = 0
+        self._position = 0  # index into self._order of the next prompt to draw
+        self._deferred: list[str] = []  # prompts moved to the end of this epoch's order
+        self._order = self._epoch_order(0, [])
+        self._last_step: int | None = None
+        # The last step so far, refills included: what it drew, the rollout counts, how many prompts it passed over.
+        self._step_prompts: list[str] = []
+        self._step_counts: list[int] = []
+        self._step_skipped = 0
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the latest prompt drawn, 0-based: it turns e + 1 when the first prompt of epoch e + 1 is drawn."""
+        return self._epoch
+
+    @property
+    def n_min(self) -> int:
+        return self._n_min
+
+    @property
+    def n_max(self) -> int:
+        return self._n_max
+
+    def next_batch(self, step: int, num_prompts: int | None = None) -> list[tuple[str, int]]:
+        """(prompt id, rollout count) for `num_prompts` prompts (default prompts_per_step), Σ counts = k·n.
+
+        Call with step = the previous step + 1 for a new step, or the same step again to refill it (dynamic
+        sampling); any other step means the sampler state does not belong to this run.
+        """
+        count = self._prompts_per_step if num_prompts is None else num_prompts
+        if not 1 <= count <= self._prompts_per_step:
+            raise ValueError(f"num_prompts must be between 1 and {self._prompts_per_step}, got {count}")
+        if self._last_step is not None and step not in (self._last_step, self._last_step + 1):
+            raise ValueError(f"sampler asked for step {step} after step {self._last_step}")
+        if step != self._last_step:
+            self._step_prompts, self._step_counts, self._step_skipped = [], [], 0
+        if len(self._step_prompts) + count > len(self._prompt_ids):
+            raise UserError(
+                f"step {step} would draw {len(self._step_prompts) + count} prompts, more than the "
+                f"{len(self._prompt_ids)} training prompts: lower the dynamic-sampling rounds or the prompts per step"
+            )
+        self._last_step = step
+        prompt_ids = self._draw(count)
+        difficulty = [self._estimator.difficulty(prompt_id) for prompt_id in prompt_ids]
+        counts = allocate(difficulty, count * self._rollouts_per_prompt, self._n_min, self._n_max)
+        self._step_prompts += prompt_ids
+        self._step_counts += counts
+        return list(zip(prompt_ids, counts, strict=True))
+
+    def update(self, outcomes: Mapping[str, Sequence[bool | None]]) -> None:
+        """Record whether each rollout was correct, per prompt id. None (no verdict) is left out of the counts."""
+        for prompt_id, correct in outcomes.items():
+            if prompt_id not in self._known:
+                raise KeyError(f"unknown prompt id {prompt_id!r}")
+            verdicts = [bool(c) for c in correct if c is not None]
+            if verdicts:
+                self._estimator.update(prompt_id, sum(verdicts), len(verdicts))
+
+    def difficulty(self, prompt_id: str) -> float:
+        return self._estimator.difficulty(prompt_id)
+
+    def pass_rate(self, prompt_id: str) -> float:
+        return self._estimator.pass_rate(prompt_id)
+
+    def metrics(self) -> dict[str, float]:
+        """Allocation of the last step (refills included), the current bounds and epoch."""
+        metrics = {
+            "sampler/n_min": float(self._n_min),
+            "sampler/n_max": float(self._n_max),
+            "sampler/epoch": float(self._epoch),
+        }
+        if self._step_counts:
+            metrics |= {
+                "sampler/alloc_min": float(min(self._step_counts)),
+                "sampler/alloc_mean": sum(self._step_counts) / len(self._step_counts),
+                "sampler/alloc_max": float(max(self._step_counts)),
+                "sampler/skipped": float(self._step_skipped),
+            }
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON. The epoch's order is not stored: it is regenerated from (seed, epoch) and the deferred ids."""
+        return {
+            "num_prompts": len(self._prompt_ids),
+            "epoch": self._epoch,
+            "position": self._position,
+            "deferred": list(self._deferred),
+            "n_min": self._n_min,
+            "n_max": self._n_max,
+            "last_step": self._last_step,
+            "step_prompts": list(self._step_prompts),
+            "step_counts": list(self._step_counts),
+            "step_skipped": self._step_skipped,
+            "estimator": self._estimator.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["num_prompts"] != len(self._prompt_ids):
+            raise UserError(
+                f"the sampler checkpoint was made for {state['num_prompts']} training prompts, the data now has "
+                f"{len(self._prompt_ids)}: resume with the same training data"
+            )
+        self._epoch = state["epoch"]
+        self._position = state["position"]
+        self._deferred = list(state["deferred"])
+        self._order = self._epoch_order(self._epoch, self._deferred)
+        self._n_min = state["n_min"]
+        self._n_max = state["n_max"]
+        self._last_step = state["last_step"]
+        self._step_prompts = list(state["step_prompts"])
+        self._step_counts = list(state["step_counts"])
+        self._step_skipped = state["step_skipped"]
+        self._estimator.load_state_dict(state["estimator"])
+
+    def _draw(self, count: int) -> list[str]:
+        chosen: list[str] = []
+        # A step scans at most N prompts, so it spans at most two epochs, and what it drew from the first was moved to
+        # the end of the second, past the scan: no step holds a prompt twice.
+        scanned = len(self._step_prompts) + self._step_skipped
+        skips_left = len(self._prompt_ids) - scanned - count
+        while len(chosen) < count:
+            if self._position == len(self._order):
+                self._start_epoch(self._epoch + 1, deferred=self._step_prompts + chosen)
+            prompt_id = self._order[self._position]
+            skip = skips_left > 0 and self._is_skipped(prompt_id)
+            self._position += 1
+            if skip:
+                skips_left -= 1
+                self._step_skipped += 1
+            else:
+                chosen.append(prompt_id)
+        return chosen
+
+    def _is_skipped(self, prompt_id: str) -> bool:
+        if self._skip_mastered is None or self._estimator.pass_rate(prompt_id) <= self._skip_mastered:
+            return False
+        coin = np.random.default_rng([self._seed, self._epoch, self._position]).random()
+        return coin >= self._revisit_prob
+
+    def _start_epoch(self, epoch: int, deferred: list[str]) -> None:
+        self._epoch = epoch
+        self._position = 0
+        self._deferred = list(deferred)
+        self._order = self._epoch_order(epoch, self._deferred)
+        self._n_min = max(self._n_min - self._schedule_delta, self._n_low)
+        self._n_max = min(self._n_max + self._schedule_delta, self._n_high)
+        self._estimator.end_epoch()
+
+    def _epoch_order(self, epoch: int, deferred: list[str]) -> list[str]:
+        permutation = np.random.default_rng([self._seed, epoch]).permutation(len(self._prompt_ids))
+        order = [self._prompt_ids[i] for i in permutation]
+        moved = set(deferred)
+        return [p for p in order if p not in moved] + [p for p in order if p in moved]
+
+
+def _rollout_bounds(
+    n: int,
+    allocation: str,
+    n_min: int | None,
+    n_max: int | None,
+    schedule_delta: int,
+    n_low: int | None,
+    n_high: int | None,
+) -> tuple[int, int, int, int]:
+    """(n_min, n_max, n_low, n_high) with the defaults filled in: no spread, no schedule."""
+    if allocation == "uniform" and (n_min not in (None, n) or n_max not in (None, n) or schedule_delta != 0):
+        raise ValueError(
+            "allocation 'uniform' gives every prompt rollouts_per_prompt: n_min, n_max and schedule_delta belong to "
+            "allocation 'difficulty'"
+        )
+    if schedule_delta < 0:
+        raise ValueError(f"schedule_delta must be >= 0, got {schedule_delta}")
+    n_min = n if n_min is None else n_min
+    n_max = n if n_max is None else n_max
+    n_low = n_min if n_low is None else n_low
+    n_high = n_max if n_high is None else n_high
+    if not 1 <= n_low <= n_min <= n <= n_max <= n_high:
+        raise ValueError(
+            "need 1 <= n_low <= n_min <= rollouts_per_prompt <= n_max <= n_high, got "
+            f"{n_low}, {n_min}, {n}, {n_max}, {n_high}"
+        )
+    return n_min, n_max, n_low, n_high
+
+
+def filter_groups(rewards_by_prompt: Mapping[str, Sequence[float]]) -> list[str]:
+    """Prompt ids whose rewards are not all equal, in the mapping's order: the groups with a non-zero advantage."""
+    return [prompt_id for prompt_id, rewards in rewards_by_prompt.items() if rewards and min(rewards) != max(rewards)]
+
+
+class DynamicSampling:
+    """DAPO's dynamic sampling for one step: keep groups with signal until `target_groups`, refill a bounded number
+    of times, then go on with what is there.
+
+    After the first batch, at most `max_rounds` refills are asked for. A refill asks for the missing groups divided
+    by the share of groups that had signal so far (`target_groups` when none had), never more than `target_groups`
+    prompts, and never so many that the step's prompts would exceed `max_prompts` (pass the number of training
+    prompts: `RolloutSampler` refuses more). Groups beyond the target are dropped. See the module docstring.
+    """
+
+    def __init__(self, target_groups: int, max_rounds: int, max_prompts: int | None = None):
+        if target_groups < 1 or max_rounds < 0:
+            raise ValueError(f"need target_groups >= 1 and max_rounds >= 0, got {target_groups}, {max_rounds}")
+        self._target = target_groups
+        self._max_rounds = max_rounds
+        self._max_prompts = max_prompts
+        self._batches = 0
+        self._drawn = 0
+        self._with_signal = 0
+        self.kept: list[str] = []
+
+    @property
+    def rounds(self) -> int:
+        """Refill rounds used so far."""
+        return max(self._batches - 1, 0)
+
+    def add(self, rewards_by_prompt: Mapping[str, Sequence[float]]) -> list[str]:
+        """Take one generated batch's rewards; return the ids kept from it."""
+        self._batches += 1
+        self._drawn += len(rewards_by_prompt)
+        signal = filter_groups(rewards_by_prompt)
+        self._with_signal += len(signal)
+        keep = signal[: self._target - len(self.kept)]
+        self.kept += keep
+        return keep
+
+    def refill_size(self) -> int:
+        """Prompts to draw next; 0 when the target is reached or the rounds are spent."""
+        if self._batches == 0:
+            raise RuntimeError("add() the first batch before asking for a refill")
+        missing = self._target - len(self.kept)
+        if missing == 0 or self.rounds >= self._max_rounds:
+            return 0
+        wanted = math.ceil(missing * self._drawn / self._with_signal) if self._with_signal else self._target
+        room = self._target if self._max_prompts is None else self._max_prompts - self._drawn
+        return max(min(wanted, self._target, room), 0)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "sampler/kept_groups": float(len(self.kept)),
+            "sampler/refill_rounds": float(self.rounds),
+            "sampler/signal_frac": self._with_signal / self._drawn if self._drawn else 0.0,
+        }

@@ -1,0 +1,210 @@
+"""Procedurally generated arithmetic: the embedded default task.
+
+Small enough that a ~1M-parameter character-level transformer learns the format in minutes of CPU SFT, with graded
+levels so RL still has room to improve and the sampler has difficulties to allocate over.
+
+    prompt:   "23+45-12=?\\n"
+    concise:  "23+45=68\\n68-12=56\\n\\boxed{56}"
+    verbose:  "we have 23+45-12\\n23+45=68\\ncheck 68-45=23 ok\\n68-12=56\\ncheck 56+12=68 ok\\n"
+              "so the answer is 56\\n\\boxed{56}"
+
+Both solution styles do the same left-to-right arithmetic; the verbose one only restates and re-checks, so it is a
+target for length-aware rewards. Every character is printable ASCII or a newline.
+
+Splits are disjoint by construction: a problem belongs to "test" when int(sha256(text)[:8], 16) % 5 == 0 (about
+20%), whatever the seed. Levels are disjoint too: a problem belongs to the easiest level that can produce it.
+"""
+
+import hashlib
+import itertools
+import math
+import operator
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from rlqa.data.example import Example
+from rlqa.errors import UserError
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """Problems of one level: operand count, operands drawn uniformly from 0..max_operand, operators from `operators`.
+
+    Solutions evaluate left to right, so a level may only mix '*' with other operators when it comes first.
+    """
+
+    operand_count: int
+    max_operand: int
+    operators: str
+
+
+LEVELS: dict[int, LevelSpec] = {
+    1: LevelSpec(operand_count=2, max_operand=9, operators="+"),
+    2: LevelSpec(operand_count=2, max_operand=99, operators="+-"),
+    3: LevelSpec(operand_count=3, max_operand=99, operators="+-"),
+    4: LevelSpec(operand_count=4, max_operand=99, operators="+-"),
+    5: LevelSpec(operand_count=2, max_operand=12, operators="*"),  # times tables, not in the default levels
+}
+
+TEST_FRACTION_MODULUS = 5  # 1 in 5 problems is a test problem
+_ENUMERATE_UP_TO = 100_000  # levels with at most this many problems are listed whole, so their size is exact
+_APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+_CHECK = {"+": "-", "-": "+"}  # the inverse operation a verbose solution re-checks a step with
+
+
+@dataclass(frozen=True)
+class _Problem:
+    operands: tuple[int, ...]
+    operators: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        pieces = [str(self.operands[0])]
+        for op, operand in zip(self.operators, self.operands[1:]):
+            pieces += [op, str(operand)]
+        return "".join(pieces)
+
+
+def make_examples(
+    split: Literal["train", "test"],
+    n: int,
+    *,
+    seed: int,
+    levels: Sequence[int] = (1, 2, 3, 4),
+    verbose_fraction: float = 0.5,
+) -> list[Example]:
+    """n distinct problems of `split`, spread evenly over `levels`, in a seeded random order.
+
+    A level with fewer distinct problems than its even share (level 1 has 100 in all) gives all it has and the
+    other levels share the rest. Each solution is verbose with probability verbose_fraction.
+    columns = {"level": level, "rank": (level - 1) / len(LEVELS)}, an offline difficulty prior in [0, 1).
+    Same arguments -> the same list.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    unknown = sorted(set(levels) - set(LEVELS))
+    if unknown or not levels or len(set(levels)) != len(levels):
+        raise UserError(f"arithmetic task: levels must be distinct values among {sorted(LEVELS)}, got {list(levels)}")
+    if not 0.0 <= verbose_fraction <= 1.0:
+        raise UserError(f"arithmetic task: verbose_fraction must be in [0, 1], got {verbose_fraction}")
+    if n < 1:
+        raise UserError(f"arithmetic task: the number of examples must be at least 1, got {n}")
+
+    rng = random.Random(f"arithmetic-{split}-{seed}")
+    pools = {level: _listed_pool(level, split) for level in levels}
+    capacities = [math.inf if pools[level] is None else len(pools[level]) for level in levels]
+    examples = []
+    for level, quota in zip(levels, _spread(n, capacities, split)):
+        pool = pools[level]
+        problems = rng.sample(pool, quota) if pool is not None else _sampled_problems(level, split, quota, rng)
+        examples += [_example(problem, level, split, verbose=rng.random() < verbose_fraction) for problem in problems]
+    rng.shuffle(examples)
+    return examples
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def split_of(text: str) -> str:
+    """The split a problem text belongs to, whatever the seed."""
+    return "test" if int(_sha(text)[:8], 16) % TEST_FRACTION_MODULUS == 0 else "train"
+
+
+def _level_of(problem: _Problem) -> int:
+    """The easiest level whose spec can produce this problem."""
+    for level, spec in sorted(LEVELS.items()):
+        if (
+            len(problem.operands) == spec.operand_count
+            and max(problem.operands) <= spec.max_operand
+            and set(problem.operators) <= set(spec.operators)
+        ):
+            return level
+    raise ValueError(f"no level produces {problem.text}")
+
+
+def _belongs(problem: _Problem, level: int, split: str) -> bool:
+    return _level_of(problem) == level and split_of(problem.text) == split
+
+
+def _level_size(spec: LevelSpec) -> int:
+    return (spec.max_operand + 1) ** spec.operand_count * len(spec.operators) ** (spec.operand_count - 1)
+
+
+def _listed_pool(level: int, split: str) -> list[_Problem] | None:
+    """Every problem of the level and split, when the level is small enough to list; else None."""
+    spec = LEVELS[level]
+    if _level_size(spec) > _ENUMERATE_UP_TO:
+        return None
+    every = itertools.product(
+        itertools.product(range(spec.max_operand + 1), repeat=spec.operand_count),
+        itertools.product(spec.operators, repeat=spec.operand_count - 1),
+    )
+    return [problem for problem in itertools.starmap(_Problem, every) if _belongs(problem, level, split)]
+
+
+def _sampled_problems(level: int, split: str, count: int, rng: random.Random) -> list[_Problem]:
+    """count distinct problems drawn uniformly from a level too large to list (millions of problems)."""
+    spec = LEVELS[level]
+    problems: dict[str, _Problem] = {}
+    while len(problems) < count:
+        problem = _Problem(
+            operands=tuple(rng.randint(0, spec.max_operand) for _ in range(spec.operand_count)),
+            operators=tuple(rng.choice(spec.operators) for _ in range(spec.operand_count - 1)),
+        )
+        if _belongs(problem, level, split):
+            problems.setdefault(problem.text, problem)
+    return list(problems.values())
+
+
+def _spread(n: int, capacities: Sequence[float], split: str) -> list[int]:
+    """Deal n examples round-robin over the levels, skipping levels that have no problems left."""
+    if n > sum(capacities):
+        raise UserError(f"arithmetic task: asked for {n} {split} examples but these levels have {sum(capacities)}")
+    quotas = [0] * len(capacities)
+    level_index = 0
+    for _ in range(n):
+        while quotas[level_index] >= capacities[level_index]:
+            level_index = (level_index + 1) % len(capacities)
+        quotas[level_index] += 1
+        level_index = (level_index + 1) % len(capacities)
+    return quotas
+
+
+def _steps(problem: _Problem) -> Iterator[tuple[int, str, int, int]]:
+    """(left, operator, right, result) for each left-to-right step."""
+    value = problem.operands[0]
+    for op, operand in zip(problem.operators, problem.operands[1:]):
+        result = _APPLY[op](value, operand)
+        yield value, op, operand, result
+        value = result
+
+
+def _solution(problem: _Problem, verbose: bool) -> tuple[str, int]:
+    """(solution text, final value)."""
+    steps = list(_steps(problem))
+    final = steps[-1][3]
+    lines = [f"we have {problem.text}"] if verbose else []
+    for left, op, right, result in steps:
+        lines.append(f"{left}{op}{right}={result}")
+        if verbose:
+            # '*' is re-checked by commuting, which needs no division (right may be 0)
+            check = f"{right}*{left}={result}" if op == "*" else f"{result}{_CHECK[op]}{right}={left}"
+            lines.append(f"check {check} ok")
+    if verbose:
+        lines.append(f"so the answer is {final}")
+    lines.append(f"\\boxed{{{final}}}")
+    return "\n".join(lines), final
+
+
+def _example(problem: _Problem, level: int, split: str, *, verbose: bool) -> Example:
+    solution, value = _solution(problem, verbose)
+    return Example(
+        prompt_id=f"arith-{split}-{_sha(problem.text)[:12]}",
+        prompt=f"{problem.text}=?\n",
+        answer=str(value),
+        solution=solution,
+        columns={"level": level, "rank": (level - 1) / len(LEVELS)},
+    )

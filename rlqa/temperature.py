@@ -1,0 +1,134 @@
+"""Sampling temperature that holds the policy's entropy at a target (E3, ALGORITHMS.md §4).
+
+RL on verifiable rewards sharpens the policy step by step; once its entropy collapses, the samples of a group agree
+and the group stops teaching. E3 raises the sampling temperature when entropy falls below a target and lowers it
+when entropy runs above. After each update, with H_t the token-mean entropy the learner measured at temperature T
+and V the vocabulary size:
+
+    T ← T · (1 + T · ln(H* / H_t) / (ln V + ln ln V))        clipped to [t_min, t_max] (E3 has no bounds)
+
+H* is configured, or measured as the mean entropy of the first `warmup_updates` updates, during which T stays put.
+Over the last `anneal_fraction` of training the target eases down by 10%, so the policy may commit at the end:
+
+    H* = H*_0 · [0.9 + 0.1 · ½(1 + cos(π · progress))]        progress 0 → 1 across that window
+
+The same T must reach generation, the old-log-prob pass and the training forward (logits / T). The learner must
+measure entropy on every update, bonus or not: E3's code only did so with a non-zero entropy bonus, so T never moved.
+"""
+
+import math
+from typing import Any, Literal
+
+
+def next_temperature(temperature: float, target_entropy: float, entropy: float, vocab_size: int) -> float:
+    """E3's rule, unclipped: T · (1 + T · ln(H* / H) / (ln V + ln ln V))."""
+    log_vocab = math.log(vocab_size)
+    return temperature * (1 + temperature * math.log(target_entropy / entropy) / (log_vocab + math.log(log_vocab)))
+
+
+def annealed_target(base: float, step: int, total_steps: int, anneal_fraction: float) -> float:
+    """H*_0 · [0.9 + 0.1 · ½(1 + cos(π · progress))], progress 0 → 1 over steps (1 - f)·total … total."""
+    if anneal_fraction == 0:
+        return base
+    start = (1 - anneal_fraction) * total_steps
+    progress = min(max((step - start) / (total_steps - start), 0.0), 1.0)
+    return base * (0.9 + 0.1 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class TemperatureController:
+    """Owned by the driver: `update(entropy, step)` after each learner update, `temperature` for the next rollouts.
+
+    `step` counts updates from 1, so the last of `total_steps` sees the fully annealed target. Mode "fixed" keeps
+    the same bookkeeping (target, annealing, metrics) but never moves T.
+    """
+
+    def __init__(
+        self,
+        mode: Literal["fixed", "entropy"] = "entropy",
+        *,
+        initial: float = 1.0,
+        target: float | None = None,
+        warmup_updates: int = 1,
+        vocab_size: int,
+        t_min: float = 0.5,
+        t_max: float = 2.0,
+        anneal_fraction: float = 0.4,
+        total_steps: int,
+    ):
+        if mode not in ("fixed", "entropy"):
+            raise ValueError(f"mode must be 'fixed' or 'entropy', got {mode!r}")
+        if not initial > 0:
+            raise ValueError(f"initial temperature must be > 0, got {initial}")
+        if mode == "entropy" and not 0 < t_min <= initial <= t_max:
+            raise ValueError(f"need 0 < t_min <= initial <= t_max, got {t_min}, {initial}, {t_max}")
+        if target is not None and not target > 0:
+            raise ValueError(f"target entropy must be > 0, got {target}")
+        if warmup_updates < 1:
+            raise ValueError(f"warmup_updates must be >= 1, got {warmup_updates}")
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+        if not 0 <= anneal_fraction <= 1:
+            raise ValueError(f"anneal_fraction must be in [0, 1], got {anneal_fraction}")
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self._mode = mode
+        self._warmup_updates = warmup_updates
+        self._vocab_size = vocab_size
+        self._t_min = t_min
+        self._t_max = t_max
+        self._anneal_fraction = anneal_fraction
+        self._total_steps = total_steps
+        self._temperature = initial
+        self._base_target = target  # H*_0; None until measured
+        self._warmup_entropies: list[float] = []
+        self._last_step: int | None = None
+
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @property
+    def target(self) -> float | None:
+        """H* as of the last update (annealed), or None while it is still being measured."""
+        if self._base_target is None:
+            return None
+        step = 0 if self._last_step is None else self._last_step
+        return annealed_target(self._base_target, step, self._total_steps, self._anneal_fraction)
+
+    def update(self, entropy: float, step: int) -> float:
+        """Take the entropy measured on update `step`; return the temperature for the next rollouts."""
+        if not (math.isfinite(entropy) and entropy > 0):
+            raise ValueError(
+                f"entropy must be a positive finite number, got {entropy}: the learner must measure the policy "
+                "entropy on every update"
+            )
+        self._last_step = step
+        if self._base_target is None:
+            self._warmup_entropies.append(entropy)
+            if len(self._warmup_entropies) == self._warmup_updates:
+                self._base_target = sum(self._warmup_entropies) / len(self._warmup_entropies)
+            return self._temperature
+        if self._mode == "entropy":
+            proposed = next_temperature(self._temperature, self.target, entropy, self._vocab_size)
+            self._temperature = min(max(proposed, self._t_min), self._t_max)
+        return self._temperature
+
+    def metrics(self) -> dict[str, float]:
+        metrics = {"rollout/temperature": self._temperature}
+        if self.target is not None:
+            metrics["policy/target_entropy"] = self.target
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "temperature": self._temperature,
+            "base_target": self._base_target,
+            "warmup_entropies": list(self._warmup_entropies),
+            "last_step": self._last_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._temperature = state["temperature"]
+        self._base_target = state["base_target"]
+        self._warmup_entropies = list(state["warmup_entropies"])
+        self._last_step = state["last_step"]

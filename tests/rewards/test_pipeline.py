@@ -1,0 +1,161 @@
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rewards.pipeline import RewardError, RewardPipeline, RewardTermSpec, _call_reward, judge
+from rewards.workers import Outcome
+from rlqa.errors import UserError
+
+HERE = Path(__file__).parent
+FIXTURES = "fixtures/misbehaving.py"  # relative: resolved against base_dir, as a recipe's own reward file is
+
+
+def term(name: str, function: str, weight: float = 1.0, **options) -> RewardTermSpec:
+    return RewardTermSpec(name=name, fn=f"{FIXTURES}:{function}", weight=weight, **options)
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    terms = [
+        term("length", "length", 0.5),
+        term("digit", "scaled_digit", -2.0, kwargs={"scale": 1.5}),
+        term("echo", "echo_correct", 10.0),
+        term("async_length", "async_length", 0.0),
+    ]
+    with RewardPipeline(terms, correctness=f"{FIXTURES}:exact_match", base_dir=HERE) as pipeline:
+        yield pipeline
+
+
+@pytest.fixture(scope="module")
+def misbehaving():
+    terms = [
+        term("length", "length"),
+        term("boom", "raise_on_boom"),
+        term("nan", "nan_on_nan"),
+        term("short", "short_on_short"),
+        term("sleep", "sleep_on_sleep", deadline_s=1.0),
+        term("exit", "exit_on_exit"),
+    ]
+    with RewardPipeline(terms, correctness=f"{FIXTURES}:exact_match", base_dir=HERE) as pipeline:
+        yield pipeline
+
+
+def test_weighted_total_none_values_and_the_correct_column(healthy):
+    out = healthy(["7", "ab", "x9y"], ["p0", "p1", "p2"], {"answer": ["7", "b", "x9y"], "prompt_id": [0, 1, 2]})
+    # length [1, 2, 3]; digit 1.5 · first digit = [10.5, None, 13.5]; exact_match [1, 0, 1] -> echo [1, 0, 1]
+    # total_0 = 0.5·1 - 2·10.5 + 10·1 = -10.5
+    # total_1 = 0.5·2 + 0 (no opinion) + 10·0 = 1.0
+    # total_2 = 0.5·3 - 2·13.5 + 10·1 = -15.5
+    assert out.total == [-10.5, 1.0, -15.5]
+    assert out.correct == [True, False, True]
+    assert out.dropped == [False, False, False]
+    assert out.terms["length"] == [1.0, 2.0, 3.0]
+    assert out.terms["digit"][0] == 10.5 and math.isnan(out.terms["digit"][1]) and out.terms["digit"][2] == 13.5
+    assert out.terms["async_length"] == [1.0, 2.0, 3.0]  # an async def term, awaited in the worker
+    assert out.metrics["reward/digit"] == 12.0  # (10.5 + 13.5) / 2: no opinion is left out of the mean
+    assert out.metrics["reward/length"] == 2.0
+    assert out.metrics["reward/mean"] == pytest.approx((-10.5 + 1.0 - 15.5) / 3)
+    assert out.metrics["correct/mean"] == pytest.approx(2 / 3)
+    assert all(out.metrics[f"reward/{name}/{kind}"] == 0 for name in out.terms for kind in ("errors", "timeouts"))
+
+
+# Each trigger breaks one term; the batch is [trigger, "ok"] with answers [trigger, "no"], so correct = [True, False].
+# Healthy terms give 1.0 each except length: total = len(completion) + 5 terms - failed ones (0 under "zero").
+@pytest.mark.parametrize(
+    ("trigger", "name", "function", "kind", "failed", "total", "message"),
+    [
+        ("boom", "boom", "raise_on_boom", "errors", 2, [4 + 4, 2 + 4], "ZeroDivisionError: boom"),
+        ("nan", "nan", "nan_on_nan", "nonfinite", 1, [3 + 4, 2 + 5], "returned nan for sample 0"),
+        ("short", "short", "short_on_short", "wrong_length", 2, [5 + 4, 2 + 4], "returned 1 values for a batch of 2"),
+        ("sleep", "sleep", "sleep_on_sleep", "timeouts", 2, [5 + 4, 2 + 4], "ran past its deadline of 1 s"),
+        ("exit", "exit", "exit_on_exit", "errors", 2, [4 + 4, 2 + 4], "exited with code 1"),
+    ],
+)
+def test_a_failing_term_is_counted_logged_once_and_the_run_goes_on(
+    misbehaving, caplog, trigger, name, function, kind, failed, total, message
+):
+    with caplog.at_level(logging.WARNING, logger="rlqa.rewards"):
+        for _ in range(2):  # the second failure is only counted
+            out = misbehaving([trigger, "ok"], ["p", "p"], {"answer": [trigger, "no"]})
+            assert out.total == total
+            assert out.correct == [True, False]
+            assert out.terms[name] == [0.0] * failed + [1.0] * (2 - failed)
+            assert out.metrics[f"reward/{name}/{kind}"] == failed
+            counts = {key: value for key, value in out.metrics.items() if key.count("/") == 2 and value}
+            assert counts == {f"reward/{name}/{kind}": failed}
+    logged = [record.getMessage() for record in caplog.records if f"'{name}'" in record.getMessage()]
+    assert len(logged) == 1
+    assert function in logged[0] and message in logged[0]
+    assert misbehaving(["ok"], ["p"], {"answer": ["ok"]}).total == [2 + 5]
+
+
+def test_drop_policy_drops_failed_samples_and_reuses_the_correctness_term():
+    counter = f"{FIXTURES}:call_count"
+    terms = [RewardTermSpec("calls", counter), term("nan", "nan_on_nan")]
+    with RewardPipeline(terms, correctness=counter, failure_value="drop", base_dir=HERE) as pipeline:
+        first = pipeline(["nan", "a"], ["p", "p"], {})
+        second = pipeline(["a", "a"], ["p", "p"], {})
+    assert first.dropped == [True, False]
+    assert math.isnan(first.total[0]) and math.isnan(first.terms["calls"][0]) and math.isnan(first.terms["nan"][0])
+    assert first.total[1] == first.terms["calls"][1] + 1.0
+    assert first.metrics["reward/nan/nonfinite"] == 1
+    assert first.correct == [True, True]  # a count is >= 0.5; the dropped sample's correctness is kept
+    # One call per step: the correctness function is the "calls" term itself, not run a second time.
+    assert second.terms["calls"][0] == first.terms["calls"][1] + 1
+
+
+def test_strict_raises_on_the_first_failure_and_no_correctness_gives_none():
+    terms = [term("length", "length"), term("boom", "raise_on_boom")]
+    with RewardPipeline(terms, correctness=None, strict=True, base_dir=HERE) as pipeline:
+        out = pipeline(["ok"], ["p"], {})
+        assert out.correct == [None] and out.total == [3.0] and "correct/mean" not in out.metrics
+        with pytest.raises(RewardError, match="(?s)reward term 'boom' failed with errors: .*ZeroDivisionError: boom"):
+            pipeline(["boom"], ["p"], {})
+
+
+def test_two_workers_run_terms_side_by_side_in_order():
+    terms = [term("sleep", "sleep_on_sleep", deadline_s=1.0), term("length", "length"), term("digit", "scaled_digit")]
+    with RewardPipeline(terms, correctness=None, workers=2, base_dir=HERE) as pipeline:
+        out = pipeline(["sleep", "a1"], ["p", "p"], {})
+    # The sleeper times out on one worker while the other runs the rest: length [5, 2], digit [None, 1].
+    assert out.terms["sleep"] == [0.0, 0.0] and out.metrics["reward/sleep/timeouts"] == 2
+    assert out.total == [5.0, 2.0 + 1.0]
+
+
+def test_builtin_accuracy_gives_the_term_and_correct():
+    with RewardPipeline([RewardTermSpec("accuracy", "accuracy")]) as pipeline:
+        out = pipeline(
+            ["so \\boxed{4}", "so \\boxed{0.5}", "no idea"], ["p"] * 3, {"answer": ["4", "\\frac{1}{2}", "1"]}
+        )
+    assert out.terms["accuracy"] == [1.0, 1.0, 0.0]
+    assert out.correct == [True, True, False]
+
+
+def test_a_spec_that_does_not_load_is_a_user_error_at_construction():
+    with pytest.raises(UserError, match="misbehaving.py has no attribute 'missing'"):
+        RewardPipeline([term("x", "missing")], correctness=None, base_dir=HERE)
+
+
+def test_duplicate_term_names_are_a_user_error():
+    with pytest.raises(UserError, match="more than one term is named 'length'"):
+        RewardPipeline([term("length", "length"), term("length", "async_length")], correctness=None, base_dir=HERE)
+
+
+def test_call_reward_returns_plain_floats():
+    def array_reward(completions, prompts, *, offset, **_):
+        return np.arange(len(completions)) + offset
+
+    assert _call_reward([array_reward], (0, ["a", "b"], ["p", "p"], {}, {"offset": 0.5})) == [0.5, 1.5]
+    assert _call_reward([lambda c, p: (True, None)], (0, ["a", "b"], ["p", "p"], {}, {})) == [1.0, None]
+    assert _call_reward([lambda c, p: 1.0], (0, ["a"], ["p"], {}, {})) == "float"
+    with pytest.raises(TypeError, match="value 1 has type str, not a number or None"):
+        _call_reward([lambda c, p: [1.0, "2"]], (0, ["a", "b"], ["p", "p"], {}, {}))
+
+
+def test_judge_flags_a_return_that_is_not_a_list():
+    judged = judge(Outcome("ok", value="float"), 2, "f", 30.0)
+    assert judged.failures == ["wrong_length", "wrong_length"]
+    assert judged.message == "f returned a value of type float, not a list of 2 values"

@@ -1,0 +1,128 @@
+import threading
+import time
+
+import pytest
+
+from rewards.verify import MEMORY_HEADROOM_BYTES, VerifierPool, extract_answer, normalise
+
+DEADLINE_S = 2.0
+# A replacement worker imports sympy before it takes the next item: seconds on a busy 2-core machine.
+RESTART_SLACK_S = 8.0
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with VerifierPool(processes=2) as pool:
+        yield pool
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"nested \boxed{\sqrt{x^{2}+1}} done", r"\sqrt{x^{2}+1}"),
+        (r"first \boxed{1}, then \boxed{2}, finally \boxed{3}.", "3"),
+        (r"a set \boxed{\{1, 2\}}", r"\{1, 2\}"),  # escaped braces do not nest
+        (r"\boxed {7}", "7"),
+        (r"\boxed{4} but then \boxed{5", "4"),  # the last box never closes: the last complete one counts
+        ("The answer is 5.", "5"),
+        ("The answer is $-3$.\nThanks", "-3"),
+        ("The final answer is: 12", "12"),
+        ("The answer is 1. No wait. The answer is 2.", "2"),
+        ("He pays 1,000 + 234\n#### 1,234", "1234"),
+        ("The answer is 3 and \\boxed{4}", "4"),  # a box wins over the phrase
+        ("no answer here", None),
+        ("The answer is .", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extract_answer_is_linear_on_hostile_200kb_strings():
+    hostile = [
+        "\\boxed{" * 30_000,  # 30 000 unclosed boxes
+        "{" * 200_000 + "\\boxed{1}",
+        "The answer is " * 15_000,
+        "####" * 50_000,
+    ]
+    start = time.perf_counter()
+    results = [extract_answer(text) for text in hostile]
+    assert time.perf_counter() - start < 2.0  # a quadratic scan of the first string alone takes minutes
+    assert results[0] is None and results[1] == "1"
+
+
+@pytest.mark.parametrize("answer", ["  $\\frac{1}{2}  +  x$ ", "\\(\\frac{1}{2} + x\\)", "\\[ \\frac{1}{2}\n+ x \\]"])
+def test_normalise_drops_delimiters_and_repeated_whitespace(answer):
+    assert normalise(answer) == "\\frac{1}{2} + x"
+
+
+def test_verify_equal_values_in_other_forms(pool):
+    golds = ["\\frac{1}{2}", "0.5", "-3", "-3", "1,234", "(-\\infty, 0]", "2+\\pi", "5", "4"]
+    answers = ["0.5", "1/2", "-3.0", "3", "1234", "(-\\infty,0]", "\\pi+2", "\\[5.0\\]", "5"]
+    assert pool.verify(golds, answers) == [True, True, True, False, True, True, True, True, False]
+
+
+def test_verify_missing_or_empty_answers_are_false_without_a_worker(pool):
+    assert pool.verify(["4", "4", ""], [None, "  ", ""]) == [False, False, False]
+
+
+def test_hostile_inputs_from_a_thread_score_false_within_their_deadlines(pool):
+    hostile = [
+        "5^{5^{5^{5^{5^{5}}}}}",  # sympy hangs evaluating the tower
+        "\\frac{1}{2",  # unbalanced
+        "{" * 1000,
+        "x" * 200_000 + "}",  # a 200 kB answer
+        "1\x00\x07\x1b2\x7f",  # control characters
+    ]
+    golds = ["5"] * len(hostile) + ["2", "\\frac{1}{2}"]
+    answers = hostile + ["2.0", "0.5"]  # healthy items in the same batch are still verified
+    results, elapsed = [], []
+
+    def call() -> None:
+        start = time.monotonic()
+        results.append(pool.verify(golds, answers, deadline_s=DEADLINE_S))
+        elapsed.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert results == [[False] * len(hostile) + [True, True]]
+    # Two workers share 7 items; at most 3 rounds of (deadline + a restart) on either worker.
+    assert elapsed[0] < 3 * (DEADLINE_S + RESTART_SLACK_S)
+
+
+def test_several_threads_verify_at_once(pool):
+    results = {}
+
+    def call(name: str, golds: list[str], answers: list[str]) -> None:
+        results[name] = pool.verify(golds, answers, deadline_s=DEADLINE_S)
+
+    threads = [
+        threading.Thread(target=call, args=("hang", ["5"], ["5^{5^{5^{5^{5^{5}}}}}"])),
+        threading.Thread(target=call, args=("plain", ["\\frac{1}{3}", "7"] * 3, ["2/6", "8"] * 3)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == {"hang": [False], "plain": [True, False] * 3}
+
+
+def test_pool_survives_workers_killed_from_outside(pool):
+    assert pool.verify(["\\frac{1}{2}"], ["0.5"]) == [True]  # both workers started
+    for worker in list(pool._pool._workers):
+        worker.process.kill()
+        worker.process.wait()
+    assert pool.verify(["\\frac{1}{2}", "3"], ["0.5", "3.0"], deadline_s=DEADLINE_S) == [True, True]
+
+
+def test_workers_run_under_a_memory_cap(pool):
+    pool.verify(["1"], ["2"])  # the workers have started
+    for worker in pool._pool._workers:
+        with open(f"/proc/{worker.process.pid}/limits") as limits:
+            line = next(line for line in limits if line.startswith("Max address space"))
+        # What the imports mapped (a few hundred MB) plus the headroom.
+        assert MEMORY_HEADROOM_BYTES < int(line.split()[3]) < MEMORY_HEADROOM_BYTES + 2 * 1024**3

@@ -1,0 +1,157 @@
+import collections
+import re
+import statistics
+
+import math_verify
+import pytest
+
+from rlqa.errors import UserError
+from rlqa.tasks.arithmetic import LEVELS, _Problem, _solution, make_examples, split_of
+
+PROMPT = re.compile(r"(\d+(?:[-+*]\d+)+)=\?\n")
+STEP = re.compile(r"(-?\d+)([-+*])(\d+)=(-?\d+)")
+BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
+
+
+def expression(example) -> str:
+    return PROMPT.fullmatch(example.prompt).group(1)
+
+
+def boxed(solution: str) -> int:
+    (value,) = BOXED.findall(solution)
+    assert solution.endswith(f"\\boxed{{{value}}}")
+    return int(value)
+
+
+def test_hand_checked_solutions():
+    problem = _Problem(operands=(23, 45, 12), operators=("+", "-"))
+    # 23+45 = 68, 68-12 = 56; checks undo each step: 68-45 = 23, 56+12 = 68
+    assert _solution(problem, verbose=False) == ("23+45=68\n68-12=56\n\\boxed{56}", 56)
+    assert _solution(problem, verbose=True) == (
+        "we have 23+45-12\n23+45=68\ncheck 68-45=23 ok\n68-12=56\ncheck 56+12=68 ok\nso the answer is 56\n\\boxed{56}",
+        56,
+    )
+    # 12-45 = -33, -33+7 = -26: negative intermediate and final values
+    assert _solution(_Problem((12, 45, 7), ("-", "+")), verbose=False) == ("12-45=-33\n-33+7=-26\n\\boxed{-26}", -26)
+    # multiplication is re-checked by commuting: 0*7 = 0, check 7*0 = 0 (no division by zero)
+    text, _ = _solution(_Problem((0, 7), ("*",)), verbose=True)
+    assert text == "we have 0*7\n0*7=0\ncheck 7*0=0 ok\nso the answer is 0\n\\boxed{0}"
+
+
+def test_same_arguments_give_the_same_list():
+    first = make_examples("train", 300, seed=3, levels=(1, 2, 3, 4, 5))
+    assert first == make_examples("train", 300, seed=3, levels=(1, 2, 3, 4, 5))
+    assert [e.prompt for e in first] != [e.prompt for e in make_examples("train", 300, seed=4, levels=(1, 2, 3, 4, 5))]
+
+
+def test_train_and_test_are_disjoint_for_any_seeds():
+    train = {e.prompt for seed in (0, 1) for e in make_examples("train", 2000, seed=seed, levels=(1, 2, 3, 4, 5))}
+    test = {e.prompt for seed in (0, 1) for e in make_examples("test", 400, seed=seed, levels=(1, 2, 3, 4, 5))}
+    assert len(train) > 2000 and len(test) > 400  # the two seeds drew different problems
+    assert train.isdisjoint(test)
+    assert {split_of(p[:-3]) for p in train} == {"train"} and {split_of(p[:-3]) for p in test} == {"test"}
+
+
+def test_prompt_ids_are_unique_and_name_the_split():
+    examples = make_examples("test", 500, seed=0)
+    assert len({e.prompt_id for e in examples}) == 500
+    assert all(re.fullmatch(r"arith-test-[0-9a-f]{12}", e.prompt_id) for e in examples)
+
+
+def test_levels_are_spread_evenly():
+    examples = make_examples("train", 300, seed=0, levels=(2, 3, 4))
+    assert collections.Counter(e.columns["level"] for e in examples) == {2: 100, 3: 100, 4: 100}
+    # the order is shuffled, not grouped by level
+    assert len({e.columns["level"] for e in examples[:20]}) == 3
+
+
+def test_a_small_level_gives_all_it_has_and_the_others_share_the_rest():
+    level_one_test = sum(split_of(f"{a}+{b}") == "test" for a in range(10) for b in range(10))
+    assert level_one_test == 21
+    # round-robin: 21 full rounds over 4 levels (84 examples), then the last 16 over levels 2, 3, 4 (6, 5, 5)
+    examples = make_examples("test", 100, seed=0)
+    assert collections.Counter(e.columns["level"] for e in examples) == {1: 21, 2: 27, 3: 26, 4: 26}
+    assert {expression(e) for e in examples if e.columns["level"] == 1} == {
+        f"{a}+{b}" for a in range(10) for b in range(10) if split_of(f"{a}+{b}") == "test"
+    }
+
+
+def test_each_level_matches_its_spec_and_rank():
+    examples = make_examples("train", 500, seed=1, levels=(1, 2, 3, 4, 5))
+    for example in examples:
+        level = example.columns["level"]
+        spec = LEVELS[level]
+        operands = [int(x) for x in re.split(r"[-+*]", expression(example))]
+        operators = set(re.findall(r"[-+*]", expression(example)))
+        assert len(operands) == spec.operand_count
+        assert max(operands) <= spec.max_operand and operators <= set(spec.operators)
+        assert example.columns["rank"] == (level - 1) / 5
+    # levels are disjoint: no level-2 problem could have been a level-1 one (two one-digit operands added)
+    assert not any(
+        e.columns["level"] == 2 and re.fullmatch(r"\d\+\d", expression(e)) for e in examples
+    )
+    assert {e.columns["rank"] for e in examples} == {0.0, 0.2, 0.4, 0.6, 0.8}
+
+
+def test_every_solution_is_correct_arithmetic():
+    examples = make_examples("train", 600, seed=2, levels=(1, 2, 3, 4, 5))
+    for example in examples:
+        expected = eval(expression(example))  # left-to-right equals Python's precedence for these levels
+        assert boxed(example.solution) == expected
+        assert example.answer == str(expected)
+        for left, op, right, result in STEP.findall(example.solution.replace("check ", "")):
+            assert eval(f"{left}{op}{right}") == int(result)
+    assert any(example.answer.startswith("-") for example in examples)
+
+
+def test_verbose_is_the_same_arithmetic_padded():
+    concise = make_examples("train", 400, seed=5, verbose_fraction=0.0)
+    verbose = make_examples("train", 400, seed=5, verbose_fraction=1.0)
+    assert [e.prompt for e in concise] == [e.prompt for e in verbose]
+    for short, long in zip(concise, verbose):
+        assert short.solution.count("\n") < long.solution.count("\n")
+        # the concise lines appear, in order, among the verbose ones
+        long_lines = iter(long.solution.split("\n"))
+        assert all(line in long_lines for line in short.solution.split("\n"))
+    ratio = statistics.mean(len(e.solution) for e in verbose) / statistics.mean(len(e.solution) for e in concise)
+    assert 1.8 <= ratio <= 4.0
+
+
+def test_verbose_fraction_is_respected():
+    examples = make_examples("train", 1000, seed=0, verbose_fraction=0.5)
+    verbose = sum(e.solution.startswith("we have ") for e in examples)
+    assert 430 <= verbose <= 570  # binomial(1000, 0.5): mean 500, sd 16
+
+
+def test_math_verify_accepts_solutions_against_gold():
+    examples = make_examples("test", 50, seed=0, levels=(1, 2, 3, 4, 5))
+    assert any(e.answer.startswith("-") for e in examples)
+    for example in examples:
+        gold = math_verify.parse(example.answer, parsing_timeout=None)
+        prediction = math_verify.parse(example.solution, parsing_timeout=None)
+        assert math_verify.verify(gold, prediction, timeout_seconds=None), example
+    wrong = math_verify.parse("\\boxed{1000}", parsing_timeout=None)
+    gold = math_verify.parse(examples[0].answer, parsing_timeout=None)
+    assert not math_verify.verify(gold, wrong, timeout_seconds=None)
+
+
+def test_text_is_printable_ascii_or_newline():
+    allowed = {chr(code) for code in range(32, 127)} | {"\n"}
+    for example in make_examples("train", 500, seed=0, levels=(1, 2, 3, 4, 5)):
+        assert set(example.prompt + example.solution + example.answer) <= allowed
+        assert PROMPT.fullmatch(example.prompt)
+
+
+def test_bad_arguments():
+    with pytest.raises(UserError, match=r"levels must be distinct values among \[1, 2, 3, 4, 5\], got \[1, 9\]"):
+        make_examples("train", 10, seed=0, levels=(1, 9))
+    with pytest.raises(UserError, match=r"got \[2, 2\]"):
+        make_examples("train", 10, seed=0, levels=(2, 2))
+    with pytest.raises(UserError, match=r"verbose_fraction must be in \[0, 1\], got 1.5"):
+        make_examples("train", 10, seed=0, verbose_fraction=1.5)
+    with pytest.raises(UserError, match="at least 1, got 0"):
+        make_examples("train", 0, seed=0)
+    with pytest.raises(UserError, match="asked for 22 test examples but these levels have 21"):
+        make_examples("test", 22, seed=0, levels=(1,))
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+        make_examples("valid", 10, seed=0)

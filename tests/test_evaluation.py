@@ -1,0 +1,63 @@
+import math
+
+import pytest
+
+from rlqa.evaluation import maj_at_k, mean_pass_at_k, pass_at_k
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [
+        # 1 - C(3,1)/C(5,1) = 1 - 3/5
+        (5, 2, 1, 0.4),
+        # 1 - C(3,2)/C(5,2) = 1 - 3/10
+        (5, 2, 2, 0.7),
+        # no correct sample
+        (5, 0, 3, 0.0),
+        # n - c = 1 < k = 2: every pair holds a correct sample
+        (5, 4, 2, 1.0),
+        (5, 5, 1, 1.0),
+        # 1 - C(97,10)/C(100,10) = 1 - (90·89·88)/(100·99·98) = 1 - 704880/970200 = 0.273469
+        (100, 3, 10, 0.273469),
+    ],
+)
+def test_pass_at_k_known_values(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-6)
+
+
+def test_pass_at_k_matches_the_binomial_form():
+    for n, c, k in [(16, 5, 4), (64, 1, 8), (30, 12, 30)]:
+        assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(4, 1, 5), (4, 5, 1), (4, -1, 1), (4, 1, 0)])
+def test_pass_at_k_rejects_impossible_counts(n, c, k):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+def test_mean_pass_at_k():
+    # pass@1 = c / n per prompt: (0.4 + 0 + 1) / 3
+    assert mean_pass_at_k([(5, 2), (5, 0), (4, 4)], 1) == pytest.approx(1.4 / 3)
+    with pytest.raises(ValueError):
+        mean_pass_at_k([], 1)
+
+
+def test_maj_at_k():
+    # "4" gets two votes, "5" one, None does not vote
+    assert maj_at_k(["4", "5", "4", None], [True, False, True, False]) == 1.0
+    assert maj_at_k(["4", "5", "5", None], [True, False, False, False]) == 0.0
+    # None is the most frequent entry but does not vote: "3" wins
+    assert maj_at_k([None, None, None, "3"], [False, False, False, True]) == 1.0
+
+
+def test_maj_at_k_tie_goes_to_the_first_answer():
+    assert maj_at_k(["5", "4", "4", "5"], [False, True, True, False]) == 0.0
+    assert maj_at_k(["4", "5", "5", "4"], [True, False, False, True]) == 1.0
+
+
+def test_maj_at_k_without_answers():
+    assert maj_at_k([None, None], [False, False]) == 0.0
+    assert maj_at_k([], []) == 0.0
+    with pytest.raises(ValueError):
+        maj_at_k(["1"], [True, False])
