@@ -135,11 +135,17 @@ class RewardPipeline:
             if "correct" in columns:
                 raise ValueError("columns hold 'correct', which the pipeline computes from the correctness function")
             judged[self._correctness] = self._run([self._correctness], completions, prompts, columns)[0]
-            correct = [None if value is None else value >= 0.5 for value in judged[self._correctness].values]
+            correct = _as_correct(judged[self._correctness])
             columns = {**columns, "correct": correct}
         rest = [call for call in self._calls if call not in judged]
         judged |= dict(zip(rest, self._run(rest, completions, prompts, columns)))
         return self._combine([judged[call] for call in self._calls], correct, batch)
+
+    def correctness(self, completions: list, prompts: list, columns: dict[str, list]) -> list[bool | None]:
+        """Only the correctness function (held-out evaluation needs no shaped terms); None where it is unknown."""
+        if self._correctness is None:
+            return [None] * len(completions)
+        return _as_correct(self._run([self._correctness], completions, prompts, columns)[0])
 
     def close(self) -> None:
         self._pool.close()
@@ -189,6 +195,10 @@ class RewardPipeline:
             metrics["correct/mean"] = sum(known) / len(known) if known else math.nan
             metrics["correct/unknown"] = float(batch - len(known))
         return RewardOutput(total=total, terms=terms, correct=correct, dropped=dropped, metrics=metrics)
+
+
+def _as_correct(judged: _Judged) -> list[bool | None]:
+    return [None if value is None else value >= 0.5 for value in judged.values]
 
 
 def _term_value(value: float | None, failure: str | None, dropped: bool) -> float:

@@ -16,6 +16,12 @@ from rlqa.errors import UserError
 # Short names a recipe may use; other engineers add theirs here.
 BUILTIN_REWARDS: dict[str, str] = {
     "accuracy": "rewards.math:accuracy",
+    "hapo_length": "rewards.length:hapo_length",
+    "overlong_penalty": "rewards.length:overlong_penalty",
+    "length_penalty": "rewards.length:length_penalty",
+    "easy_prompt_length_bias": "rewards.length:easy_prompt_length_bias",
+    "boxed_format": "rewards.format:boxed_format",
+    "think_format": "rewards.format:think_format",
 }
 
 

@@ -142,6 +142,7 @@ class SamplerConfig(Section):
     n_high: int | None = Field(None, ge=1, description="ceiling of the n_max schedule (E3: 12)")
     decay: float = Field(0.9, gt=0, le=1, description="forgetting factor of each prompt's pass-rate estimate")
     prior_strength: float = Field(2.0, gt=0, description="pseudo-counts of the prior from the offline rank")
+    estimator: Literal["beta", "rank"] = Field("beta", description="pass-rate estimate: online Beta posterior, or the fixed offline rank")
     rank_column: str | None = Field("rank", description="dataset column with an offline difficulty in [0, 1)")
     skip_mastered: float | None = Field(None, gt=0, le=1, description="skip prompts whose pass rate is above this")
     revisit_prob: float = Field(0.1, ge=0, le=1, description="chance a mastered prompt is visited anyway")
@@ -211,6 +212,19 @@ class Recipe(Section):
     sft: SFTConfig | None = Field(None, description="SFT warm-up before RL (absent: RL starts from model.path)")
     base_dir: str = Field(".", description="directory relative paths resolve against (set to the recipe's)")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        from rlqa.sampler import _rollout_bounds
+
+        s = self.sampler
+        try:
+            _rollout_bounds(self.rollout.rollouts_per_prompt, s.allocation, s.n_min, s.n_max, s.schedule_delta, s.n_low, s.n_high)
+        except ValueError as err:
+            raise ValueError(f"sampler: {err}") from None
+        if self.temperature.mode == "entropy" and not self.temperature.t_min <= self.temperature.initial <= self.temperature.t_max:
+            raise ValueError("temperature: need t_min <= initial <= t_max")
+        return self
+
 
 def apply_override(raw: dict, override: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `0.5`, `true`, `[1, 2]`)."""
@@ -237,12 +251,12 @@ def apply_override(raw: dict, override: str) -> None:
 
 def _describe(error: dict) -> str:
     path = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     elif error["type"] == "missing":
         message = "required key is missing"
-    return f"{path or '(top level)'}: {message}"
+    return f"{path}: {message}" if path else message
 
 
 def validate_recipe(raw: dict, *, source: str, base_dir: Path) -> Recipe:

@@ -51,10 +51,12 @@ def build_tiny_model(shape: TinyModelConfig, vocab_size: int, seed: int) -> Llam
         return LlamaForCausalLM(config)
 
 
-def create_model_dir(cfg: ModelConfig, out_dir: Path, seed: int) -> Path:
-    """The directory every stage loads the initial policy from: `model.path`, or a freshly built tiny model."""
+def create_model_dir(cfg: ModelConfig, out_dir: Path, seed: int, base_dir: str | Path = ".") -> Path:
+    """The directory every stage loads the initial policy from: `model.path` (relative to base_dir, the recipe's
+    directory), or a freshly built tiny model."""
     if cfg.path is not None:
-        path = Path(cfg.path)
+        path = Path(cfg.path).expanduser()
+        path = path if path.is_absolute() else Path(base_dir) / path
         if not (path / "config.json").is_file():
             raise UserError(f"model.path: {path} is not a Hugging Face model directory (no config.json)")
         return path

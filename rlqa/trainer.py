@@ -31,7 +31,7 @@ from rlqa.algorithms.advantages import get_advantage_estimator
 from rlqa.config import Recipe, to_yaml
 from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
-from rlqa.heldout import evaluate
+from rlqa.heldout import evaluate, scorer
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.learner import Learner
 from rlqa.length_history import LengthHistory
@@ -43,7 +43,7 @@ from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 from rlqa.sampler import RolloutSampler
 from rlqa.temperature import TemperatureController
 from rewards.pipeline import RewardPipeline, RewardTermSpec
-from rewards.verify import extract_answer
+from rewards.registry import function_name, resolve_spec
 
 log = logging.getLogger("rlqa")
 
@@ -85,7 +85,7 @@ def init_ray(recipe: Recipe, address: str | None) -> None:
 
 def reward_pipeline(recipe: Recipe) -> RewardPipeline:
     terms = [
-        RewardTermSpec(name=t.name or t.fn.split(":")[-1], fn=t.fn, weight=t.weight, kwargs=t.kwargs, deadline_s=t.deadline_s)
+        RewardTermSpec(name=t.name or function_name(resolve_spec(t.fn)), fn=t.fn, weight=t.weight, kwargs=t.kwargs, deadline_s=t.deadline_s)
         for t in recipe.rewards.terms
     ]
     return RewardPipeline(
@@ -109,8 +109,9 @@ def rollout_sampler(recipe: Recipe, train: list[Example]) -> RolloutSampler:
         rollouts_per_prompt=n,
         seed=recipe.trainer.seed,
         allocation=s.allocation,
-        n_min=s.n_min or n,
-        n_max=s.n_max or n,
+        estimator=s.estimator,
+        n_min=s.n_min,
+        n_max=s.n_max,
         schedule_delta=s.schedule_delta,
         n_low=s.n_low,
         n_high=s.n_high,
@@ -138,7 +139,7 @@ def temperature_controller(recipe: Recipe, vocab_size: int) -> TemperatureContro
 
 
 def build(recipe: Recipe, run_dir: Path) -> Components:
-    model_dir = str(create_model_dir(recipe.model, run_dir / "init_model", recipe.trainer.seed))
+    model_dir = str(create_model_dir(recipe.model, run_dir / "init_model", recipe.trainer.seed, recipe.base_dir))
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
     train = build_examples(recipe.data.train, recipe, tokenizer, "data.train")
     test = build_examples(recipe.data.test, recipe, tokenizer, "data.test")
@@ -245,7 +246,7 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     timings["time/train"] = time.perf_counter() - started
 
     # 6. temperature follows the entropy just measured
-    c.temperature.update(train_metrics["policy/entropy"], step)
+    c.temperature.update(train_metrics["policy/entropy"], step + 1)
 
     # 7. new weights to every rollout worker
     started = time.perf_counter()
@@ -294,18 +295,10 @@ def sync_weights(c: Components) -> int:
 # -- evaluation, checkpoints, the whole run --------------------------------------------------------------------------
 
 
-def score_examples(c: Components):
-    def score(texts: list[str], examples: list[Example]) -> tuple[list[bool], list[str | None]]:
-        correct = c.rewards.correctness_only(texts, {"answer": [e.answer for e in examples]})
-        return [bool(ok) for ok in correct], [extract_answer(t) for t in texts]
-
-    return score
-
-
 def run_eval(c: Components) -> dict[str, float]:
     t = c.recipe.trainer
     return evaluate(
-        c.rollouts, c.test, c.prompt_tokens, score_examples(c),
+        c.rollouts, c.test, c.prompt_tokens, scorer(c.rewards),
         seed=t.seed, k=t.eval_k, temperature=t.eval_temperature, max_new_tokens=c.recipe.rollout.max_new_tokens,
     )
 

@@ -34,6 +34,10 @@ def run_sft(model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, seed
         logging_steps=50,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        # TRL defaults to bf16 autocast and activation checkpointing; on CPU autocast made a step 30x slower
+        # (8 s vs 0.25 s for the tiny model), and a model this small needs no memory saving.
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=False,
         dataloader_num_workers=0,
     )
     padding_side = tokenizer.padding_side
