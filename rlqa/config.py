@@ -6,11 +6,13 @@ are `UserError`s that name the file and the key path.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticUndefined
 
 from rlqa.errors import UserError
 
@@ -297,3 +299,57 @@ def to_yaml(recipe: Recipe) -> str:
     """The resolved recipe as YAML (what `rlqa check` prints and the run directory keeps)."""
     data = recipe.model_dump(mode="json", exclude={"base_dir"})
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def reference_markdown() -> str:
+    """Every recipe key with its type, default and help, for docs/recipe.md (`python -m rlqa.config`)."""
+    lines = ["# Recipe reference", "", "Generated from `rlqa/config.py` by `python -m rlqa.config > docs/recipe.md`.", ""]
+
+    def walk(model: type[BaseModel], defaults: BaseModel | None, prefix: str, title: str) -> None:
+        rows, nested = [], []
+        for name, field in model.model_fields.items():
+            if name == "base_dir":
+                continue
+            section = _section_type(field.annotation)
+            default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
+            if section is not None and typing.get_origin(field.annotation) is not list:
+                nested.append((section, default if isinstance(default, BaseModel) else None, f"{prefix}{name}.", field.description))
+                continue
+            if default is PydanticUndefined:
+                shown = "required"
+            else:
+                shown = "`" + yaml.safe_dump(_plain(default), default_flow_style=True, width=1000).strip().removesuffix("...").strip() + "`"
+            kind = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("rlqa.config.", "").replace("__main__.", "").replace("|", "or")
+            rows.append(f"| `{prefix}{name}` | {kind} | {shown} | {field.description or ''} |")
+        if rows:
+            lines.extend([f"## {title}", "", "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
+        for section, value, sub, description in nested:
+            walk(section, value, sub, f"`{sub.rstrip('.')}`" + (f": {description}" if description else ""))
+
+    walk(Recipe, None, "", "top level")
+    walk(RewardTermConfig, None, "rewards.terms[].", "`rewards.terms[]`: one reward term")
+    return "\n".join(lines)
+
+
+def _section_type(annotation) -> type[BaseModel] | None:
+    """The section class inside an annotation like `SFTConfig | None`, or None for a plain value."""
+    if typing.get_origin(annotation) is list:
+        return None
+    for candidate in typing.get_args(annotation) or (annotation,):
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            return candidate
+    return None
+
+
+def _plain(value):
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

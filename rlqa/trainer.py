@@ -134,7 +134,7 @@ def temperature_controller(recipe: Recipe, vocab_size: int) -> TemperatureContro
         t_min=t.t_min,
         t_max=t.t_max,
         anneal_fraction=t.anneal_fraction,
-        total_steps=recipe.trainer.steps,
+        total_steps=max(recipe.trainer.steps, 1),  # steps=0 is an SFT-only run
     )
 
 

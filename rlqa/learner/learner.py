@@ -69,7 +69,7 @@ class Learner:
         return self.version
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return _detached(self.model)
 
     def update(self, samples: list[TrainSample], temperature: float, step: int) -> dict[str, float]:
         """One RL update on a rollout batch: `epochs` passes of `mini_batches` optimizer steps each."""
@@ -147,14 +147,14 @@ class Learner:
     def save_state(self, out_dir: str) -> None:
         """Weights as safetensors; optimizer, scheduler and RNG as tensors-and-numbers (loadable weights_only)."""
         out = Path(out_dir)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, out / "policy.safetensors")
+        save_file(_detached(self.model), out / "policy.safetensors")
         torch.save(
             {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
             out / "optimizer.pt",
         )
         torch.save({"torch": torch.get_rng_state()}, out / "learner_rng.pt")
         if self.reference is not None:
-            save_file({k: v.contiguous() for k, v in self.reference.state_dict().items()}, out / "reference.safetensors")
+            save_file(_detached(self.reference), out / "reference.safetensors")
         (out / "learner.json").write_text(json.dumps({"version": self.version}))
 
     def load_state(self, ckpt_dir: str) -> None:
@@ -168,6 +168,11 @@ class Learner:
         if self.reference is not None:
             self.reference.load_state_dict(load_file(src / "reference.safetensors"))
         self.version = json.loads((src / "learner.json").read_text())["version"]
+
+
+def _detached(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the state dict; tied weights (embeddings = LM head) become separate tensors, as safetensors needs."""
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
 def load_model_copy(model: torch.nn.Module) -> torch.nn.Module:
