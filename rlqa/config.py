@@ -42,7 +42,8 @@ class DatasetConfig(Section):
     split: Literal["train", "test"] = Field("train", description="which split of the built-in task")
     size: int = Field(1000, gt=0, description="number of examples generated for a built-in task")
     levels: list[int] = Field([1, 2, 3, 4], description="difficulty levels of the built-in task")
-    verbose_fraction: float = Field(0.5, ge=0, le=1, description="share of verbose worked solutions (built-in task)")
+    verbose_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions padded with restating and re-checking (built-in task)")
+    worked_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions showing place-value work (built-in task)")
     seed: int = Field(0, description="seed of the built-in task generator")
     format: Literal["auto", "jsonl", "parquet", "verl", "gsm8k"] = Field("auto", description="file format")
     prompt_key: str | None = Field(None, description="column holding the prompt (default: the format's own)")
@@ -283,10 +284,13 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise UserError(f"{path}: {where}invalid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    base_dir = path.resolve().parent
+    if raw.get("base_dir") is not None:  # a run directory's recipe.yaml keeps the directory it was launched from
+        base_dir = base_dir / str(raw.pop("base_dir"))
     raw.pop("base_dir", None)
     for override in overrides:
         apply_override(raw, override)
-    return validate_recipe(raw, source=str(path), base_dir=path.resolve().parent)
+    return validate_recipe(raw, source=str(path), base_dir=base_dir)
 
 
 def resolve_path(recipe: Recipe, path: str) -> Path:
@@ -295,9 +299,10 @@ def resolve_path(recipe: Recipe, path: str) -> Path:
     return p if p.is_absolute() else Path(recipe.base_dir) / p
 
 
-def to_yaml(recipe: Recipe) -> str:
-    """The resolved recipe as YAML (what `rlqa check` prints and the run directory keeps)."""
-    data = recipe.model_dump(mode="json", exclude={"base_dir"})
+def to_yaml(recipe: Recipe, *, with_base_dir: bool = False) -> str:
+    """The resolved recipe as YAML (what `rlqa check` prints). The run directory's copy keeps `base_dir`, so its
+    relative paths still resolve against the directory of the recipe the run was launched from."""
+    data = recipe.model_dump(mode="json", exclude=None if with_base_dir else {"base_dir"})
     return yaml.safe_dump(data, sort_keys=False)
 
 

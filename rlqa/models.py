@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from rlqa.config import ModelConfig, TinyModelConfig
 from rlqa.errors import UserError
@@ -76,6 +77,12 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def quiet_hf() -> None:
+    """No per-file progress bars from transformers in the actors: the run's own progress line says what matters."""
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):

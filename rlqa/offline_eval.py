@@ -25,9 +25,7 @@ def _recipe_of(run_dir: Path) -> Recipe:
     path = run_dir / "recipe.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir}: no recipe.yaml (not a run directory)")
-    recipe = load_recipe(path)
-    # The run's recipe resolved its relative paths against the recipe file it was launched from.
-    return recipe.model_copy(update={"base_dir": str(Path(recipe.base_dir))})
+    return load_recipe(path)  # its base_dir keeps relative paths pointing where the run found them
 
 
 def _checkpoint_model(ckpt: Path, run_dir: Path, recipe: Recipe, scratch: Path) -> Path:

@@ -36,7 +36,7 @@ from rlqa.learner.batch import TrainSample
 from rlqa.learner.learner import Learner
 from rlqa.length_history import LengthHistory
 from rlqa.metrics import MetricsWriter
-from rlqa.models import create_model_dir, load_tokenizer
+from rlqa.models import create_model_dir, load_tokenizer, quiet_hf
 from rlqa.rollout.group import RolloutGroup
 from rlqa.rollout.seeding import sample_seed
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
@@ -279,8 +279,8 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
         "policy/version": float(version),
     }
     samples_out = [
-        {"prompt_id": r.prompt_id, "prompt": c.train[r.prompt_id].prompt, "completion": r.text,
-         "reward": scored.total[i], "correct": scored.correct[i]}
+        {"prompt_id": r.prompt_id, "sample_index": r.sample_index, "policy_version": r.policy_version,
+         "prompt": c.train[r.prompt_id].prompt, "completion": r.text, "reward": scored.total[i], "correct": scored.correct[i]}
         for i, r in enumerate(rollouts[: recipe.logging.samples_per_step])
     ]
     return metrics, samples_out
@@ -315,7 +315,6 @@ def save_checkpoint(c: Components, step: int, summary: dict) -> Path:
         "summary": summary,
     }
     final = checkpoint.commit(tmp, checkpoint.step_dir(c.run_dir, step), driver_state)
-    (c.run_dir / "recipe.yaml").exists() or (c.run_dir / "recipe.yaml").write_text(to_yaml(c.recipe))
     checkpoint.prune(c.run_dir, c.recipe.checkpoint.keep_last)
     return final
 
@@ -352,7 +351,8 @@ class _Interrupt:
 
 def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, address: str | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(to_yaml(recipe))
+    (run_dir / "recipe.yaml").write_text(to_yaml(recipe, with_base_dir=True))
+    quiet_hf()
     init_ray(recipe, address)
     wall_start = time.perf_counter()
     c = build(recipe, run_dir)

@@ -22,7 +22,7 @@ from rlqa.algorithms.losses import aggregate, clipped_policy_loss
 from rlqa.config import Recipe
 from rlqa.learner.batch import TrainSample, collate
 from rlqa.learner.sft import run_sft
-from rlqa.models import load_model, load_tokenizer
+from rlqa.models import load_model, load_tokenizer, quiet_hf
 
 
 def _count(mask: torch.Tensor, aggregation: str) -> float:
@@ -34,6 +34,7 @@ def _count(mask: torch.Tensor, aggregation: str) -> float:
 
 class Learner:
     def __init__(self, model_dir: str, recipe: Recipe, total_steps: int):
+        quiet_hf()
         torch.set_num_threads(recipe.learner.torch_threads)
         torch.manual_seed(recipe.trainer.seed)
         self.recipe = recipe

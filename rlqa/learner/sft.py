@@ -6,7 +6,7 @@ import logging
 import time
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, disable_progress_bars
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
@@ -16,6 +16,7 @@ from rlqa.config import SFTConfig
 def run_sft(model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, seed: int, out_dir: str) -> dict:
     """Train `model` in place on (prompt, completion) pairs; returns the final loss and the wall time."""
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    disable_progress_bars()  # dataset preparation bars; TRL's own loss lines remain as SFT progress
     dataset = Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])
     args = TRLSFTConfig(
         output_dir=out_dir,

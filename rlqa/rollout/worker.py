@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from rlqa.models import load_model, load_tokenizer
+from rlqa.models import load_model, load_tokenizer, quiet_hf
 from rlqa.rollout.hf_backend import HFBackend
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 
 
 class RolloutWorker:
     def __init__(self, model_dir: str, dtype: str, micro_batch_size: int, torch_threads: int, trust_remote_code=False):
+        quiet_hf()
         torch.set_num_threads(torch_threads)
         tokenizer = load_tokenizer(model_dir, trust_remote_code)
         model = load_model(model_dir, dtype, trust_remote_code)

@@ -4,12 +4,17 @@ Small enough that a ~1M-parameter character-level transformer learns the format 
 levels so RL still has room to improve and the sampler has difficulties to allocate over.
 
     prompt:   "23+45-12=?\\n"
-    concise:  "23+45=68\\n68-12=56\\n\\boxed{56}"
+    direct:   "23+45=68\\n68-12=56\\n\\boxed{56}"
+    worked:   "23+45=(20+40)+(3+5)=60+8=68\\n68-12=(60-10)+(8-2)=50+6=56\\n\\boxed{56}"
     verbose:  "we have 23+45-12\\n23+45=68\\ncheck 68-45=23 ok\\n68-12=56\\ncheck 56+12=68 ok\\n"
               "so the answer is 56\\n\\boxed{56}"
 
-Both solution styles do the same left-to-right arithmetic; the verbose one only restates and re-checks, so it is a
-target for length-aware rewards. Every character is printable ASCII or a newline.
+Every solution does the same left-to-right steps. A worked step splits + and - by place value, so each part is a
+one-digit fact; a direct step states its result. The two choices are independent: `worked_fraction` of the
+solutions show place-value work, and `verbose_fraction` of them are padded with restating and re-checking.
+Worked steps are far easier for a small model to get right, so a policy that samples both styles has something
+for RL to find; the padding only adds length, a target for length-aware rewards. Every character is printable
+ASCII or a newline.
 
 Splits are disjoint by construction: a problem belongs to "test" when int(sha256(text)[:8], 16) % 5 == 0 (about
 20%), whatever the seed. Levels are disjoint too: a problem belongs to the easiest level that can produce it.
@@ -74,11 +79,13 @@ def make_examples(
     seed: int,
     levels: Sequence[int] = (1, 2, 3, 4),
     verbose_fraction: float = 0.5,
+    worked_fraction: float = 0.5,
 ) -> list[Example]:
     """n distinct problems of `split`, spread evenly over `levels`, in a seeded random order.
 
     A level with fewer distinct problems than its even share (level 1 has 100 in all) gives all it has and the
-    other levels share the rest. Each solution is verbose with probability verbose_fraction.
+    other levels share the rest. Each solution shows place-value work with probability worked_fraction and is
+    verbose with probability verbose_fraction.
     columns = {"level": level, "rank": (level - 1) / len(LEVELS)}, an offline difficulty prior in [0, 1).
     Same arguments -> the same list.
     """
@@ -87,8 +94,9 @@ def make_examples(
     unknown = sorted(set(levels) - set(LEVELS))
     if unknown or not levels or len(set(levels)) != len(levels):
         raise UserError(f"arithmetic task: levels must be distinct values among {sorted(LEVELS)}, got {list(levels)}")
-    if not 0.0 <= verbose_fraction <= 1.0:
-        raise UserError(f"arithmetic task: verbose_fraction must be in [0, 1], got {verbose_fraction}")
+    for name, fraction in (("verbose_fraction", verbose_fraction), ("worked_fraction", worked_fraction)):
+        if not 0.0 <= fraction <= 1.0:
+            raise UserError(f"arithmetic task: {name} must be in [0, 1], got {fraction}")
     if n < 1:
         raise UserError(f"arithmetic task: the number of examples must be at least 1, got {n}")
 
@@ -99,7 +107,10 @@ def make_examples(
     for level, quota in zip(levels, _spread(n, capacities, split)):
         pool = pools[level]
         problems = rng.sample(pool, quota) if pool is not None else _sampled_problems(level, split, quota, rng)
-        examples += [_example(problem, level, split, verbose=rng.random() < verbose_fraction) for problem in problems]
+        for problem in problems:
+            verbose = rng.random() < verbose_fraction
+            worked = rng.random() < worked_fraction
+            examples.append(_example(problem, level, split, verbose=verbose, worked=worked))
     rng.shuffle(examples)
     return examples
 
@@ -182,13 +193,36 @@ def _steps(problem: _Problem) -> Iterator[tuple[int, str, int, int]]:
         value = result
 
 
-def _solution(problem: _Problem, verbose: bool) -> tuple[str, int]:
+def _signed_term(value: int) -> str:
+    return f"+{value}" if value >= 0 else str(value)
+
+
+def _place_parts(value: int, places: int) -> list[int]:
+    """value split by place value, most significant first, each part carrying value's sign: -35 -> [-30, -5]."""
+    sign, magnitude = (-1 if value < 0 else 1), abs(value)
+    return [sign * (magnitude // 10**p % 10) * 10**p for p in reversed(range(places))]
+
+
+def _worked_step(left: int, op: str, right: int, result: int) -> str:
+    """`94-65=(90-60)+(4-5)=30-1=29`: one-digit facts per place, then their sum. One-digit steps stay direct."""
+    places = max(len(str(abs(left))), len(str(abs(right))))
+    if op == "*" or places == 1:
+        return f"{left}{op}{right}={result}"
+    signed_right = right if op == "+" else -right
+    pairs = list(zip(_place_parts(left, places), _place_parts(signed_right, places)))
+    split = "+".join(f"({x}{_signed_term(y)})" for x, y in pairs)
+    partial = [x + y for x, y in pairs]
+    summed = str(partial[0]) + "".join(_signed_term(v) for v in partial[1:])
+    return f"{left}{op}{right}={split}={summed}={result}"
+
+
+def _solution(problem: _Problem, verbose: bool, worked: bool = False) -> tuple[str, int]:
     """(solution text, final value)."""
     steps = list(_steps(problem))
     final = steps[-1][3]
     lines = [f"we have {problem.text}"] if verbose else []
     for left, op, right, result in steps:
-        lines.append(f"{left}{op}{right}={result}")
+        lines.append(_worked_step(left, op, right, result) if worked else f"{left}{op}{right}={result}")
         if verbose:
             # '*' is re-checked by commuting, which needs no division (right may be 0)
             check = f"{right}*{left}={result}" if op == "*" else f"{result}{_CHECK[op]}{right}={left}"
@@ -199,8 +233,8 @@ def _solution(problem: _Problem, verbose: bool) -> tuple[str, int]:
     return "\n".join(lines), final
 
 
-def _example(problem: _Problem, level: int, split: str, *, verbose: bool) -> Example:
-    solution, value = _solution(problem, verbose)
+def _example(problem: _Problem, level: int, split: str, *, verbose: bool, worked: bool) -> Example:
+    solution, value = _solution(problem, verbose, worked)
     return Example(
         prompt_id=f"arith-{split}-{_sha(problem.text)[:12]}",
         prompt=f"{problem.text}=?\n",

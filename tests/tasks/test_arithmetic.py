@@ -9,7 +9,7 @@ from rlqa.errors import UserError
 from rlqa.tasks.arithmetic import LEVELS, _Problem, _solution, make_examples, split_of
 
 PROMPT = re.compile(r"(\d+(?:[-+*]\d+)+)=\?\n")
-STEP = re.compile(r"(-?\d+)([-+*])(\d+)=(-?\d+)")
+STEP = re.compile(r"(-?\d+)([-+*])(\d+)=(?:.*=)?(-?\d+)")  # a step line; worked steps have parts in between
 BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 
 
@@ -93,20 +93,54 @@ def test_each_level_matches_its_spec_and_rank():
     assert {e.columns["rank"] for e in examples} == {0.0, 0.2, 0.4, 0.6, 0.8}
 
 
+def test_hand_checked_worked_solutions():
+    # 23+45: tens 20+40 = 60, ones 3+5 = 8, 60+8 = 68; 68-12: 60-10 = 50, 8-2 = 6, 50+6 = 56
+    assert _solution(_Problem((23, 45, 12), ("+", "-")), verbose=False, worked=True) == (
+        "23+45=(20+40)+(3+5)=60+8=68\n68-12=(60-10)+(8-2)=50+6=56\n\\boxed{56}",
+        56,
+    )
+    # 17-52: 10-50 = -40, 7-2 = 5, -40+5 = -35; then -35+7 splits -35 into -30 and -5: -30+0, -5+7 = 2
+    assert _solution(_Problem((17, 52, 7), ("-", "+")), verbose=False, worked=True)[0] == (
+        "17-52=(10-50)+(7-2)=-40+5=-35\n-35+7=(-30+0)+(-5+7)=-30+2=-28\n\\boxed{-28}"
+    )
+    # three places, and a one-digit step that stays direct; padding wraps the worked lines
+    assert _solution(_Problem((168, 12, 3), ("-", "+")), verbose=True, worked=True)[0] == (
+        "we have 168-12+3\n168-12=(100+0)+(60-10)+(8-2)=100+50+6=156\ncheck 156+12=168 ok\n"
+        "156+3=(100+0)+(50+0)+(6+3)=100+50+9=159\ncheck 159-3=156 ok\nso the answer is 159\n\\boxed{159}"
+    )
+    assert _solution(_Problem((6, 1), ("+",)), verbose=False, worked=True)[0] == "6+1=7\n\\boxed{7}"
+
+
+def test_worked_parts_are_one_digit_facts_that_add_up():
+    part = re.compile(r"\((-?\d+)([-+])(\d+)\)")
+    for example in make_examples("train", 300, seed=3, worked_fraction=1.0, verbose_fraction=0.0):
+        for line in example.solution.split("\n")[:-1]:
+            if "(" not in line:
+                continue
+            _, split, summed, result = line.split("=")
+            pairs = [(int(x), int(f"{sign}{y}")) for x, sign, y in part.findall(split)]
+            for x, y in pairs:  # each part is one nonzero digit times a power of ten, or 0
+                for v in (x, y):
+                    assert v == 0 or str(abs(v)).rstrip("0") in "123456789" and len(str(abs(v)).rstrip("0")) == 1
+            assert eval(summed) == sum(x + y for x, y in pairs) == int(result)
+
+
 def test_every_solution_is_correct_arithmetic():
     examples = make_examples("train", 600, seed=2, levels=(1, 2, 3, 4, 5))
     for example in examples:
         expected = eval(expression(example))  # left-to-right equals Python's precedence for these levels
         assert boxed(example.solution) == expected
         assert example.answer == str(expected)
-        for left, op, right, result in STEP.findall(example.solution.replace("check ", "")):
-            assert eval(f"{left}{op}{right}") == int(result)
+        for line in example.solution.replace("check ", "").removesuffix(" ok").split("\n"):
+            if step := STEP.fullmatch(line.removesuffix(" ok")):
+                left, op, right, result = step.groups()
+                assert eval(f"{left}{op}{right}") == int(result)
     assert any(example.answer.startswith("-") for example in examples)
 
 
 def test_verbose_is_the_same_arithmetic_padded():
-    concise = make_examples("train", 400, seed=5, verbose_fraction=0.0)
-    verbose = make_examples("train", 400, seed=5, verbose_fraction=1.0)
+    concise = make_examples("train", 400, seed=5, verbose_fraction=0.0, worked_fraction=0.0)
+    verbose = make_examples("train", 400, seed=5, verbose_fraction=1.0, worked_fraction=0.0)
     assert [e.prompt for e in concise] == [e.prompt for e in verbose]
     for short, long in zip(concise, verbose):
         assert short.solution.count("\n") < long.solution.count("\n")
@@ -117,10 +151,12 @@ def test_verbose_is_the_same_arithmetic_padded():
     assert 1.8 <= ratio <= 4.0
 
 
-def test_verbose_fraction_is_respected():
-    examples = make_examples("train", 1000, seed=0, verbose_fraction=0.5)
+def test_verbose_and_worked_fractions_are_respected():
+    examples = make_examples("train", 1000, seed=0, levels=(2,), verbose_fraction=0.5, worked_fraction=0.2)
     verbose = sum(e.solution.startswith("we have ") for e in examples)
+    worked = sum("(" in e.solution for e in examples)
     assert 430 <= verbose <= 570  # binomial(1000, 0.5): mean 500, sd 16
+    assert 150 <= worked <= 250  # binomial(1000, 0.2): mean 200, sd 13
 
 
 def test_math_verify_accepts_solutions_against_gold():
@@ -149,6 +185,8 @@ def test_bad_arguments():
         make_examples("train", 10, seed=0, levels=(2, 2))
     with pytest.raises(UserError, match=r"verbose_fraction must be in \[0, 1\], got 1.5"):
         make_examples("train", 10, seed=0, verbose_fraction=1.5)
+    with pytest.raises(UserError, match=r"worked_fraction must be in \[0, 1\], got -0.1"):
+        make_examples("train", 10, seed=0, worked_fraction=-0.1)
     with pytest.raises(UserError, match="at least 1, got 0"):
         make_examples("train", 0, seed=0)
     with pytest.raises(UserError, match="asked for 22 test examples but these levels have 21"):

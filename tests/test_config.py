@@ -1,0 +1,102 @@
+"""Recipes: validation errors name the file and key path; overrides; `rlqa check`; exit status 2 for user errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlqa.cli import main
+from rlqa.config import apply_override, load_recipe, reference_markdown, to_yaml
+from rlqa.errors import UserError
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_quickstart_validates_and_round_trips():
+    recipe = load_recipe(QUICKSTART)
+    assert recipe.rollout.workers == 2 and recipe.sft is not None
+    again = yaml.safe_load(to_yaml(recipe))
+    assert again["trainer"]["steps"] == recipe.trainer.steps
+    assert "base_dir" not in again
+
+
+def test_overrides_parse_yaml_values_and_create_sections():
+    recipe = load_recipe(QUICKSTART, ["trainer.steps=7", "learner.lr=3e-4", "data.train.levels=[1]", "sft=null"])
+    assert recipe.trainer.steps == 7 and recipe.learner.lr == 3e-4
+    assert recipe.data.train.levels == [1] and recipe.sft is None
+    raw: dict = {}
+    apply_override(raw, "a.b.c=true")
+    assert raw == {"a": {"b": {"c": True}}}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("trainer: {stepz: 3}\n", "r.yaml: trainer.stepz: unknown key"),
+        ("trainer: {steps: many}\n", "r.yaml: trainer.steps: Input should be a valid integer"),
+        ("rollout: {workers: 0}\n", "r.yaml: rollout.workers: Input should be greater than or equal to 1"),
+        ("rewards: {terms: [{weight: 2}]}\n", "r.yaml: rewards.terms.0.fn: required key is missing"),
+        ("trainer: [1, 2\n", "r.yaml: line 2: invalid YAML"),
+        ("- 1\n- 2\n", "a recipe is a mapping of sections, got list"),
+        ("data: {train: {task: arithmetic, path: x.jsonl}}\n", "data.train: give exactly one of 'path'"),
+        ("temperature: {initial: 3.0}\n", "temperature: need t_min <= initial <= t_max"),
+    ],
+)
+def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
+    with pytest.raises(UserError) as err:
+        load_recipe(write(tmp_path, text))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_override():
+    with pytest.raises(UserError, match="expected key.path=value"):
+        load_recipe(QUICKSTART, ["trainer.steps"])
+    with pytest.raises(UserError, match="override .trainer.steps.x=1.: trainer.steps is not a section"):
+        load_recipe(QUICKSTART, ["trainer.steps.x=1"])
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_check_prints_the_resolved_recipe(capsys):
+    assert main(["check", str(QUICKSTART), "trainer.steps=3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["steps"] == 3
+    assert printed["algorithm"]["clip_high"] == 0.28
+
+
+def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
+    bad = write(tmp_path, "trainer: {stepz: 3}\n")
+    done = subprocess.run([sys.executable, "-m", "rlqa.cli", "check", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"rlqa: error: {bad}: trainer.stepz: unknown key"]
+    assert done.stdout == ""
+
+
+def test_train_with_a_missing_dataset_file_exits_2_before_starting_anything(tmp_path):
+    bad = write(tmp_path, "data: {train: {path: missing.jsonl}}\nsft: null\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "rlqa.cli", "train", str(bad), "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("rlqa: error: data.train.path: file not found:") and "missing.jsonl" in last
+    assert "Traceback" not in done.stderr
+
+
+def test_reference_lists_every_section():
+    text = reference_markdown()
+    for key in ("`trainer.steps`", "`rollout.workers`", "`learner.zero_stage`", "`sft.max_steps`", "`rewards.terms[].fn`"):
+        assert key in text
