@@ -1,4 +1,4 @@
-"""`rlqa train | check | eval | export`: the command line. User mistakes exit 2 with one line, no traceback."""
+"""`rlqa train | check | eval | report`: the command line. User mistakes exit 2 with one line, no traceback."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset file (default: the run's data.test)")
     ev.add_argument("--k", type=int, help="samples per prompt for pass@k")
     ev.add_argument("--address", help="Ray cluster address")
+
+    report = sub.add_parser("report", help="PNG plots and a markdown summary of a run directory")
+    report.add_argument("run_dir", type=Path, help="run directory (holds metrics.jsonl)")
+    report.add_argument("--out", type=Path, help="where to write them (default: RUN_DIR/report)")
     return parser
 
 
@@ -85,11 +89,19 @@ def _eval(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from rlqa.report import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(f"report: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return {"train": _train, "check": _check, "eval": _eval}[args.command](args)
+        return {"train": _train, "check": _check, "eval": _eval, "report": _report}[args.command](args)
     except UserError as err:
         print(f"rlqa: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -1,0 +1,101 @@
+"""`rlqa report` on a synthetic run directory: which plots are drawn, that they are real PNGs, and the figures in
+report.md, worked out by hand from the rows below."""
+
+import json
+
+import matplotlib.image
+import pytest
+
+from rlqa.cli import main
+from rlqa.errors import UserError
+from rlqa.report import load_run, plot_reward_accuracy, step_phases, write_report
+
+# two steps; per-phase seconds chosen so every share is exact
+ROWS = [
+    {"step": 0, "reward/mean": 0.25, "correct/mean": 0.25, "policy/entropy": 0.8, "policy/target_entropy": 0.8,
+     "rollout/temperature": 1.0, "rollout/length_mean": 30.0, "rollout/length_correct_mean": None,
+     "sampler/alloc_min": 4.0, "sampler/alloc_mean": 8.0, "sampler/alloc_max": 12.0, "rollout/count": 16.0, "rollout/tokens": 400.0,
+     "time/generate": 2.0, "time/reward": 0.5, "time/train": 1.0, "time/sync": 0.25, "time/step": 4.0},
+    {"step": 1, "reward/mean": 0.75, "correct/mean": 0.5, "policy/entropy": 0.7, "policy/target_entropy": 0.8,
+     "rollout/temperature": 1.1, "rollout/length_mean": 20.0, "rollout/length_correct_mean": 18.0,
+     "sampler/alloc_min": 2.0, "sampler/alloc_mean": 8.0, "sampler/alloc_max": 14.0, "rollout/count": 16.0, "rollout/tokens": 600.0,
+     "time/generate": 3.0, "time/reward": 0.5, "time/train": 1.5, "time/sync": 0.25, "time/step": 6.0,
+     "eval/accuracy": 0.6, "eval/pass@4": 0.8, "eval/mean_length": 19.0},
+]
+SUMMARY = {"eval": {"before": {"accuracy": 0.5, "pass@4": 0.75, "num_prompts": 200, "temperature": 1.0},
+                    "after": {"accuracy": 0.625, "pass@4": 0.875, "num_prompts": 200, "temperature": 1.0}},
+           "steps": 2, "wall_seconds": 42.0}
+
+
+def make_run(tmp_path, rows=ROWS, summary=SUMMARY):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if summary is not None:
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_other_is_step_time_minus_the_timed_phases(tmp_path):
+    phases = step_phases(load_run(make_run(tmp_path)).rows)
+    # step 0: 4 - (2 + 0.5 + 1 + 0.25) = 0.25; step 1: 6 - (3 + 0.5 + 1.5 + 0.25) = 0.75
+    assert phases["other"] == [0.25, 0.75]
+    assert phases["generate"] == [2.0, 3.0]
+
+
+def test_report_writes_five_pngs_and_the_figures(tmp_path):
+    run = make_run(tmp_path)
+    assert main(["report", str(run)]) == 0
+    out = run / "report"
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["entropy_temperature.png", "response_length.png", "reward_accuracy.png", "rollout_allocation.png", "step_time.png"]
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.image.imread(out / name).shape[:2] == (495, 880)  # 8 x 4.5 inches at 110 dpi
+
+    md = (out / "report.md").read_text()
+    for name in pngs:
+        assert f"]({name})" in md
+    # held-out: 0.625 - 0.5 = +0.125, 0.875 - 0.75 = +0.125
+    assert "| accuracy | 0.5 | 0.625 | +0.125 |" in md
+    assert "| pass@4 | 0.75 | 0.875 | +0.125 |" in md
+    # medians of two steps are their means; shares of all 10 s: generate 5, reward 1, train 2.5, sync 0.5, other 1
+    assert "| generate | 2.500 | 50.0% |" in md
+    assert "| reward | 0.500 | 10.0% |" in md
+    assert "| train | 1.250 | 25.0% |" in md
+    assert "| sync | 0.250 | 5.0% |" in md
+    assert "| other | 0.500 | 10.0% |" in md
+    # completions/s: 16/4 = 4 and 16/6 = 2.667, median 3.333; tokens/s: 400/4 = 600/6 = 100
+    assert "Median step 5.000 s over 2 steps; 3.3 completions/s, 100 generated tokens/s." in md
+    assert "2 RL steps in 42 s" in md
+
+
+def test_held_out_series_are_in_the_reward_plot(tmp_path):
+    _, ax, drawn = plot_reward_accuracy(load_run(make_run(tmp_path)))
+    labels = ax.get_legend_handles_labels()[1]
+    assert drawn
+    assert "eval/accuracy (held-out)" in labels and "eval/pass@4 (held-out)" in labels
+    assert "held-out greedy accuracy after RL (0.625)" in labels
+
+
+def test_plots_of_metrics_never_logged_are_skipped_and_named(tmp_path):
+    rows = [{k: v for k, v in r.items() if not k.startswith("sampler/")} for r in ROWS]
+    path = write_report(make_run(tmp_path, rows, summary=None))
+    assert not (path.parent / "rollout_allocation.png").exists()
+    md = path.read_text()
+    assert "Not drawn (their metrics were not logged): rollout_allocation.png." in md
+    assert "No summary.json yet" in md
+
+
+def test_bad_metrics_line_names_the_file_and_line(tmp_path):
+    run = make_run(tmp_path)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(UserError, match=r"metrics.jsonl: line 3: not JSON"):
+        load_run(run)
+
+
+def test_missing_run_directory_exits_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.jsonl: not found" in err
