@@ -46,8 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from rlqa import checkpoint
     from rlqa.config import load_recipe
+    from rlqa.metrics import require_sinks
 
     recipe = load_recipe(args.recipe, args.overrides)
+    require_sinks(recipe.logging, args.recipe)
     if args.resume and args.run_dir is None:
         raise UserError("--resume needs --run-dir DIR (the run to continue)")
     run_dir = args.run_dir or Path(recipe.trainer.output_dir) / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -192,6 +192,9 @@ class CheckpointConfig(Section):
 class LoggingConfig(Section):
     progress: bool = Field(True, description="live progress bar on the terminal")
     samples_per_step: int = Field(4, ge=0, description="completions written to samples.jsonl each step")
+    tensorboard: bool = Field(False, description="also write TensorBoard scalars to RUN_DIR/tensorboard (pip install 'rlqa[tensorboard]')")
+    wandb: bool = Field(False, description="also log to Weights & Biases offline, under RUN_DIR/wandb; `wandb sync` uploads later (pip install 'rlqa[wandb]')")
+    wandb_project: str = Field("rlqa", description="W&B project of the offline run")
 
 
 class RayConfig(Section):

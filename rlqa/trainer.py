@@ -35,7 +35,7 @@ from rlqa.heldout import evaluate, scorer
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.learner import Learner
 from rlqa.length_history import LengthHistory
-from rlqa.metrics import MetricsWriter
+from rlqa.metrics import MetricsWriter, open_sinks
 from rlqa.models import create_model_dir, load_tokenizer, quiet_hf
 from rlqa.rollout.group import RolloutGroup
 from rlqa.rollout.seeding import sample_seed
@@ -382,7 +382,9 @@ def _run(c: Components, resume_from: Path | None, wall_start: float) -> dict:
         summary["eval"]["before"] = run_eval(c)
         print(f"held-out before RL: {json.dumps(summary['eval']['before'])}", flush=True)
 
-    writer = MetricsWriter(c.run_dir, recipe.trainer.steps, start_step, recipe.logging.progress)
+    writer = MetricsWriter(
+        c.run_dir, recipe.trainer.steps, start_step, recipe.logging.progress, sinks=open_sinks(recipe, c.run_dir, start_step)
+    )
     every = recipe.checkpoint.every
     step = start_step
     with _Interrupt() as interrupt:
