@@ -104,9 +104,19 @@ class LearnerConfig(Section):
     torch_threads: int = Field(2, ge=1, description="intra-op threads of the learner on CPU")
 
 
+class CriticConfig(Section):
+    kind: Literal["head", "separate"] = Field("head", description="value head on the policy's backbone, or a separate model")
+    path: str | None = Field(None, description="separate critic: local HF model directory (default: a copy of the policy when RL starts)")
+    lr: float = Field(1e-5, gt=0, description="learning rate of the value head (and of the separate critic's backbone)")
+    vf_coef: float = Field(0.5, gt=0, description="weight of the value loss (ReFT: 5)")
+    value_clip: float | None = Field(0.2, gt=0, description="clip new values to old ± this in the value loss (null: no clipping)")
+
+
 class AlgorithmConfig(Section):
-    name: Literal["grpo"] = Field("grpo", description="policy optimisation algorithm")
-    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp"] = Field("grpo", description="advantage estimator")
+    name: Literal["grpo", "ppo"] = Field("grpo", description="grpo: outcome advantages, no critic; ppo: a learned critic and GAE")
+    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"] = Field(
+        "grpo", description="advantage estimator (gae: PPO only, computed by the learner from the critic)"
+    )
     clip_low: float = Field(0.2, ge=0, description="ratio clip below 1")
     clip_high: float = Field(0.2, ge=0, description="ratio clip above 1 (DAPO clip-higher: 0.28)")
     dual_clip: float | None = Field(None, gt=1, description="dual-clip constant c for negative advantages")
@@ -116,6 +126,29 @@ class AlgorithmConfig(Section):
     kl_coef: float = Field(0.0, ge=0, description="beta of the KL-to-reference loss term (0: no reference)")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="per-token KL estimator")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus in the loss (entropy is measured anyway)")
+    kl_ratio_weighted: bool = Field(False, description="weigh the KL loss term per token by pi/pi_old (DeepSeek-V3.2's unbiased KL; TRL's default)")
+    kl_in_reward: bool = Field(False, description="PPO: subtract kl_coef x KL per token from the reward instead of adding it to the loss")
+    kl_target: float | None = Field(None, gt=0, description="adapt kl_coef so the mean per-token KL approaches this (null: fixed)")
+    kl_horizon: int = Field(10000, ge=1, description="responses over which the adaptive kl_coef may change by 20%")
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    whiten_advantages: bool = Field(True, description="GAE: whiten the advantages over the batch's response tokens")
+    old_logprobs: Literal["sampling", "recompute"] = Field(
+        "sampling", description="pi_old for the ratio: the rollout workers' log-probs, or a learner forward pass before the update"
+    )
+    critic: CriticConfig | None = Field(None, description="the learned value function (required by ppo)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlgorithmConfig:
+        if (self.name == "ppo") != (self.advantage == "gae"):
+            raise ValueError("name 'ppo' goes with advantage 'gae' (a critic), and 'gae' only with name 'ppo'")
+        if (self.name == "ppo") != (self.critic is not None):
+            raise ValueError("a critic section is required by name 'ppo' and used by nothing else")
+        if self.kl_in_reward and self.name != "ppo":
+            raise ValueError("kl_in_reward is PPO's token-level reward; with outcome advantages use kl_coef as a loss term")
+        if (self.kl_in_reward or self.kl_target is not None) and self.kl_coef == 0:
+            raise ValueError("kl_in_reward and kl_target need kl_coef > 0 (the initial coefficient)")
+        return self
 
 
 class RewardTermConfig(Section):

@@ -236,10 +236,13 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     group_index = {pid: g for g, (pid, _) in enumerate(batch)}
     rewards = torch.tensor([scored.total[i] for i in kept], dtype=torch.float32)
     groups = torch.tensor([group_index[rollouts[i].prompt_id] for i in kept])
-    advantages = get_advantage_estimator(recipe.algorithm.advantage)(rewards, groups)
+    if recipe.algorithm.advantage == "gae":  # GAE needs the critic's values: the learner turns rewards into advantages
+        advantages = torch.zeros_like(rewards)
+    else:
+        advantages = get_advantage_estimator(recipe.algorithm.advantage)(rewards, groups)
     samples = [
-        TrainSample(rollouts[i].prompt_tokens, rollouts[i].completion_tokens, rollouts[i].logprobs, float(a))
-        for i, a in zip(kept, advantages.tolist())
+        TrainSample(rollouts[i].prompt_tokens, rollouts[i].completion_tokens, rollouts[i].logprobs, float(a), reward=float(r))
+        for i, a, r in zip(kept, advantages.tolist(), rewards.tolist())
     ]
     started = time.perf_counter()
     train_metrics = ray.get(c.learner.update.remote(samples, temperature, step))
@@ -274,7 +277,9 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
         "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
         "rollout/dropped": float(len(rollouts) - len(kept)),
         "rollout/worker_restarts": float(c.rollouts.restarts),
-        "advantage/nonzero_frac": float((advantages.abs() > 1e-8).float().mean()) if len(kept) else 0.0,
+        "advantage/nonzero_frac": train_metrics.get(
+            "advantage/nonzero_frac", float((advantages.abs() > 1e-8).float().mean()) if len(kept) else 0.0
+        ),
         "throughput/tokens_per_s": sum(lengths) / timings["time/step"],
         "policy/version": float(version),
     }

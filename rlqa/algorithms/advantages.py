@@ -8,8 +8,8 @@ A group whose rewards are all equal gets advantage exactly 0. This is forced, no
 eight rewards of 0.1 have a mean that differs from 0.1 by one ulp, and dividing that by (std + ε) with std ≈ 0
 turns it into an advantage of ≈ -0.0075 on every sample, i.e. a spurious push on a group that carries no signal.
 
-PPO's GAE needs a critic's values, so it lives in `gae.py` and is selected by running PPO, not through this
-registry.
+PPO's GAE needs a critic's values, so it lives in `gae.py` and is computed by the learner (recipe: `algorithm.name:
+ppo`, `advantage: gae`), not through this registry.
 """
 
 from collections.abc import Callable
@@ -112,6 +112,6 @@ def get_advantage_estimator(name: str) -> Callable[[Tensor, Tensor], Tensor]:
         supported = ", ".join(sorted(ADVANTAGE_ESTIMATORS))
         raise ValueError(
             f"unknown advantage estimator {name!r}; supported: {supported} "
-            "(GAE needs a critic: it is selected by running PPO, not by name here)"
+            "(gae needs a critic: the learner computes it when the recipe says algorithm.name: ppo)"
         )
     return ADVANTAGE_ESTIMATORS[name]

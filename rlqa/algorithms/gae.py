@@ -1,12 +1,30 @@
-"""Generalised advantage estimation for PPO with a critic (ReFT), and masked whitening.
+"""Token-level rewards and generalised advantage estimation for PPO with a critic (ReFT), and masked whitening.
 
-Token sequences are right-padded: each row of `mask` is 1 on the response tokens, then 0.
+Each row of `mask` is 1 on the response tokens: one contiguous run, which may follow prompt positions (0) and be
+followed by padding (0), as in the learner's (B, L-1) tensors.
 """
 
 import torch
 from torch import Tensor
 
 from rlqa.algorithms.losses import masked_mean
+
+
+def token_level_rewards(scores: Tensor, mask: Tensor, kl: Tensor | None = None, kl_coef: float = 0.0) -> Tensor:
+    """PPO's per-token reward (ReFT, InstructGPT): the response's scalar score on its last token, minus β·KL on each.
+
+        r_t = -β · KL_t + [t is the last response token] · score
+
+    scores: (B,); mask: (B, T); kl: (B, T) per-token KL to the reference, or None (no penalty). Returns (B, T),
+    0 where mask is 0; a row without response tokens gets no reward at all.
+    """
+    mask = mask.bool()
+    positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)  # (B, T)
+    last = torch.where(mask, positions, -1).amax(dim=-1, keepdim=True)  # (B, 1); -1 for an empty row
+    rewards = torch.where(positions == last, scores.unsqueeze(-1), 0.0)  # (B, T)
+    if kl is not None:
+        rewards = rewards - kl_coef * torch.where(mask, kl, 0.0)
+    return rewards
 
 
 @torch.no_grad()
@@ -31,7 +49,7 @@ def gae_advantages(
     next_advantage = torch.zeros_like(values[:, 0])  # (B,)
     for t in reversed(range(values.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
-        # Masked steps come after the last token (right padding), so zeroing them ends each episode at its last token.
+        # A masked step after the response ends the episode there; masked steps before it (the prompt) are never read.
         next_advantage = torch.where(mask[:, t], delta + gamma * lam * next_advantage, 0.0)  # (B,)
         next_value = values[:, t]
         advantages[:, t] = next_advantage

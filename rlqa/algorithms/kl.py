@@ -6,7 +6,8 @@ With x = log π_ref - log π_θ on each sampled token:
     k2 = x² / 2              biased, low variance, ≥ 0
     k3 = exp(x) - x - 1      unbiased, low variance, ≥ 0 (the common default)
 
-Used as a loss term β·KL (GRPO) or subtracted from the per-token reward (PPO).
+Used as a loss term β·KL (GRPO) or subtracted from the per-token reward (PPO). β is fixed, or adapted towards a
+target KL by `AdaptiveKLController` (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences").
 """
 
 from collections.abc import Callable
@@ -43,3 +44,32 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3") -> Tens
     if kind not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {kind!r}; supported: {', '.join(KL_ESTIMATORS)}")
     return KL_ESTIMATORS[kind](ref_logprobs - logprobs)
+
+
+class AdaptiveKLController:
+    """β that moves the measured KL towards a target (Ziegler et al. 2019; the same rule as TRL's and verl's):
+
+        e = clip(KL / target - 1, -0.2, 0.2)        β ← β · (1 + e · n / horizon)
+
+    with KL the mean per-token KL of the batch just trained on and n its number of responses. A KL above the
+    target raises β (at most 20% per `horizon` responses), one below lowers it. β is training state: it goes into
+    the checkpoint through `state_dict`.
+    """
+
+    def __init__(self, initial: float, target: float, horizon: int):
+        if initial <= 0 or target <= 0 or horizon <= 0:
+            raise ValueError(f"adaptive KL needs initial, target and horizon > 0, got {initial}, {target}, {horizon}")
+        self.value = initial
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_samples: int) -> float:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_samples / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["value"])

@@ -135,3 +135,57 @@ def value_loss(
         clipped_values = old_values + (values - old_values).clamp(-clip, clip)  # (B, T)
         per_token = 0.5 * torch.maximum(unclipped, (clipped_values - returns).square())
     return aggregate(per_token, mask, aggregation, max_len)
+
+
+def policy_objective(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    kl_ratio_weighted: bool = False,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    aggregation: str = "token-mean",
+    max_len: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The whole policy loss the learner minimises for one (micro-)batch:
+
+        J = agg(L_clip) + β · agg(KL(π_θ ‖ π_ref)) - c_H · agg(H)
+
+    every term aggregated the same way (`aggregation`): β·KL is added per token before aggregating, as in TRL's
+    GRPOTrainer; the entropy bonus follows the aggregation too, as in verl (TRL takes its token mean whatever the
+    loss type). The KL term is present only with `ref_logprobs` and β > 0 (with the KL in the reward
+    instead, the caller passes β = 0); the entropy bonus only with `entropy` and c_H > 0.
+
+    `kl_ratio_weighted` multiplies each token's KL by ρ_t = π_θ / π_old (with its gradient): the samples come from
+    π_old, so this makes the KL term's gradient that of the true reverse KL (DeepSeek-V3.2; TRL's default,
+    `use_bias_correction_kl`). Without it (verl, the GRPO paper) the two coincide only on-policy.
+
+    logprobs: (B, T) with gradient; old_logprobs, ref_logprobs, entropy, mask: (B, T); advantages: (B,) or (B, T).
+    Returns J () and the detached stats of `clipped_policy_loss` plus "pg_loss" and, when given, "kl" (token mean
+    of the KL estimate) and "entropy" (token mean).
+    """
+    loss, stats = clipped_policy_loss(
+        logprobs, old_logprobs, advantages, mask,
+        clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, aggregation=aggregation, max_len=max_len,
+    )
+    stats["pg_loss"] = loss.detach()
+    if ref_logprobs is not None:
+        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)  # (B, T)
+        stats["kl"] = masked_mean(kl.detach(), mask)
+        if kl_ratio_weighted:
+            kl = kl * (logprobs - old_logprobs).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
+        if kl_coef > 0:
+            loss = loss + kl_coef * aggregate(kl, mask, aggregation, max_len)
+    if entropy is not None:
+        stats["entropy"] = masked_mean(entropy.detach(), mask)
+        if entropy_coef > 0:
+            loss = loss - entropy_coef * aggregate(entropy, mask, aggregation, max_len)
+    return loss, stats

@@ -1,4 +1,9 @@
-"""Turn rollouts into the padded tensors the learner trains on."""
+"""Turn rollouts into the padded tensors the learner trains on, and per-position results back into per-sample lists.
+
+Per-token fields (old log-probs, and what the learner adds before a PPO update: reference log-probs, values,
+GAE advantages, returns) are kept per sample as one value per completion token, so a sample can be re-collated
+into any mini- or micro-batch.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,16 @@ class TrainSample:
     prompt_tokens: list[int]
     completion_tokens: list[int]
     old_logprobs: list[float]  # sampling policy's log-probs of the completion tokens
-    advantage: float
+    advantage: float  # outcome advantage (driver); unused with GAE
+    reward: float = 0.0  # scalar reward of the response: what PPO's critic learns from
+    # filled by the learner before an update, one value per completion token (None: not used)
+    ref_logprobs: list[float] | None = None
+    old_values: list[float] | None = None
+    token_advantages: list[float] | None = None
+    returns: list[float] | None = None
+
+
+PER_TOKEN_FIELDS = ("old_logprobs", "ref_logprobs", "old_values", "token_advantages", "returns")
 
 
 @dataclass
@@ -25,6 +39,12 @@ class TensorBatch:
     mask: torch.Tensor  # (B, L-1) 1.0 where the target is a completion token
     old_logprobs: torch.Tensor  # (B, L-1) zeros outside the mask
     advantages: torch.Tensor  # (B,)
+    rewards: torch.Tensor  # (B,)
+    # (B, L-1), zeros outside the mask, when every sample has the field; else None
+    ref_logprobs: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    token_advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
 
 def collate(samples: list[TrainSample], pad_token_id: int) -> TensorBatch:
@@ -33,20 +53,38 @@ def collate(samples: list[TrainSample], pad_token_id: int) -> TensorBatch:
     input_ids = torch.full((len(samples), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
     mask = torch.zeros((len(samples), width - 1))
-    old_logprobs = torch.zeros((len(samples), width - 1))
+    per_token = {name: torch.zeros((len(samples), width - 1)) for name in PER_TOKEN_FIELDS if _everyone_has(samples, name)}
     for row, s in enumerate(samples):
         tokens = s.prompt_tokens + s.completion_tokens
         input_ids[row, : len(tokens)] = torch.tensor(tokens)
         attention_mask[row, : len(tokens)] = 1
-        # the completion token at index P + j is predicted at position P + j - 1
-        start, end = len(s.prompt_tokens) - 1, len(tokens) - 1
+        start, end = completion_span(s)
         mask[row, start:end] = 1.0
-        old_logprobs[row, start:end] = torch.tensor(s.old_logprobs)
+        for name, tensor in per_token.items():
+            tensor[row, start:end] = torch.tensor(getattr(s, name))
     return TensorBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         targets=input_ids[:, 1:],
         mask=mask,
-        old_logprobs=old_logprobs,
         advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
+        **per_token,
     )
+
+
+def _everyone_has(samples: list[TrainSample], name: str) -> bool:
+    return all(getattr(s, name) is not None for s in samples)
+
+
+def completion_span(sample: TrainSample) -> tuple[int, int]:
+    """Positions [start, end) of a collated row that predict the completion tokens: token P + j is predicted at
+    position P + j - 1 (P = prompt length)."""
+    start = len(sample.prompt_tokens) - 1
+    return start, start + len(sample.completion_tokens)
+
+
+def per_sample(values: torch.Tensor, samples: list[TrainSample]) -> list[list[float]]:
+    """The completion positions of each row of a collated (B, L-1) tensor, as one list per sample (collate's inverse)."""
+    rows = values.detach().float().cpu()
+    return [rows[row, slice(*completion_span(s))].tolist() for row, s in enumerate(samples)]

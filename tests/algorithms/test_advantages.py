@@ -87,7 +87,7 @@ def test_group_stats_per_sample():
 
 
 def test_unknown_estimator_lists_the_supported_ones():
-    with pytest.raises(ValueError, match="dr_grpo, grpo, reinforce_pp, rloo.*PPO"):
+    with pytest.raises(ValueError, match="dr_grpo, grpo, reinforce_pp, rloo.*critic"):
         get_advantage_estimator("gae")
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlqa.algorithms.kl import kl_penalty
+from rlqa.algorithms.kl import AdaptiveKLController, kl_penalty
 
 # x = ref - logprobs = -0.5, 1.0, 0.0
 LOGPROBS = torch.tensor([[-1.0, -2.0, -0.5]])
@@ -42,3 +42,21 @@ def test_k3_clamps_the_log_ratio_to_20():
 def test_unknown_kind_lists_the_supported_ones():
     with pytest.raises(ValueError, match="k1, k2, k3"):
         kl_penalty(LOGPROBS, REF_LOGPROBS, "k4")
+
+
+def test_adaptive_kl_controller_by_hand():
+    controller = AdaptiveKLController(initial=0.1, target=0.02, horizon=1000)
+    # KL 0.03: error 0.03 / 0.02 - 1 = 0.5, clipped to 0.2; 100 responses → β · (1 + 0.2 · 100 / 1000) = 0.1 · 1.02
+    assert controller.update(0.03, 100) == pytest.approx(0.102)
+    # KL 0.019: error -0.05; 500 responses → 0.102 · (1 - 0.05 · 0.5) = 0.102 · 0.975 = 0.09945
+    assert controller.update(0.019, 500) == pytest.approx(0.09945)
+    # on target: unchanged
+    assert controller.update(0.02, 10_000) == pytest.approx(0.09945)
+    restored = AdaptiveKLController(initial=0.1, target=0.02, horizon=1000)
+    restored.load_state_dict(controller.state_dict())
+    assert restored.value == controller.value
+
+
+def test_adaptive_kl_controller_rejects_non_positive_settings():
+    with pytest.raises(ValueError, match="target"):
+        AdaptiveKLController(initial=0.1, target=0.0, horizon=10)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlqa.algorithms.losses import aggregate, clipped_policy_loss, masked_mean, value_loss
+from rlqa.algorithms.losses import aggregate, clipped_policy_loss, masked_mean, policy_objective, value_loss
 
 NAN, INF = float("nan"), float("inf")
 # Row 0: 3 tokens (1, 2, 3); row 1: 2 tokens (5, 6); row 2: no tokens. Padding holds nan/inf on purpose.
@@ -170,3 +170,45 @@ def test_value_loss_clipped_and_unclipped():
     # without clipping: 0.5·(1, 0, 2.25) → 1.625 / 3
     unclipped = value_loss(values, old_values, returns, mask, clip=None)
     assert unclipped.item() == pytest.approx(1.625 / 3)
+
+
+def test_policy_objective_adds_kl_and_entropy_terms_by_hand():
+    # Same ratios and advantages as above: clipped surrogate (token mean) = -1.6 / 6 = -0.266667.
+    # Reference log-probs: x = ref - logp = 0.5 at (0, 0) and -0.5 at (1, 1), 0 elsewhere; padding holds inf.
+    #   k3 = e^0.5 - 1.5 = 0.148721 and e^-0.5 - 0.5 = 0.106531 → KL token mean 0.255252 / 6 = 0.042542
+    # Entropy 1..6 on the masked tokens → token mean 3.5.
+    # β = 0.1, c_H = 0.01: J = -0.266667 + 0.1 · 0.042542 - 0.01 · 3.5 = -0.297413
+    logprobs = _logprobs(RATIOS)
+    offsets = torch.tensor([[0.5, 0.0, 0.0, INF], [0.0, -0.5, 0.0, INF]])
+    ref_logprobs = logprobs.detach() + offsets
+    entropy = torch.tensor([[1.0, 2.0, 3.0, NAN], [4.0, 5.0, 6.0, NAN]])
+    common = dict(ref_logprobs=ref_logprobs, kl_coef=0.1, entropy=entropy, entropy_coef=0.01)
+    loss, stats = policy_objective(logprobs, torch.zeros(2, 4), ADVANTAGES, POLICY_MASK, **common)
+    assert loss.item() == pytest.approx(-0.297413, abs=1e-6)
+    assert stats["pg_loss"].item() == pytest.approx(-1.6 / 6)
+    assert stats["kl"].item() == pytest.approx(0.042542, abs=1e-6)
+    assert stats["entropy"].item() == pytest.approx(3.5)
+    loss.backward()
+    # the KL term adds β/6 · ∂k3/∂logp = β/6 · -(e^x - 1): -0.1/6 · 0.648721 at (0, 0), +0.1/6 · 0.393469 at (1, 1)
+    policy_only = torch.tensor([[-2.0, 0.0, -1.0, 0.0], [0.0, 2.0, 1.0, 0.0]]) / 6
+    kl_part = torch.tensor([[-0.648721, 0, 0, 0], [0, 0.393469, 0, 0]]) * 0.1 / 6
+    assert torch.allclose(logprobs.grad, policy_only + kl_part, atol=1e-6)
+
+    # weighted by the ratio ρ (1 at (0, 0), 2 at (1, 1)): KL term (0.148721 + 2 · 0.106531) / 6 = 0.060297
+    #   → J = -0.266667 + 0.0060297 - 0.035 = -0.295637; the reported KL stays the unweighted 0.042542
+    weighted, stats = policy_objective(
+        _logprobs(RATIOS), torch.zeros(2, 4), ADVANTAGES, POLICY_MASK, kl_ratio_weighted=True, **common
+    )
+    assert weighted.item() == pytest.approx(-0.295637, abs=1e-6)
+    assert stats["kl"].item() == pytest.approx(0.042542, abs=1e-6)
+
+
+def test_policy_objective_without_reference_or_coefficients_is_the_clipped_loss():
+    plain, _ = clipped_policy_loss(_logprobs(RATIOS), torch.zeros(2, 4), ADVANTAGES, POLICY_MASK)
+    # β = 0 with a reference: KL measured, not added; entropy given with c_H = 0: measured, not added
+    loss, stats = policy_objective(
+        _logprobs(RATIOS), torch.zeros(2, 4), ADVANTAGES, POLICY_MASK,
+        ref_logprobs=torch.zeros(2, 4), entropy=torch.ones(2, 4),
+    )
+    assert loss.item() == pytest.approx(plain.item())
+    assert "kl" in stats and stats["entropy"].item() == 1.0
