@@ -77,9 +77,14 @@ def _train(args) -> int:
 
 
 def _check(args) -> int:
+    from rewards.registry import load_reward_fn
     from rlqa.config import load_recipe, to_yaml
 
-    print(to_yaml(load_recipe(args.recipe, args.overrides)), end="")
+    recipe = load_recipe(args.recipe, args.overrides)
+    for spec in [term.fn for term in recipe.rewards.terms] + [recipe.rewards.correctness]:
+        if spec is not None:  # a misspelt or broken reward fails here, not minutes into `train`
+            load_reward_fn(spec, base_dir=Path(recipe.base_dir))
+    print(to_yaml(recipe), end="")
     return 0
 
 
