@@ -92,6 +92,23 @@ def test_a_failing_term_is_counted_logged_once_and_the_run_goes_on(
     assert misbehaving(["ok"], ["p"], {"answer": ["ok"]}).total == [2 + 5]
 
 
+def test_each_kind_of_failure_is_logged_once_per_term_with_the_first_traceback(caplog):
+    with RewardPipeline([term("flaky", "raise_or_nan")], correctness=None, base_dir=HERE) as pipeline:
+        with caplog.at_level(logging.WARNING, logger="rlqa.rewards"):
+            for batch in (["boom"], ["nan"], ["boom", "x"], ["nan", "nan"]):
+                pipeline(batch, ["p"] * len(batch), {})
+            counts = pipeline(["boom", "x"], ["p", "p"], {}).metrics
+    assert counts["reward/flaky/errors"] == 2 and counts["reward/flaky/nonfinite"] == 0
+    logged = [record.getMessage() for record in caplog.records]
+    assert len(logged) == 2  # five failing calls, two kinds: one message each
+    error, nonfinite = logged
+    # The error names the term and the function, and carries the traceback from inside the reward function.
+    assert error.startswith("reward term 'flaky', first errors (later ones counted): ")
+    assert f"{HERE / FIXTURES}:raise_or_nan raised:\nTraceback (most recent call last):" in error
+    assert 'raise ZeroDivisionError("boom")' in error and error.endswith("ZeroDivisionError: boom\n")
+    assert nonfinite.endswith(f"first nonfinite (later ones counted): {HERE / FIXTURES}:raise_or_nan returned nan for sample 0")
+
+
 def test_drop_policy_drops_failed_samples_and_reuses_the_correctness_term():
     counter = f"{FIXTURES}:call_count"
     terms = [RewardTermSpec("calls", counter), term("nan", "nan_on_nan")]
