@@ -1,3 +1,6 @@
+import threading
+import time
+
 import pytest
 
 import rewards.math
@@ -46,3 +49,30 @@ def test_accuracy_caches_answers_and_stays_bounded(monkeypatch):
 def test_accuracy_rejects_misaligned_answers():
     with pytest.raises(ValueError, match="2 completions but 1 answers"):
         accuracy(["\\boxed{1}", "\\boxed{2}"], answer=["1"])
+
+
+def test_hostile_completions_score_zero_from_a_thread_within_their_deadlines():
+    hostile = [
+        "\\boxed{5^{5^{5^{5^{5^{5}}}}}}",  # sympy hangs evaluating the tower
+        "\\boxed{\\frac{1}{2}",  # unbalanced: no answer can be extracted
+        "The answer is \\frac{1}{2}}}}{{",  # unbalanced, taken after "The answer is"
+        "\\boxed{" + "9" * 200_000 + "}",  # a 200 kB answer
+        "The answer is " + "(" * 200_000,  # 200 kB of open parentheses
+        "\\boxed{1\x00\x07\x1b2\x7f}",  # control characters
+    ]
+    completions = hostile + ["\\boxed{0.5}"]  # a healthy one in the same batch is still verified
+    deadline_s = 2.0
+    results, elapsed = [], []
+
+    def call() -> None:
+        start = time.monotonic()
+        results.append(accuracy(completions, answer=["5"] * len(hostile) + ["\\frac{1}{2}"], verify_deadline_s=deadline_s))
+        elapsed.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert results == [[0.0] * len(hostile) + [1.0]]
+    # At most 5 items reach math-verify, on 2 workers: 3 rounds of (deadline + restarting a killed worker) at most.
+    assert elapsed[0] < 3 * (deadline_s + 8.0)
