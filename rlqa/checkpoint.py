@@ -3,27 +3,44 @@
 A checkpoint is a directory `checkpoints/step_XXXXXXXX/` written under a temporary name and renamed into place once
 complete, with `manifest.json` listing every file's size and SHA-256. Loading checks the manifest first, so a
 truncated or corrupt checkpoint is refused by name, and auto-resume falls back to the one before it. Nothing here
-unpickles: weights are safetensors, optimizer state loads with `torch.load(weights_only=True)`, the rest is JSON.
+unpickles: weights are safetensors, optimizer state loads with `torch.load(weights_only=True)`, the rest (RNG states
+included) is JSON.
+
+Besides the training state a checkpoint holds the resolved recipe and, under `hf/`, the model's config and
+tokenizer files, so `rlqa export` turns any checkpoint into a Hugging Face model directory on its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
+import yaml
+
 MANIFEST = "manifest.json"
 DRIVER_STATE = "driver.json"
+RECIPE = "recipe.yaml"
+HF_FILES = "hf"  # config, generation config and tokenizer of the policy: everything but its weights
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".index.json")
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be used (missing, truncated or corrupt)."""
+    """A checkpoint that cannot be used (missing, truncated or corrupt). The message names the file."""
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:08d}"
+
+
+def step_of(ckpt: Path) -> int:
+    return int(ckpt.name.removeprefix("step_"))
 
 
 def _sha256(path: Path) -> str:
@@ -34,6 +51,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- writing ---------------------------------------------------------------------------------------------------------
+
+
 def begin(run_dir: Path, step: int) -> Path:
     """A fresh temporary directory to write a checkpoint into."""
     tmp = run_dir / "checkpoints" / f".tmp_step_{step:08d}"
@@ -42,37 +70,57 @@ def begin(run_dir: Path, step: int) -> Path:
     return tmp
 
 
+def copy_model_files(model_dir: Path, dest: Path) -> None:
+    """The model directory without its weights (config, tokenizer, custom code), for export from a checkpoint."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in Path(model_dir).iterdir():
+        if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copyfile(item, dest / item.name)
+
+
 def commit(tmp: Path, final: Path, driver_state: dict) -> Path:
-    """Write the driver state and the manifest, fsync, and rename the directory into place."""
+    """Write the driver state and the manifest, fsync everything, and rename the directory into place.
+
+    The rename is the commit point: a crash before it leaves only the temporary directory, never a half-written
+    `step_*` that auto-resume could pick up.
+    """
     (tmp / DRIVER_STATE).write_text(json.dumps(driver_state, sort_keys=True))
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+    files = {
+        p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
     (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
-    for p in tmp.iterdir():
-        with p.open("rb") as f:
-            os.fsync(f.fileno())
+    for p in [*tmp.rglob("*"), tmp]:
+        _fsync(p)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync(final.parent)
     return final
+
+
+# -- reading ---------------------------------------------------------------------------------------------------------
 
 
 def verify(ckpt: Path) -> None:
     """Raise CheckpointError naming the first file that is missing, truncated or altered."""
     manifest = ckpt / MANIFEST
     if not manifest.is_file():
-        raise CheckpointError(f"{ckpt}: no {MANIFEST} (incomplete checkpoint)")
+        raise CheckpointError(f"{ckpt}: no {MANIFEST} (not a checkpoint, or an incomplete one)")
     try:
         files = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{manifest}: unreadable manifest ({err})") from None
     for name, meta in files.items():
         path = ckpt / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing")
-        if path.stat().st_size != meta["bytes"]:
-            raise CheckpointError(f"{path}: truncated ({path.stat().st_size} of {meta['bytes']} bytes)")
+        size = path.stat().st_size
+        if size != meta["bytes"]:
+            raise CheckpointError(f"{path}: truncated or altered ({size} bytes, the manifest says {meta['bytes']})")
         if _sha256(path) != meta["sha256"]:
-            raise CheckpointError(f"{path}: checksum mismatch")
+            raise CheckpointError(f"{path}: checksum mismatch (corrupt)")
 
 
 def read_driver_state(ckpt: Path) -> dict:
@@ -80,8 +128,9 @@ def read_driver_state(ckpt: Path) -> dict:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's committed checkpoints, oldest first (temporary directories are not checkpoints)."""
     root = run_dir / "checkpoints"
-    return sorted(root.glob("step_*")) if root.is_dir() else []
+    return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
 
 
 def latest_good(run_dir: Path, warn=print) -> Path | None:
@@ -95,8 +144,112 @@ def latest_good(run_dir: Path, warn=print) -> Path | None:
     return None
 
 
+def recipe_changes(ckpt: Path, current: dict) -> list[str]:
+    """`key: saved -> current` for every recipe key a resumed run changes (its result then differs from an
+    uninterrupted run's; changing trainer.steps, say, also reshapes the LR and temperature schedules)."""
+    path = ckpt / RECIPE
+    if not path.is_file():
+        return []
+    return _diff(yaml.safe_load(path.read_text()), current, "")
+
+
+def _diff(saved, current, prefix: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [
+            change
+            for key in sorted(set(saved) | set(current), key=str)
+            if key != "base_dir"
+            for change in _diff(saved.get(key), current.get(key), f"{prefix}{key}.")
+        ]
+    return [] if saved == current else [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
+
+
+# -- which checkpoints stay --------------------------------------------------------------------------------------------
+
+
+def is_better(value: float | None, best: float | None, mode: str) -> bool:
+    """Whether `value` beats the best so far ("max" or "min"); a missing or NaN value never does.
+
+    >>> is_better(0.5, 0.25, "max"), is_better(0.5, 0.25, "min"), is_better(0.5, None, "min")
+    (True, False, True)
+    """
+    if value is None or math.isnan(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
 def prune(run_dir: Path, keep_last: int, keep: Path | None = None) -> None:
     """Delete all but the newest `keep_last` checkpoints (and `keep`, e.g. the best one)."""
     for ckpt in list_checkpoints(run_dir)[:-keep_last]:
         if keep is None or ckpt.resolve() != keep.resolve():
             shutil.rmtree(ckpt)
+
+
+def discard_after(run_dir: Path, step: int, say=print) -> None:
+    """Resuming at `step` abandons what came after it: later checkpoints (they belong to a future this run will
+    rewrite, and auto-resume must not jump back into it) and unfinished temporary directories."""
+    root = run_dir / "checkpoints"
+    for tmp in root.glob(".tmp_step_*") if root.is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for ckpt in list_checkpoints(run_dir):
+        if step_of(ckpt) > step:
+            say(f"removing {ckpt}: it comes after the checkpoint this run resumes from")
+            shutil.rmtree(ckpt)
+
+
+# -- RNG states as JSON ------------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """Every global RNG of this process (Python, NumPy, torch CPU and CUDA) as plain JSON: no pickle, and nothing
+    that breaks when torch's serialisation changes."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+# -- export --------------------------------------------------------------------------------------------------------------
+
+
+def export_hf(ckpt: Path, out_dir: Path, trust_remote_code: bool = False) -> Path:
+    """A Hugging Face model directory (weights, config, generation config, tokenizer) from a checkpoint's policy."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    verify(ckpt)
+    hf = ckpt / HF_FILES
+    if not (hf / "config.json").is_file():
+        raise CheckpointError(f"{hf / 'config.json'}: missing (the checkpoint holds no model config to export with)")
+    weights = load_file(ckpt / "policy.safetensors")
+    config = AutoConfig.from_pretrained(hf, trust_remote_code=trust_remote_code)
+    dtype = next(iter(weights.values())).dtype
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=dtype)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ckpt / 'policy.safetensors'}: does not fit {hf / 'config.json'} "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    if (hf / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(hf)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copy_model_files(hf, out_dir)  # tokenizer files and custom code; save_pretrained rewrites the config
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -1,4 +1,4 @@
-"""`rlqa train | check | eval | report`: the command line. User mistakes exit 2 with one line, no traceback."""
+"""`rlqa train | check | eval | export | report`: the command line. User mistakes exit 2 with one line, no traceback."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from rlqa.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_RUN_STOPPED = 1  # a failure during the run (not the user's input); the last checkpoint is intact
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, help="samples per prompt for pass@k")
     ev.add_argument("--address", help="Ray cluster address")
 
+    export = sub.add_parser("export", help="write a Hugging Face model directory from a checkpoint")
+    export.add_argument("checkpoint", type=Path, help="checkpoint directory, or a run directory (its newest good checkpoint)")
+    export.add_argument("out_dir", type=Path, help="where to write the model (from_pretrained loads it)")
+
     report = sub.add_parser("report", help="PNG plots and a markdown summary of a run directory")
     report.add_argument("run_dir", type=Path, help="run directory (holds metrics.jsonl)")
     report.add_argument("--out", type=Path, help="where to write them (default: RUN_DIR/report)")
@@ -52,27 +57,55 @@ def _train(args) -> int:
     require_sinks(recipe.logging, args.recipe)
     if args.resume and args.run_dir is None:
         raise UserError("--resume needs --run-dir DIR (the run to continue)")
+    if args.resume_from is not None and args.run_dir is None:  # continue in the run the checkpoint belongs to
+        args.run_dir = args.resume_from.parent.parent
     run_dir = args.run_dir or Path(recipe.trainer.output_dir) / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     resume_from = None
     if args.resume:
         resume_from = checkpoint.latest_good(run_dir, warn=lambda m: print(m, file=sys.stderr))
         if resume_from is None:
             raise UserError(f"{run_dir}: no usable checkpoint to resume from")
-        print(f"resuming from {resume_from}", flush=True)
+        print(f"resuming from {resume_from}, the newest good checkpoint in {run_dir}", flush=True)
     elif args.resume_from is not None:
         resume_from = args.resume_from
         try:
             checkpoint.verify(resume_from)
         except checkpoint.CheckpointError as err:
             raise UserError(f"--resume-from: {err}") from None
-    from rlqa.trainer import train
+    from rlqa.trainer import RunStopped, train
 
-    summary = train(recipe, run_dir, resume_from=resume_from, address=args.address)
+    try:
+        summary = train(recipe, run_dir, resume_from=resume_from, address=args.address)
+    except checkpoint.CheckpointError as err:
+        raise UserError(str(err)) from None
+    except RunStopped as err:
+        print(f"rlqa: the run stopped: {err}", file=sys.stderr)
+        return EXIT_RUN_STOPPED
     print(f"run directory: {run_dir}")
     if "after" in summary.get("eval", {}):
         before = summary["eval"].get("before", {}).get("accuracy")
         after = summary["eval"]["after"]["accuracy"]
         print(f"held-out greedy accuracy: {before if before is None else f'{before:.3f}'} -> {after:.3f}")
+    return 0
+
+
+def _export(args) -> int:
+    import yaml
+
+    from rlqa import checkpoint
+
+    ckpt = args.checkpoint
+    if not (ckpt / checkpoint.MANIFEST).is_file() and (ckpt / "checkpoints").is_dir():
+        ckpt = checkpoint.latest_good(ckpt, warn=lambda m: print(m, file=sys.stderr))
+        if ckpt is None:
+            raise UserError(f"{args.checkpoint}: no usable checkpoint to export")
+    recipe_path = ckpt / checkpoint.RECIPE
+    trust = recipe_path.is_file() and yaml.safe_load(recipe_path.read_text())["model"]["trust_remote_code"]
+    try:
+        out = checkpoint.export_hf(ckpt, args.out_dir, trust_remote_code=trust)
+    except checkpoint.CheckpointError as err:
+        raise UserError(str(err)) from None
+    print(f"exported {ckpt} to {out}")
     return 0
 
 
@@ -108,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return {"train": _train, "check": _check, "eval": _eval, "report": _report}[args.command](args)
+        return {"train": _train, "check": _check, "eval": _eval, "export": _export, "report": _report}[args.command](args)
     except UserError as err:
         print(f"rlqa: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -54,9 +54,12 @@ def evaluate(
         per_prompt[rollout.prompt_id].append((ok, answer))
 
     counts = [(len(v), sum(ok for ok, _ in v)) for v in per_prompt.values()]
+    correct_lengths = [len(r.completion_tokens) for r, ok in zip(greedy, greedy_correct) if ok]
     results = {
         "accuracy": sum(greedy_correct) / len(examples),
         "mean_length": sum(len(r.completion_tokens) for r in greedy) / len(examples),
+        # what a length reward should shorten without costing accuracy (NaN when nothing is correct)
+        "mean_length_correct": sum(correct_lengths) / len(correct_lengths) if correct_lengths else float("nan"),
         "sampled_accuracy": sum(sampled_correct) / len(sampled),
         f"maj@{k}": sum(maj_at_k([a for _, a in v], [ok for ok, _ in v]) for v in per_prompt.values()) / len(per_prompt),
         "num_prompts": len(examples),

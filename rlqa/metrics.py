@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -22,12 +23,34 @@ def _clean(value):
     return value
 
 
+def _step_of(line: str) -> int | None:
+    """The step of one JSONL row; None for a line torn by a crash in the middle of writing it."""
+    try:
+        return json.loads(line).get("step")
+    except json.JSONDecodeError:
+        return None
+
+
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop rows past `last_step`, so a resumed run continues the file without duplicated steps."""
+    """Keep the rows up to `last_step`, so a resumed run continues the file with no step twice and none missing.
+
+    Rows past the checkpoint (written before a crash) and a torn last line go; the file is replaced atomically, so a
+    crash here loses nothing either.
+    """
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", -1) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [line for line in path.read_text().splitlines() if (step := _step_of(line)) is not None and step <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    """Append and fsync: a step's rows are on disk before the checkpoint that follows them."""
+    with path.open("a") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class TensorBoardSink:
@@ -115,11 +138,8 @@ class MetricsWriter:
 
     def log(self, step: int, metrics: dict[str, float], samples: list[dict]) -> None:
         row = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        with self.samples_path.open("a") as f:
-            for sample in samples:
-                f.write(json.dumps({"step": step, **sample}) + "\n")
+        _append(self.metrics_path, [json.dumps(row)])
+        _append(self.samples_path, [json.dumps({"step": step, **sample}) for sample in samples])
         for sink in self.sinks:
             sink.log(step, row)
         status = (

@@ -1,12 +1,15 @@
-"""The rollout workers as one group: deterministic work split, weight sync, and replacing a worker that dies.
+"""The rollout workers as one group: deterministic work split, weight sync, and replacing a worker that dies or hangs.
 
 Work is split by position in the request list (contiguous equal shares), never by arrival order, and each sample
-carries its own seed, so a share regenerated on a replacement worker yields the very same tokens.
+carries its own seed, so a share regenerated on a replacement worker yields the very same tokens: a dead worker
+costs a retry, not the run, and not a sample. A share that has not come back `rollout.deadline_s` seconds after it
+was sent counts as hung and is handled like a death.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import ray
@@ -17,6 +20,10 @@ from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 from rlqa.rollout.worker import RolloutWorker
 
 log = logging.getLogger("rlqa.rollout")
+
+
+class RolloutFailure(RuntimeError):
+    """A worker's share failed more than `rollout.max_retries` times in one step."""
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -30,60 +37,103 @@ def split_evenly(items: list, parts: int) -> list[list]:
     return shares
 
 
+def actor_pid(actor) -> int:
+    """The operating-system process id of a Ray actor (for operators, and for fault tests that kill it)."""
+    return ray.get(actor.__ray_call__.remote(lambda _self: os.getpid()))
+
+
 class RolloutGroup:
-    def __init__(self, model_dir: str, recipe: Recipe, deadline_s: float = 600.0, max_retries: int = 2):
+    def __init__(self, model_dir: str, recipe: Recipe, actor_options: list[dict] | None = None):
         self.model_dir = model_dir
         self.recipe = recipe
-        self.deadline_s = deadline_s
-        self.max_retries = max_retries
-        self.workers = [self._start_worker() for _ in range(recipe.rollout.workers)]
+        cfg = recipe.rollout  # Ray options per worker (rlqa.placement); a replacement reuses its slot's
+        self.actor_options = actor_options or [{"num_cpus": cfg.cpus_per_worker, "num_gpus": cfg.gpus_per_worker}] * cfg.workers
+        self.deadline_s = recipe.rollout.deadline_s
+        self.max_retries = recipe.rollout.max_retries
+        self.workers = [self._start_worker(i) for i in range(recipe.rollout.workers)]
+        self._pids: list[int] | None = None  # asked once, while every worker is healthy; a replacement updates its slot
         self.weights_ref = None
         self.version = 0
-        self.restarts = 0
+        self.restarts = 0  # over the whole run; the trainer keeps it in the checkpoint
 
-    def _start_worker(self):
+    def _start_worker(self, index: int):
         cfg = self.recipe.rollout
-        actor = ray.remote(RolloutWorker).options(num_cpus=cfg.cpus_per_worker, num_gpus=cfg.gpus_per_worker)
+        actor = ray.remote(RolloutWorker).options(**self.actor_options[index])
         return actor.remote(
-            self.model_dir, self.recipe.model.dtype, cfg.micro_batch_size, cfg.torch_threads, self.recipe.model.trust_remote_code
+            self.model_dir, self.recipe.model.dtype, cfg.micro_batch_size, cfg.torch_threads, self.recipe.model.trust_remote_code,
+            backend=cfg.backend, gpu_memory=cfg.vllm_gpu_memory,
         )
 
+    def pids(self) -> list[int]:
+        """The workers' process ids, without asking a worker that may hang now."""
+        if self._pids is None:
+            self._pids = [actor_pid(w) for w in self.workers]
+        return list(self._pids)
+
     def sync(self, weights, version: int) -> None:
-        """Send new weights to every worker through the object store (one copy, read by all)."""
+        """Send new weights to every worker through the object store (one copy, read by all). A worker that died
+        since the last step is replaced here, and the replacement gets these weights."""
         self.weights_ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         self.version = version
-        ray.get([w.load_weights.remote(self.weights_ref, version) for w in self.workers])
+        loads = [w.load_weights.remote(self.weights_ref, version) for w in self.workers]
+        for index, ref in enumerate(loads):
+            try:
+                ray.get(ref, timeout=self.deadline_s)
+            except (RayActorError, GetTimeoutError) as err:
+                self._replace(index, f"{type(err).__name__} while loading weights")
 
-    def _replace(self, index: int) -> None:
+    def _replace(self, index: int, reason: str) -> None:
+        log.warning("rollout worker %d failed (%s); replacing it", index, reason)
+        started = time.perf_counter()
         try:
             ray.kill(self.workers[index], no_restart=True)
         except Exception:  # already gone
             pass
-        self.workers[index] = self._start_worker()
+        self.workers[index] = self._start_worker(index)
         if self.weights_ref is not None:
             ray.get(self.workers[index].load_weights.remote(self.weights_ref, self.version))
         self.restarts += 1
+        pid = actor_pid(self.workers[index])
+        if self._pids is not None:
+            self._pids[index] = pid
+        log.warning(
+            "rollout worker %d replaced in %.1fs (pid %d, policy version %d)",
+            index, time.perf_counter() - started, pid, self.version,
+        )
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
         """All requests' rollouts, in request order. A dead or hung worker is replaced and its share redone."""
         shares = split_evenly(requests, len(self.workers))
-        pending = {i: self.workers[i].generate.remote(share, params) for i, share in enumerate(shares) if share}
+        pending: dict = {}  # ObjectRef -> (worker index, deadline)
         results: dict[int, list[Rollout]] = {}
-        attempts = dict.fromkeys(pending, 0)
+        failures = [0] * len(shares)
+
+        def send(index: int) -> None:
+            ref = self.workers[index].generate.remote(shares[index], params)
+            pending[ref] = (index, time.monotonic() + self.deadline_s)
+
+        for index, share in enumerate(shares):
+            if share:
+                send(index)
         while pending:
-            index, ref = next(iter(pending.items()))
-            try:
-                results[index] = ray.get(ref, timeout=self.deadline_s)
-                del pending[index]
-            except (RayActorError, GetTimeoutError) as err:
-                attempts[index] += 1
-                if attempts[index] > self.max_retries:
-                    raise RuntimeError(f"rollout worker {index} failed {attempts[index]} times") from err
-                log.warning("rollout worker %d failed (%s); replacing it and regenerating its share", index, type(err).__name__)
-                started = time.perf_counter()
-                self._replace(index)
-                pending[index] = self.workers[index].generate.remote(shares[index], params)
-                log.warning("worker %d replaced in %.1fs", index, time.perf_counter() - started)
+            first_deadline = min(deadline for _, deadline in pending.values())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(first_deadline - time.monotonic(), 0.0))
+            if ready:
+                index, _ = pending.pop(ready[0])
+                try:
+                    results[index] = ray.get(ready[0])
+                    continue
+                except RayActorError as err:
+                    reason = type(err).__name__
+            else:  # the oldest share is past its deadline: the worker hangs
+                late = min(pending, key=lambda ref: pending[ref][1])
+                index, _ = pending.pop(late)
+                reason = f"no result within rollout.deadline_s={self.deadline_s:g}s"
+            failures[index] += 1
+            if failures[index] > self.max_retries:
+                raise RolloutFailure(f"rollout worker {index} failed {failures[index]} times in one step (last: {reason})")
+            self._replace(index, reason)
+            send(index)
         return [rollout for i in sorted(results) for rollout in results[i]]
 
     def shutdown(self) -> None:

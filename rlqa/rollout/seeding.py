@@ -76,5 +76,5 @@ class SeededSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         position = input_ids.shape[1] - self.prompt_length
         logits = filter_logits(scores.float() / self.temperature, self.top_k, self.top_p)
-        noise = gumbel_noise(self.seeds, position, scores.shape[-1]).to(logits.dtype)
+        noise = gumbel_noise(self.seeds, position, scores.shape[-1]).to(logits.device, logits.dtype)
         return logits + noise

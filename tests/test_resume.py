@@ -1,0 +1,235 @@
+"""Stopping a run at any moment and resuming it gives the result of a run that never stopped; a dead or hung
+rollout worker costs a retry, not the run; a dead learner stops the run with its last checkpoint intact.
+
+Every run here is the real `rlqa train` in a subprocess (Ray actors, a tiny transformers model, the reward worker
+pool), so that it can be killed the way a preempted node or an operator kills it. The reference is one undisturbed
+run of 10 steps; 8 prompts at 4 per step make every even step the last of an epoch. A training process costs 15-40 s
+on 2 cores (Ray and actor start-up; the steps take 0.2 s each), so a second run goes through every kind of stop in
+turn (Ctrl-C, SIGKILL, a truncated checkpoint, a dead learner, a dead and a hung rollout worker) and must still end
+with exactly the reference's metrics, samples and weights.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from rlqa import checkpoint
+
+pytestmark = pytest.mark.integration
+
+STEPS = 10
+
+RECIPE = {
+    "model": {"tiny": {"hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64, "max_positions": 128}},
+    "data": {
+        "train": {"task": "arithmetic", "size": 8, "levels": [1, 2]},
+        "test": {"task": "arithmetic", "split": "test", "size": 2, "levels": [1]},
+    },
+    "rollout": {"workers": 2, "prompts_per_step": 4, "rollouts_per_prompt": 4, "max_new_tokens": 16},
+    "learner": {"lr": 1.0e-2},
+    # a random tiny model is never right, so the reward is one with spread: the share of digits in the completion
+    "rewards": {"terms": [{"fn": "digits.py:digit_share"}]},
+    "sampler": {"allocation": "difficulty", "n_min": 2, "n_max": 6},
+    "trainer": {"steps": STEPS, "eval_before": False, "eval_after": False},
+    "checkpoint": {"every": 1, "keep_last": 4},
+    "logging": {"progress": False, "samples_per_step": 16},
+}
+
+DIGIT_SHARE = '''
+def digit_share(completions, prompts, **columns):
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+'''
+
+NOT_REPRODUCIBLE = ("time/", "throughput/")  # wall-clock figures
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    (root / "digits.py").write_text(DIGIT_SHARE)
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return path
+
+
+class Train:
+    """`rlqa train` in its own session, so that a signal can reach it alone or its whole process tree."""
+
+    def __init__(self, recipe, run_dir, *args):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.out_path, self.err_path = run_dir.parent / f"{run_dir.name}.out", run_dir.parent / f"{run_dir.name}.err"
+        # the files collect every run in this directory; this run's output starts where they end now
+        self.out_start, self.err_start = (p.stat().st_size if p.exists() else 0 for p in (self.out_path, self.err_path))
+        with self.out_path.open("a") as out, self.err_path.open("a") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rlqa.cli", "train", str(recipe), *args, "--run-dir", str(run_dir)],
+                stdout=out, stderr=err, start_new_session=True,
+            )
+
+    def wait_for(self, condition, timeout=240.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"rlqa train exited early:\n{self.err_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.02)
+
+    def finish(self, timeout=240.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill_tree()
+
+    def kill_tree(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    @property
+    def out(self):
+        return self.out_path.read_bytes()[self.out_start :].decode()
+
+    @property
+    def err(self):
+        return self.err_path.read_bytes()[self.err_start :].decode()
+
+
+def rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def logged_steps(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return len(rows(path)) if path.exists() else 0
+
+
+def reproducible(row, also_ignore=()):
+    return {k: v for k, v in row.items() if not k.startswith(NOT_REPRODUCIBLE) and k not in also_ignore}
+
+
+def final_weights(run_dir):
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def assert_same_run(run_dir, reference, also_ignore=()):
+    got, want = rows(run_dir / "metrics.jsonl"), rows(reference / "metrics.jsonl")
+    assert [r["step"] for r in got] == list(range(STEPS))  # no step twice, none missing
+    for g, w in zip(got, want, strict=True):
+        assert reproducible(g, also_ignore) == reproducible(w, also_ignore), f"step {g['step']}"
+    assert rows(run_dir / "samples.jsonl") == rows(reference / "samples.jsonl")
+    weights, expected = final_weights(run_dir), final_weights(reference)
+    assert weights.keys() == expected.keys()
+    for name in expected:
+        assert weights[name].equal(expected[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference(recipe, tmp_path_factory):
+    run = Train(recipe, tmp_path_factory.mktemp("reference") / "run")
+    assert run.finish() == 0, run.err
+    metrics = rows(run.run_dir / "metrics.jsonl")
+    # the run learns (the weights move, the reward has spread) and crosses an epoch boundary every two steps
+    assert [m["sampler/epoch"] for m in metrics] == [float(step // 2) for step in range(STEPS)]
+    assert all(m["policy/grad_norm"] > 0 for m in metrics)
+    assert [m["rollout/count"] for m in metrics] == [16.0] * STEPS
+    return run.run_dir
+
+
+def processes(run_dir):
+    return json.loads((run_dir / "processes.json").read_text())
+
+
+def stop_with_ctrl_c(recipe, run_dir):
+    """Ctrl-C as a terminal sends it, to the whole foreground process group (Ray's processes included)."""
+    run = Train(recipe, run_dir)
+    run.wait_for(lambda: logged_steps(run_dir) >= 2)
+    os.killpg(run.proc.pid, signal.SIGINT)
+    assert run.finish() == 0, run.err
+    stopped = logged_steps(run_dir)  # the step in flight was finished and logged, not lost
+    assert 2 <= stopped < STEPS
+    assert f"stopped after step {stopped}; checkpoint {checkpoint.step_dir(run_dir, stopped)}" in run.out
+    assert f"resume with: rlqa train {run_dir / 'recipe.yaml'} --run-dir {run_dir} --resume" in run.out
+    checkpoint.verify(checkpoint.step_dir(run_dir, stopped))
+    assert not (run_dir / "final").exists()
+
+
+def resume_from_an_epoch_end_then_sigkill(recipe, run_dir):
+    """--resume-from the checkpoint at the end of epoch 0 (what came after it is discarded), then SIGKILL the whole
+    process tree once the next checkpoint is on disk, as when the node goes away."""
+    epoch_end = checkpoint.step_dir(run_dir, 2)
+    run = Train(recipe, run_dir, "--resume-from", str(epoch_end))
+    run.wait_for(lambda: "resumed from" in run.out)
+    assert f"resumed from {epoch_end} (step 2)" in run.out
+    run.wait_for(checkpoint.step_dir(run_dir, 3).exists)  # the rename is the commit: it exists only when complete
+    run.kill_tree()
+    assert run.proc.returncode == -signal.SIGKILL
+
+
+def resume_past_a_truncated_checkpoint_then_kill_the_learner(run_dir):
+    """The newest checkpoint loses half a file: auto-resume names it and takes the one before. Then the learner dies:
+    the run stops (exit 1, no traceback) and says which checkpoint is left and how to resume."""
+    newest = checkpoint.list_checkpoints(run_dir)[-1]
+    bad = newest / "optimizer.pt"
+    with bad.open("r+b") as f:
+        f.truncate(bad.stat().st_size // 2)
+    previous = checkpoint.step_dir(run_dir, checkpoint.step_of(newest) - 1)
+    run = Train(run_dir / "recipe.yaml", run_dir, "--resume")  # the resume command the runs print
+    run.wait_for(lambda: "resumed from" in run.out)
+    assert f"skipping bad checkpoint: {bad}: truncated or altered" in run.err
+    assert f"resuming from {previous}, the newest good checkpoint in {run_dir}" in run.out
+    run.wait_for(checkpoint.step_dir(run_dir, checkpoint.step_of(previous) + 1).exists)
+    os.kill(processes(run_dir)["learners"][0], signal.SIGKILL)
+    assert run.finish() == 1, run.err
+    last = checkpoint.latest_good(run_dir)
+    assert checkpoint.step_of(last) > checkpoint.step_of(previous)
+    assert "rlqa: the run stopped: the learner died during step" in run.err
+    assert f"the last checkpoint is {last}\nresume with: rlqa train {run_dir / 'recipe.yaml'}" in run.err
+    assert "Traceback" not in run.err.split("rlqa: the run stopped")[-1]
+    assert not (run_dir / "final").exists()
+
+
+def resume_through_a_dead_and_a_hung_rollout_worker(run_dir):
+    """One worker is killed, later the other one hangs (SIGSTOP; rollout.deadline_s catches it): both are replaced
+    within their step and the run completes."""
+    run = Train(run_dir / "recipe.yaml", run_dir, "rollout.deadline_s=4", "--resume")
+    run.wait_for(lambda: "resumed from" in run.out)
+    start = int(re.search(r"resumed from .* \(step (\d+)\)", run.out).group(1))
+    run.wait_for(lambda: logged_steps(run_dir) >= start + 1)  # processes.json is rewritten before the first step
+    workers = processes(run_dir)["rollout_workers"]
+    os.kill(workers[1], signal.SIGKILL)
+    run.wait_for(lambda: logged_steps(run_dir) >= start + 2)
+    os.kill(workers[0], signal.SIGSTOP)
+    assert run.finish() == 0, run.err
+    assert "rollout worker 1 failed (" in run.err and "rollout worker 1 replaced in" in run.err
+    assert "rollout worker 0 failed (no result within rollout.deadline_s=4s" in run.err or (
+        "rollout worker 0 failed (GetTimeoutError while loading weights)" in run.err  # hung between two steps
+    )
+    replaced = processes(run_dir)["rollout_workers"]
+    assert replaced[0] != workers[0] and replaced[1] != workers[1]
+    assert rows(run_dir / "metrics.jsonl")[-1]["rollout/worker_restarts"] == 2.0
+
+
+def test_a_run_stopped_every_way_ends_exactly_where_the_undisturbed_run_ends(recipe, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    stop_with_ctrl_c(recipe, run_dir)
+    resume_from_an_epoch_end_then_sigkill(recipe, run_dir)
+    resume_past_a_truncated_checkpoint_then_kill_the_learner(run_dir)
+    resume_through_a_dead_and_a_hung_rollout_worker(run_dir)
+
+    metrics = rows(run_dir / "metrics.jsonl")
+    # no lost or duplicated samples: the same count every step, the same total
+    assert [m["rollout/count"] for m in metrics] == [m["rollout/count"] for m in rows(reference / "metrics.jsonl")]
+    assert sum(m["rollout/count"] for m in metrics) == 16 * STEPS
+    # and in fact the very same run: per-step metrics (wall-clock figures and the restart count aside), samples and
+    # final weights
+    assert_same_run(run_dir, reference, also_ignore={"rollout/worker_restarts"})
