@@ -75,7 +75,12 @@ class DataConfig(Section):
 
 class RolloutConfig(Section):
     workers: int = Field(2, ge=1, description="RolloutWorker actors")
-    backend: Literal["hf"] = Field("hf", description="generation backend")
+    backend: Literal["hf", "vllm"] = Field("hf", description="generation backend: hf (CPU or GPU) or vllm (GPU, extra rlqa[vllm])")
+    vllm_gpu_memory: float = Field(0.4, gt=0, le=1, description="share of its GPU a vLLM engine may take (weights + KV cache)")
+    async_steps: int = Field(0, ge=0, le=1, description="1: generate step t+1 while step t trains (one step off-policy, importance-corrected)")
+    weight_sync: Literal["object_store", "broadcast", "ipc"] = Field(
+        "object_store", description="how new weights reach the workers: object store; broadcast (NCCL on GPUs, gloo on CPU); CUDA IPC (colocated GPUs)"
+    )
     prompts_per_step: int = Field(16, ge=1, description="prompts in each step's batch")
     rollouts_per_prompt: int = Field(8, ge=1, description="nominal rollouts per prompt (budget = prompts x this)")
     max_new_tokens: int = Field(64, ge=1, description="generation limit per completion")
@@ -85,6 +90,8 @@ class RolloutConfig(Section):
     cpus_per_worker: float = Field(1.0, ge=0, description="CPUs Ray reserves for each worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs Ray reserves for each worker")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker on CPU")
+    deadline_s: float = Field(600.0, gt=0, description="a worker's share of a step taking longer counts as hung: the worker is replaced and the share redone")
+    max_retries: int = Field(2, ge=0, description="replacements of one worker within a step before the run stops")
 
 
 class LearnerConfig(Section):
@@ -97,6 +104,7 @@ class LearnerConfig(Section):
     schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="LR after warm-up")
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward (gradient accumulation)")
+    micro_batch_tokens: int | None = Field(None, ge=1, description="token budget of a micro-batch (sequences x padded length); null: micro_batch_size alone")
     epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     mini_batches: int = Field(1, ge=1, description="optimizer steps per pass over a rollout batch")
     cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each learner")
@@ -219,7 +227,9 @@ class TrainerConfig(Section):
 
 class CheckpointConfig(Section):
     every: int = Field(0, ge=0, description="save every N steps (0: only at the end)")
-    keep_last: int = Field(2, ge=1, description="checkpoints kept")
+    keep_last: int = Field(2, ge=1, description="newest checkpoints kept")
+    best_metric: str | None = Field(None, description="also keep the checkpoint whose step scored best on this metric (e.g. eval/accuracy)")
+    best_mode: Literal["max", "min"] = Field("max", description="whether a higher or a lower best_metric is better")
 
 
 class LoggingConfig(Section):
@@ -233,6 +243,11 @@ class LoggingConfig(Section):
 class RayConfig(Section):
     address: str | None = Field(None, description="cluster to join (default: start an embedded local Ray)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: what actors need)")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of the embedded Ray (default: those Ray detects)")
+    placement: Literal["none", "separate", "colocate"] = Field(
+        "none", description="none: plain actor requests; separate: one placement group, own bundles for learners and rollout workers; colocate: each bundle shared by a learner and a rollout worker (engines sleep during training)"
+    )
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="placement group strategy across nodes")
 
 
 class Recipe(Section):
@@ -262,6 +277,19 @@ class Recipe(Section):
             raise ValueError(f"sampler: {err}") from None
         if self.temperature.mode == "entropy" and not self.temperature.t_min <= self.temperature.initial <= self.temperature.t_max:
             raise ValueError("temperature: need t_min <= initial <= t_max")
+        if self.learner.workers > 1 and self.algorithm.critic is not None:
+            raise ValueError("learner.workers: the PPO critic trains on one learner; set learner.workers: 1")
+        if self.rollout.backend == "vllm" and self.rollout.gpus_per_worker <= 0:
+            raise ValueError("rollout.gpus_per_worker: the vllm backend needs a GPU per worker (e.g. 1, or 0.5 to share)")
+        if self.rollout.weight_sync != "object_store":
+            if self.rollout.max_retries != 0:
+                raise ValueError("rollout.max_retries: direct weight sync cannot re-admit a replaced worker mid-step; set 0")
+            if self.learner.workers > 1 and self.learner.zero_stage == 3:
+                raise ValueError("rollout.weight_sync: ZeRO-3 partitions the weights over the learners; use object_store")
+        if self.rollout.async_steps and self.algorithm.old_logprobs != "sampling":
+            raise ValueError("rollout.async_steps: the off-policy correction needs algorithm.old_logprobs: sampling")
+        if self.rollout.weight_sync == "ipc" and self.ray.placement != "colocate":
+            raise ValueError("rollout.weight_sync: ipc needs learners and workers on the same GPUs (ray.placement: colocate)")
         return self
 
 

@@ -20,11 +20,13 @@ import logging
 import os
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import torch
+from ray.exceptions import RayActorError, RayTaskError
 
 from rlqa import checkpoint
 from rlqa.algorithms.advantages import get_advantage_estimator
@@ -33,14 +35,18 @@ from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
 from rlqa.heldout import evaluate, scorer
 from rlqa.learner.batch import TrainSample
-from rlqa.learner.learner import Learner
+from rlqa.learner.group import start_learners
 from rlqa.length_history import LengthHistory
 from rlqa.metrics import MetricsWriter, open_sinks
 from rlqa.models import create_model_dir, load_tokenizer, quiet_hf
-from rlqa.rollout.group import RolloutGroup
+from rlqa.placement import actor_options
+from rlqa.rollout.backends import check_backend
+from rlqa.rollout.direct_sync import DirectSync
+from rlqa.rollout.group import RolloutFailure, RolloutGroup, actor_pid
 from rlqa.rollout.seeding import sample_seed
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 from rlqa.sampler import RolloutSampler
+from rlqa.scaleout import engines_sleep, engines_wake, staleness
 from rlqa.temperature import TemperatureController
 from rewards.pipeline import RewardPipeline, RewardTermSpec
 from rewards.registry import function_name, resolve_spec
@@ -63,6 +69,10 @@ class Components:
     sampler: RolloutSampler
     temperature: TemperatureController
     history: LengthHistory
+    weight_sync: DirectSync | None = None  # rollout.weight_sync other than object_store
+    prefetch: Future | None = None  # async mode: the next step's generation, running during this step's update
+    executor: ThreadPoolExecutor | None = None
+    learner_pids: list[int] | None = None  # for RUN_DIR/processes.json
 
 
 # -- building ------------------------------------------------------------------------------------------------------
@@ -76,6 +86,7 @@ def init_ray(recipe: Recipe, address: str | None) -> None:
     needed = recipe.rollout.workers * recipe.rollout.cpus_per_worker + recipe.learner.workers * recipe.learner.cpus
     ray.init(
         num_cpus=recipe.ray.num_cpus or max(int(needed + 0.999), 1),
+        num_gpus=recipe.ray.num_gpus,
         include_dashboard=False,
         log_to_driver=True,
         configure_logging=False,
@@ -144,12 +155,9 @@ def build(recipe: Recipe, run_dir: Path) -> Components:
     train = build_examples(recipe.data.train, recipe, tokenizer, "data.train")
     test = build_examples(recipe.data.test, recipe, tokenizer, "data.test")
     prompt_tokens = {e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in train + test}
-    learner_cfg = recipe.learner
-    learner = (
-        ray.remote(Learner)
-        .options(num_cpus=learner_cfg.cpus, num_gpus=learner_cfg.gpus)
-        .remote(model_dir, recipe, recipe.trainer.steps)
-    )
+    check_backend(recipe.rollout.backend, ray.cluster_resources().get("GPU", 0))
+    learner_options, worker_options = actor_options(recipe)
+    learner = start_learners(model_dir, recipe, learner_options)
     return Components(
         recipe=recipe,
         run_dir=run_dir,
@@ -159,11 +167,13 @@ def build(recipe: Recipe, run_dir: Path) -> Components:
         test=test,
         prompt_tokens=prompt_tokens,
         learner=learner,
-        rollouts=RolloutGroup(model_dir, recipe),
+        rollouts=RolloutGroup(model_dir, recipe, worker_options),
         rewards=reward_pipeline(recipe),
         sampler=rollout_sampler(recipe, train),
         temperature=temperature_controller(recipe, len(tokenizer)),
         history=LengthHistory(),
+        weight_sync=None if recipe.rollout.weight_sync == "object_store" else DirectSync(recipe.rollout.weight_sync),
+        executor=ThreadPoolExecutor(1, thread_name_prefix="rlqa-prefetch") if recipe.rollout.async_steps else None,
     )
 
 
@@ -198,16 +208,11 @@ def group_stats(rollouts: list[Rollout], correct: list[bool | None]) -> dict[str
     }
 
 
-def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
+def generate_step(c: Components, step: int) -> tuple[list[tuple[str, int]], float, list[Rollout]]:
+    """1. the step's prompts and rollout counts; 2. their generation, each sample seeded by (run seed, step,
+    prompt id, sample index), at the controller's current temperature."""
     recipe, cfg = c.recipe, c.recipe.rollout
-    timings: dict[str, float] = {}
-    step_start = time.perf_counter()
-
-    # 1. prompts and their rollout counts
     batch = c.sampler.next_batch(step)
-
-    # 2. generation, each sample seeded by (run seed, step, prompt id, sample index)
-    started = time.perf_counter()
     requests = [
         GenerationRequest(pid, j, c.prompt_tokens[pid], sample_seed(recipe.trainer.seed, step, pid, j))
         for pid, count in batch
@@ -215,7 +220,18 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     ]
     temperature = c.temperature.temperature
     params = SamplingParams(temperature, cfg.max_new_tokens, cfg.top_k, cfg.top_p)
-    rollouts = c.rollouts.generate(requests, params)
+    return batch, temperature, c.rollouts.generate(requests, params)
+
+
+def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
+    recipe = c.recipe
+    timings: dict[str, float] = {}
+    step_start = time.perf_counter()
+
+    # 1-2. prompts and their rollout counts, then generation (async mode: it ran during the previous update)
+    started = time.perf_counter()
+    batch, temperature, rollouts = c.prefetch.result() if c.prefetch is not None else generate_step(c, step)
+    c.prefetch = None
     timings["time/generate"] = time.perf_counter() - started
 
     # 3. rewards
@@ -245,7 +261,12 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
         for i, a, r in zip(kept, advantages.tolist(), rewards.tolist())
     ]
     started = time.perf_counter()
-    train_metrics = ray.get(c.learner.update.remote(samples, temperature, step))
+    update = c.learner.update.remote(samples, temperature, step)
+    if c.executor is not None and step + 1 < recipe.trainer.steps:  # step t+1 generates while step t trains
+        c.prefetch = c.executor.submit(generate_step, c, step + 1)
+    elif recipe.ray.placement == "colocate":  # the engines give the shared GPUs to the learners meanwhile
+        engines_sleep(c.rollouts)
+    train_metrics = ray.get(update)
     timings["time/train"] = time.perf_counter() - started
 
     # 6. temperature follows the entropy just measured
@@ -253,6 +274,8 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
 
     # 7. new weights to every rollout worker
     started = time.perf_counter()
+    if recipe.ray.placement == "colocate" and c.prefetch is None:
+        engines_wake(c.rollouts)
     version = sync_weights(c)
     timings["time/sync"] = time.perf_counter() - started
 
@@ -282,6 +305,7 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
         ),
         "throughput/tokens_per_s": sum(lengths) / timings["time/step"],
         "policy/version": float(version),
+        "rollout/staleness": staleness(version - 1, rollouts),
     }
     samples_out = [
         {"prompt_id": r.prompt_id, "sample_index": r.sample_index, "policy_version": r.policy_version,
@@ -293,7 +317,10 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
 
 def sync_weights(c: Components) -> int:
     version = ray.get(c.learner.get_version.remote())
-    c.rollouts.sync(c.learner.weights.remote(), version)
+    if c.weight_sync is not None:
+        c.weight_sync.sync(c.learner, c.rollouts, version)
+    else:
+        c.rollouts.sync(c.learner.weights.remote(), version)
     return version
 
 
@@ -308,50 +335,100 @@ def run_eval(c: Components) -> dict[str, float]:
     )
 
 
-def save_checkpoint(c: Components, step: int, summary: dict) -> Path:
-    """Everything the next step depends on. `step` is the number of completed RL steps."""
+def save_checkpoint(c: Components, step: int, summary: dict, metrics: dict | None = None) -> Path:
+    """Everything the next step depends on. `step` is the number of completed RL steps; `metrics` those of the last
+    one, which decide whether this is the best checkpoint so far (`checkpoint.best_metric`)."""
     tmp = checkpoint.begin(c.run_dir, step)
     ray.get(c.learner.save_state.remote(str(tmp)))
+    (tmp / checkpoint.RECIPE).write_text(to_yaml(c.recipe, with_base_dir=True))
+    checkpoint.copy_model_files(Path(c.model_dir), tmp / checkpoint.HF_FILES)
+    best = track_best(c.recipe, summary, step, metrics or {})
     driver_state = {
         "step": step,
         "sampler": c.sampler.state_dict(),
         "temperature": c.temperature.state_dict(),
         "length_history": c.history.state_dict(),
+        "rng": checkpoint.rng_state(),
+        "rollout_worker_restarts": c.rollouts.restarts,
         "summary": summary,
     }
     final = checkpoint.commit(tmp, checkpoint.step_dir(c.run_dir, step), driver_state)
-    checkpoint.prune(c.run_dir, c.recipe.checkpoint.keep_last)
+    keep = checkpoint.step_dir(c.run_dir, best["step"]) if best else None
+    checkpoint.prune(c.run_dir, c.recipe.checkpoint.keep_last, keep=keep)
     return final
 
 
+def track_best(recipe: Recipe, summary: dict, step: int, metrics: dict) -> dict | None:
+    """summary["best_checkpoint"]: the step whose checkpoint scored best on `checkpoint.best_metric` so far."""
+    cfg = recipe.checkpoint
+    if cfg.best_metric is None:
+        return None
+    best = summary.get("best_checkpoint")
+    value = metrics.get(cfg.best_metric)
+    if checkpoint.is_better(value, best["value"] if best else None, cfg.best_mode):
+        best = summary["best_checkpoint"] = {"step": step, "metric": cfg.best_metric, "value": value}
+    return best
+
+
 def restore(c: Components, ckpt: Path) -> tuple[int, dict]:
+    """Load a verified checkpoint into the actors and the driver; returns (completed steps, summary so far)."""
     checkpoint.verify(ckpt)
     state = checkpoint.read_driver_state(ckpt)
-    ray.get(c.learner.load_state.remote(str(ckpt)))
+    try:
+        ray.get(c.learner.load_state.remote(str(ckpt)))
+    except RayTaskError as err:  # it verified, so it was written by a different recipe (another model, no critic, ...)
+        raise checkpoint.CheckpointError(f"{ckpt}: the learner cannot load it ({err.cause!r})") from None
     c.sampler.load_state_dict(state["sampler"])
     c.temperature.load_state_dict(state["temperature"])
     c.history.load_state_dict(state["length_history"])
+    checkpoint.set_rng_state(state["rng"])
+    c.rollouts.restarts = state["rollout_worker_restarts"]
     return state["step"], state["summary"]
 
 
+class RunStopped(Exception):
+    """The run cannot go on (the learner died, a rollout worker keeps failing); its last checkpoint is intact."""
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run: the run directory's recipe.yaml keeps every override it was started with."""
+    return f"rlqa train {run_dir / 'recipe.yaml'} --run-dir {run_dir} --resume"
+
+
+def write_processes(c: Components) -> None:
+    """RUN_DIR/processes.json: which process is which, for operators (and the fault tests) that need to find one.
+    Process ids are asked once (a dead or stopped actor would not answer); replacements update them."""
+    if c.learner_pids is None:
+        learners = getattr(c.learner, "actors", [c.learner])  # a DeepSpeed LearnerGroup holds one actor per rank
+        c.learner_pids = [actor_pid(a) for a in learners]
+    pids = {"driver": os.getpid(), "learners": c.learner_pids, "rollout_workers": c.rollouts.pids()}
+    (c.run_dir / "processes.json").write_text(json.dumps(pids))
+
+
 class _Interrupt:
-    """First Ctrl-C: finish the current step, checkpoint, exit 0. Second: stop at once."""
+    """First Ctrl-C (or SIGTERM, as preemption sends): finish the current step, checkpoint, exit 0.
+    A second Ctrl-C stops at once; the last committed checkpoint stays intact."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handle)
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
-            signal.signal(signal.SIGINT, self.previous)
+            self.__exit__()
             raise KeyboardInterrupt
         self.requested = True
+        # os.write, not print: a handler may run while the main thread is inside print
+        os.write(2, b"\nstopping after the current step and saving a checkpoint (Ctrl-C again: stop at once)\n")
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, address: str | None = None) -> dict:
@@ -368,48 +445,72 @@ def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, add
         ray.shutdown()
 
 
-def _run(c: Components, resume_from: Path | None, wall_start: float) -> dict:
+def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
+    """Restore a checkpoint, or run the SFT warm-up (if any) and the evaluation before RL."""
     recipe = c.recipe
-    summary: dict = {"eval": {}}
-    start_step = 0
     if resume_from is not None:
+        for change in checkpoint.recipe_changes(resume_from, recipe.model_dump(mode="json")):
+            print(f"note: resuming with a changed recipe key, {change}", flush=True)
         start_step, summary = restore(c, resume_from)
+        checkpoint.discard_after(c.run_dir, start_step)
         print(f"resumed from {resume_from} (step {start_step})", flush=True)
-    else:
-        if recipe.sft is not None:
-            spec = recipe.sft.data or recipe.data.train
-            pairs = [(e.prompt, e.solution) for e in build_examples(spec, recipe, c.tokenizer, "sft.data") if e.solution]
-            summary["sft"] = ray.get(c.learner.sft.remote(pairs, str(c.run_dir / "sft_tmp")))
-            print(f"SFT warm-up: {summary['sft']['sft/steps']} steps in {summary['sft']['time/sft']:.0f}s", flush=True)
-        ray.get(c.learner.start_rl.remote())
+        sync_weights(c)
+        return start_step, summary
+    summary: dict = {"eval": {}}
+    if recipe.sft is not None:
+        spec = recipe.sft.data or recipe.data.train
+        pairs = [(e.prompt, e.solution) for e in build_examples(spec, recipe, c.tokenizer, "sft.data") if e.solution]
+        summary["sft"] = ray.get(c.learner.sft.remote(pairs, str(c.run_dir / "sft_tmp")))
+        print(f"SFT warm-up: {summary['sft']['sft/steps']} steps in {summary['sft']['time/sft']:.0f}s", flush=True)
+    ray.get(c.learner.start_rl.remote())
     sync_weights(c)
-    if resume_from is None and recipe.trainer.eval_before:
+    if recipe.trainer.eval_before:
         summary["eval"]["before"] = run_eval(c)
         print(f"held-out before RL: {json.dumps(summary['eval']['before'])}", flush=True)
+    return 0, summary
 
-    writer = MetricsWriter(
-        c.run_dir, recipe.trainer.steps, start_step, recipe.logging.progress, sinks=open_sinks(recipe, c.run_dir, start_step)
-    )
-    every = recipe.checkpoint.every
-    step = start_step
-    with _Interrupt() as interrupt:
+
+def _run(c: Components, resume_from: Path | None, wall_start: float) -> dict:
+    recipe = c.recipe
+    steps, every = recipe.trainer.steps, recipe.checkpoint.every
+    with _Interrupt() as interrupt:  # from here on, Ctrl-C ends the run with a checkpoint
+        step, summary = _start(c, resume_from)
+        write_processes(c)
+        writer = MetricsWriter(c.run_dir, steps, step, recipe.logging.progress, sinks=open_sinks(recipe, c.run_dir, step))
+        saved = step if resume_from is not None else None  # the step of the newest checkpoint on disk
+        metrics = None
         try:
-            while step < recipe.trainer.steps and not interrupt.requested:
+            while step < steps and not interrupt.requested:
+                restarts = c.rollouts.restarts
                 metrics, samples = rl_step(c, step)
                 if recipe.trainer.eval_every and (step + 1) % recipe.trainer.eval_every == 0:
                     metrics.update({f"eval/{k}": v for k, v in run_eval(c).items()})
                 writer.log(step, metrics, samples)
                 step += 1
-                if every and step % every == 0 and step < recipe.trainer.steps:
-                    save_checkpoint(c, step, summary)
+                if c.rollouts.restarts != restarts:
+                    write_processes(c)
+                if every and step % every == 0:
+                    save_checkpoint(c, step, summary, metrics)
+                    saved = step
+            if saved != step:  # the end of the run, or a stop requested by Ctrl-C / SIGTERM
+                save_checkpoint(c, step, summary, metrics)
+        except (RayActorError, RolloutFailure) as err:
+            last = checkpoint.latest_good(c.run_dir, warn=lambda message: None)
+            what = "the learner died" if isinstance(err, RayActorError) else "a rollout worker keeps failing"
+            raise RunStopped(
+                f"{what} during step {step + 1} of {steps} ({type(err).__name__}); the last checkpoint is {last or 'none'}"
+                + (f"\nresume with: {resume_command(c.run_dir)}" if last else "")
+            ) from err
         finally:
             writer.close()
-    if step < recipe.trainer.steps:  # interrupted: keep what is done, say how to continue
-        ckpt = save_checkpoint(c, step, summary)
-        print(f"stopped after step {step}; checkpoint {ckpt}\nresume with: rlqa train RECIPE --run-dir {c.run_dir} --resume", flush=True)
+    if step < steps:  # interrupted: what is done is saved, say how to continue
+        print(
+            f"stopped after step {step}; checkpoint {checkpoint.step_dir(c.run_dir, step)}\n"
+            f"resume with: {resume_command(c.run_dir)}",
+            flush=True,
+        )
         return summary
 
-    save_checkpoint(c, step, summary)
     if recipe.trainer.eval_after:
         summary["eval"]["after"] = run_eval(c)
         print(f"held-out after RL: {json.dumps(summary['eval']['after'])}", flush=True)

@@ -26,9 +26,11 @@ from rlqa.algorithms.entropy import entropy_from_logits, token_logprobs
 from rlqa.algorithms.gae import gae_advantages, token_level_rewards, whiten
 from rlqa.algorithms.kl import AdaptiveKLController, kl_penalty
 from rlqa.algorithms.losses import masked_mean, policy_objective, value_loss
+from rlqa.checkpoint import rng_state, set_rng_state
 from rlqa.config import Recipe
 from rlqa.learner.batch import TensorBatch, TrainSample, collate, per_sample
 from rlqa.learner.critic import Critic
+from rlqa.learner.plan import pack_by_tokens
 from rlqa.learner.sft import run_sft
 from rlqa.models import load_model, load_tokenizer, quiet_hf
 
@@ -150,7 +152,7 @@ class Learner:
         prepared: list[TrainSample] = []
         micro = self.cfg.micro_batch_size
         for chunk in (samples[i : i + micro] for i in range(0, len(samples), micro)):
-            batch = collate(chunk, self.tokenizer.pad_token_id)
+            batch = self._collate(chunk)
             fields: dict[str, list[list[float]]] = {}
             head = self.critic is not None and self.critic.backbone is None
             if recompute or head:
@@ -172,6 +174,10 @@ class Learner:
             prepared, critic_metrics = self._gae(prepared)
             metrics.update(critic_metrics)
         return prepared, metrics
+
+    def _collate(self, samples: list[TrainSample]) -> TensorBatch:
+        """Tensors for a forward pass, on the device the policy lives on (the CPU for one learner)."""
+        return collate(samples, self.tokenizer.pad_token_id)
 
     def _logprobs(self, logits: torch.Tensor, batch: TensorBatch, temperature: float) -> torch.Tensor:
         """Log-probs of the batch's targets at the sampling temperature. logits: (B, L, V) -> (B, L-1)"""
@@ -201,12 +207,18 @@ class Learner:
         }
         return prepared, metrics
 
+    def _micro_batches(self, samples: list[TrainSample]) -> tuple[list[TensorBatch], float, float]:
+        """One optimizer step's micro-batches (gradient accumulation), and what its loss and metrics average over:
+        the aggregation's count and the completion tokens. The learner group overrides this with its share."""
+        lengths = [len(s.prompt_tokens) + len(s.completion_tokens) for s in samples]
+        chunks = pack_by_tokens(list(range(len(samples))), lengths, self.cfg.micro_batch_tokens, self.cfg.micro_batch_size)
+        batches = [collate([samples[i] for i in chunk], self.tokenizer.pad_token_id) for chunk in chunks]
+        aggregation = self.algo.loss_aggregation
+        return batches, sum(_count(b.mask, aggregation) for b in batches), sum(float(b.mask.sum()) for b in batches)
+
     def _optimizer_step(self, samples: list[TrainSample], temperature: float, kl_coef: float) -> dict[str, float]:
-        micro = self.cfg.micro_batch_size
         aggregation, max_len = self.algo.loss_aggregation, self.recipe.rollout.max_new_tokens
-        batches = [collate(samples[i : i + micro], self.tokenizer.pad_token_id) for i in range(0, len(samples), micro)]
-        total = sum(_count(b.mask, aggregation) for b in batches)
-        tokens = sum(float(b.mask.sum()) for b in batches)
+        batches, total, tokens = self._micro_batches(samples)
         head = self.critic is not None and self.critic.backbone is None
         stats = {name: 0.0 for name in ("policy/loss", "policy/pg_loss", "policy/entropy", "policy/kl", "policy/clip_frac", "policy/approx_kl_old")}
         self.optimizer.zero_grad(set_to_none=True)
@@ -246,12 +258,26 @@ class Learner:
                 )
                 objective = objective + self.algo.critic.vf_coef * v_loss
                 stats["critic/value_loss"] = stats.get("critic/value_loss", 0.0) + v_loss.item() * weight
-            (objective * weight).backward()
+            self._backward(objective * weight, last=batch is batches[-1])
             stats["policy/loss"] += objective.item() * weight
             stats["policy/entropy"] += float(pg["entropy"]) * token_share
             stats["policy/kl"] += float(pg["kl"]) * token_share
             stats["policy/clip_frac"] += float(pg["clip_frac"]) * token_share
             stats["policy/approx_kl_old"] += float(pg["approx_kl"]) * token_share
+        stats = self._all_ranks(stats)
+        stats.update(self._apply_gradients())
+        return stats
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        loss.backward()
+
+    def _all_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        """One learner's metrics are already the whole batch's (the group sums its ranks' shares)."""
+        return stats
+
+    def _apply_gradients(self) -> dict[str, float]:
+        """Clip, step the optimizers and schedules; the gradient norms before clipping."""
+        stats = {}
         trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         stats["policy/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trained, self.cfg.grad_clip))
         self.optimizer.step()
@@ -272,12 +298,12 @@ class Learner:
         """Weights as safetensors; optimizer, scheduler and RNG as tensors-and-numbers (loadable weights_only)."""
         out = Path(out_dir)
         save_file(_detached(self.model), out / "policy.safetensors")
-        optimizers = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        optimizers = {"optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict()}
         if self.critic_optimizer is not None:
             optimizers["critic_optimizer"] = self.critic_optimizer.state_dict()
             optimizers["critic_scheduler"] = self.critic_scheduler.state_dict()
         torch.save(optimizers, out / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state()}, out / "learner_rng.pt")
+        (out / "learner_rng.json").write_text(json.dumps(rng_state()))  # Python, NumPy, torch (+ CUDA) RNGs
         if self.reference is not None:
             save_file(_detached(self.reference), out / "reference.safetensors")
         if self.critic is not None:
@@ -287,17 +313,24 @@ class Learner:
             state["kl_controller"] = self.kl_controller.state_dict()
         (out / "learner.json").write_text(json.dumps(state))
 
+    def _optimizer_state(self) -> dict:
+        """The policy optimizer's state as tensors and numbers (the learner group saves each rank's partition)."""
+        return self.optimizer.state_dict()
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
     def load_state(self, ckpt_dir: str) -> None:
         src = Path(ckpt_dir)
         self.model.load_state_dict(load_file(src / "policy.safetensors"))
         self.start_rl()
         state = torch.load(src / "optimizer.pt", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.critic_optimizer is not None:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
             self.critic_scheduler.load_state_dict(state["critic_scheduler"])
-        torch.set_rng_state(torch.load(src / "learner_rng.pt", weights_only=True)["torch"])
+        set_rng_state(json.loads((src / "learner_rng.json").read_text()))
         if self.reference is not None:
             self.reference.load_state_dict(load_file(src / "reference.safetensors"))
         if self.critic is not None:

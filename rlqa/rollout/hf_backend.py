@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from transformers import LogitsProcessorList
 
 from rlqa.rollout.seeding import SeededSampler
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
+from rlqa.rollout.weight_sync import BroadcastChannel, WeightSpec, open_ipc_handles
 
 
 class HFBackend:
     def __init__(self, model, tokenizer, micro_batch_size: int):
         self.model = model.eval()
+        self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.micro_batch_size = micro_batch_size
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = self.model.state_dict()
+        for name, tensor in weights:
+            params[name].copy_(tensor)
+
+    def join_channel(self, host: str, port: int, rank: int, world_size: int) -> None:
+        self.channel = BroadcastChannel(host, port, rank, world_size, self.device)
+
+    def receive(self, spec: WeightSpec) -> None:
+        self.load_weights(self.channel.receive(spec))
+
+    def load_ipc(self, handles: dict[str, tuple]) -> None:
+        self.load_weights(open_ipc_handles(handles, self.device.index))
+        torch.cuda.synchronize(self.device)
+
+    def sleep(self) -> None:
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake(self) -> None:
+        self.model.to(self.device)
 
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]:
@@ -31,6 +59,7 @@ class HFBackend:
             input_ids[row, width - len(request.prompt_tokens) :] = torch.tensor(request.prompt_tokens)
             attention_mask[row, width - len(request.prompt_tokens) :] = 1
 
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         processors = LogitsProcessorList()
         if params.temperature > 0:
             seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64)

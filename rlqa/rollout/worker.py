@@ -4,27 +4,49 @@ from __future__ import annotations
 
 import torch
 
-from rlqa.models import load_model, load_tokenizer, quiet_hf
-from rlqa.rollout.hf_backend import HFBackend
+from rlqa.models import quiet_hf
+from rlqa.rollout.backends import make_backend
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 
 
 class RolloutWorker:
-    def __init__(self, model_dir: str, dtype: str, micro_batch_size: int, torch_threads: int, trust_remote_code=False):
+    def __init__(
+        self, model_dir: str, dtype: str, micro_batch_size: int, torch_threads: int, trust_remote_code=False,
+        backend: str = "hf", gpu_memory: float = 0.4,
+    ):
         quiet_hf()
         torch.set_num_threads(torch_threads)
-        tokenizer = load_tokenizer(model_dir, trust_remote_code)
-        model = load_model(model_dir, dtype, trust_remote_code)
-        self.backend = HFBackend(model, tokenizer, micro_batch_size)
+        self.backend = make_backend(backend, model_dir, dtype, micro_batch_size, trust_remote_code, gpu_memory)
         self.version = 0
 
     def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
-        self.backend.model.load_state_dict(weights)
+        self.backend.load_weights(weights.items())
+        self.version = version
+        return version
+
+    def join_channel(self, host: str, port: int, rank: int, world_size: int) -> None:
+        self.backend.join_channel(host, port, rank, world_size)
+
+    def receive_weights(self, spec, version: int) -> int:
+        """Weights over the broadcast channel (rlqa.rollout.direct_sync), straight into the engine."""
+        self.backend.receive(spec)
+        self.version = version
+        return version
+
+    def load_ipc_weights(self, handles: dict, version: int) -> int:
+        """Weights from CUDA IPC handles of the colocated learner's tensors."""
+        self.backend.load_ipc(handles)
         self.version = version
         return version
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
         return self.backend.generate(requests, params, self.version)
+
+    def sleep(self) -> None:
+        self.backend.sleep()
+
+    def wake(self) -> None:
+        self.backend.wake()
 
     def ping(self) -> int:
         return self.version

@@ -1,0 +1,68 @@
+"""The generation backends a RolloutWorker can hold, behind one small interface.
+
+- `hf`: Hugging Face `generate` with the seeded Gumbel-max sampler, on CPU or a GPU; bit-reproducible per sample.
+- `vllm`: a vLLM engine on a GPU (extra `rlqa[vllm]`); much faster, seeded per sample by vLLM's own sampler.
+
+Each backend changes its weights in place (no new engine per update) and can release its GPU memory while a
+colocated learner trains (`sleep`/`wake`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from typing import Protocol
+
+import torch
+
+from rlqa.errors import UserError
+from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
+from rlqa.rollout.weight_sync import WeightSpec
+
+BACKENDS = ("hf", "vllm")
+
+
+class GenerationBackend(Protocol):
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]: ...
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy (name, tensor) pairs into the engine's parameters in place; tensors may arrive one at a time."""
+
+    def join_channel(self, host: str, port: int, rank: int, world_size: int) -> None:
+        """Become rank `rank` of the learner's broadcast channel (rlqa.rollout.weight_sync)."""
+
+    def receive(self, spec: WeightSpec) -> None:
+        """Load the tensors the learner broadcasts next, in `spec` order."""
+
+    def load_ipc(self, handles: dict[str, tuple]) -> None:
+        """Load from CUDA IPC handles of the colocated learner's tensors."""
+
+    def sleep(self) -> None:
+        """Free GPU memory while the learner trains on the same GPU (a no-op on CPU)."""
+
+    def wake(self) -> None: ...
+
+
+def check_backend(backend: str, gpus_available: float) -> None:
+    """A user error (exit 2, one line) when the recipe asks for a backend this installation or cluster cannot run."""
+    if backend not in BACKENDS:
+        raise UserError(f"rollout.backend: unknown backend {backend!r}; supported: {', '.join(BACKENDS)}")
+    if backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("rollout.backend: vllm is not installed; pip install 'rlqa[vllm]' or use backend: hf")
+        if gpus_available <= 0:
+            raise UserError("rollout.backend: vllm needs a GPU and the Ray cluster has none; use backend: hf")
+
+
+def make_backend(name: str, model_dir: str, dtype: str, micro_batch_size: int, trust_remote_code: bool, gpu_memory: float):
+    if name == "vllm":
+        from rlqa.rollout.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model_dir, dtype, gpu_memory, trust_remote_code)
+    from rlqa.models import load_model, load_tokenizer
+    from rlqa.rollout.hf_backend import HFBackend
+
+    model = load_model(model_dir, dtype, trust_remote_code)
+    if torch.cuda.is_available():  # Ray shows a worker its GPU only when it asked for one
+        model = model.to("cuda")
+    return HFBackend(model, load_tokenizer(model_dir, trust_remote_code), micro_batch_size)

@@ -1,0 +1,97 @@
+"""Placement bundles from the recipe's ray section, the staleness metric, and the backend checks (exit 2)."""
+
+import importlib.util
+
+import pytest
+import ray
+import yaml
+
+from rlqa.config import validate_recipe
+from rlqa.errors import UserError
+from rlqa.placement import layout
+from rlqa.rollout.backends import check_backend
+from rlqa.rollout.types import Rollout
+from rlqa.scaleout import staleness
+
+
+def recipe(**sections):
+    return validate_recipe(sections, source="test", base_dir=".")
+
+
+def test_no_placement_group_by_default():
+    plan = layout(recipe(learner={"workers": 2}, rollout={"workers": 3}))
+    assert plan.bundles == [] and plan.learner_bundles == [None, None] and plan.rollout_bundles == [None] * 3
+
+
+def test_separate_bundles_learners_first():
+    plan = layout(recipe(
+        learner={"workers": 2, "cpus": 2, "gpus": 1}, rollout={"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 1},
+        ray={"placement": "separate"},
+    ))
+    assert plan.bundles == [{"CPU": 2, "GPU": 1}, {"CPU": 2, "GPU": 1}, {"CPU": 1, "GPU": 1}]
+    assert plan.learner_bundles == [0, 1] and plan.rollout_bundles == [2]
+
+
+def test_colocated_bundles_add_up_the_shares():
+    # bundle 0: learner 0 (1 CPU, 0.5 GPU) + worker 0 (1 CPU, 0.5 GPU) = 2 CPU, 1 GPU; bundle 1: learner 1 alone;
+    # bundle 2: worker 2 alone. A zero GPU amount is left out (Ray rejects zero-sized resources).
+    plan = layout(recipe(
+        learner={"workers": 2, "cpus": 1, "gpus": 0.5}, rollout={"workers": 3, "cpus_per_worker": 1, "gpus_per_worker": 0.5},
+        ray={"placement": "colocate"},
+    ))
+    assert plan.bundles == [{"CPU": 2, "GPU": 1.0}, {"CPU": 2, "GPU": 1.0}, {"CPU": 1, "GPU": 0.5}]
+    assert plan.learner_bundles == [0, 1] and plan.rollout_bundles == [0, 1, 2]
+    cpu_only = layout(recipe(learner={"workers": 1}, rollout={"workers": 1}, ray={"placement": "colocate"}))
+    assert cpu_only.bundles == [{"CPU": 2.0}]
+
+
+def test_staleness_counts_versions_behind_the_trained_policy():
+    def rollout(version):
+        return Rollout("p", 0, [1], [2], [-0.5], "stop", version)
+
+    assert staleness(4, [rollout(4), rollout(4)]) == 0.0  # synchronous
+    assert staleness(5, [rollout(4), rollout(4), rollout(3)]) == pytest.approx(5 - 11 / 3)  # 1.333...
+
+
+VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
+
+
+def test_vllm_without_vllm_or_gpu_is_a_user_error():
+    with pytest.raises(UserError, match="rollout.backend: vllm (is not installed|needs a GPU)"):
+        check_backend("vllm", gpus_available=0)
+    if not VLLM_INSTALLED:
+        with pytest.raises(UserError, match="rollout.backend: vllm is not installed; pip install 'rlqa\\[vllm\\]'"):
+            check_backend("vllm", gpus_available=8)
+    check_backend("hf", gpus_available=0)
+
+
+@pytest.mark.integration
+def test_rlqa_train_with_vllm_on_this_machine_exits_2_with_one_line(tmp_path, capsys):
+    from rlqa.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"tiny": {"hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32}},
+        "data": {"train": {"task": "arithmetic", "size": 4}, "test": {"task": "arithmetic", "split": "test", "size": 2}},
+        "rollout": {"workers": 1, "backend": "vllm", "gpus_per_worker": 1},
+        "ray": {"num_gpus": 0},
+    }))
+    try:
+        assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    finally:
+        ray.shutdown()  # the check runs once Ray is up (it asks the cluster for GPUs)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlqa: error: rollout.backend: vllm")
+
+
+def test_recipe_rules_of_the_scale_out_modes():
+    with pytest.raises(UserError, match="rollout.gpus_per_worker: the vllm backend needs a GPU"):
+        recipe(rollout={"backend": "vllm"})
+    with pytest.raises(UserError, match="rollout.max_retries: direct weight sync"):
+        recipe(rollout={"weight_sync": "broadcast"})
+    with pytest.raises(UserError, match="ipc needs learners and workers on the same GPUs"):
+        recipe(rollout={"weight_sync": "ipc", "max_retries": 0})
+    with pytest.raises(UserError, match="learner.workers: the PPO critic"):
+        recipe(learner={"workers": 2}, algorithm={"name": "ppo", "advantage": "gae", "critic": {}})
+    with pytest.raises(UserError, match="rollout.async_steps"):
+        recipe(rollout={"async_steps": 1}, algorithm={"old_logprobs": "recompute"})
