@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ARMS = {
     "e3": ["sampler.allocation=difficulty", "temperature.mode=entropy"],
-    "uniform": ["sampler.allocation=uniform", "temperature.mode=fixed"],
+    "uniform": ["sampler.allocation=uniform", "sampler.n_min=null", "sampler.n_max=null", "temperature.mode=fixed"],
 }
 COLORS = {"e3": "tab:blue", "uniform": "tab:orange"}
 
