@@ -100,3 +100,9 @@ def test_reference_lists_every_section():
     text = reference_markdown()
     for key in ("`trainer.steps`", "`rollout.workers`", "`learner.zero_stage`", "`sft.max_steps`", "`rewards.terms[].fn`"):
         assert key in text
+
+
+def test_docs_recipe_reference_is_up_to_date():
+    """docs/recipe.md is generated; a key added to the schema without regenerating it fails here."""
+    docs = Path(__file__).resolve().parents[1] / "docs" / "recipe.md"
+    assert docs.read_text() == reference_markdown() + "\n", "regenerate: python -m rlqa.config > docs/recipe.md"
