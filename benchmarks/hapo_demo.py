@@ -30,6 +30,7 @@ ARMS = {
     "hapo": "[{fn: accuracy}, {fn: hapo_length, weight: 1.0, kwargs: {variant: cosine}}]",
 }
 LAST_STEPS = 5
+RL_PROMPTS = 128
 AIM_SHORTER = 0.30
 AIM_ACCURACY_DROP = 0.05
 
@@ -74,7 +75,11 @@ def main() -> None:
 
     sft_dir = out / "sft"
     train(sft_dir, ["trainer.steps=0", "trainer.eval_before=false", *args.overrides])
-    rl = ["sft=null", f"model.path={sft_dir / 'final'}", "trainer.eval_before=false", *args.overrides]
+    # h_i is per prompt, so it only acts on a prompt's later visits: over the quickstart's 2000 training prompts at 16
+    # per step, 40 steps never revisit one and HAPO would give 0 throughout. RL here draws 128 prompts from
+    # the same task's train split (8 steps an epoch, 5 visits each); the warm-up above saw 2000.
+    rl = ["sft=null", f"model.path={sft_dir / 'final'}", "trainer.eval_before=false", f"data.train.size={RL_PROMPTS}",
+          *args.overrides]
     results: dict[tuple[str, int], dict] = {}
     for seed in args.seeds:
         for arm, terms in ARMS.items():
