@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/e3_demo"))
     parser.add_argument("--sft-dir", type=Path, help="a finished warm-up run to start from (default: run it once)")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE recipe overrides for every RL run (e.g. data.train.size=128)")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,7 @@ def main() -> None:
         rlqa_train(args.recipe, ["trainer.steps=0", "trainer.eval_before=false", "trainer.eval_after=false"], sft_dir)
     common = [
         "sft=null", f"model.path={(sft_dir / 'final').resolve()}", f"trainer.steps={args.steps}",
-        f"trainer.eval_every={args.eval_every}", f"trainer.eval_k={args.k}",
+        f"trainer.eval_every={args.eval_every}", f"trainer.eval_k={args.k}", *args.overrides,
     ]
     runs = {}
     for seed in args.seeds:
