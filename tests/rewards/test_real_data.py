@@ -1,4 +1,4 @@
-"""The correctness reward over the real benchmark data in ../shared/data (next to the checkout), every case at once.
+"""The correctness reward over the real benchmark test sets (copies in tests/rewards/data), every case at once.
 
 E3 test set (1288 problems: AIME, AMC, MATH500, OlympiadBench): each gold, boxed, scores 1 against itself. GSM8K test
 set (1319): each published worked solution scores 1 against its own answer. Each problem against another problem's
@@ -15,16 +15,17 @@ REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("reward_sweep", REPO / "benchmarks" / "reward_sweep.py")
 sweep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sweep)
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="module")
 def scored():
-    cases = sweep.all_cases()
+    cases = sweep.all_cases(DATA)
     return cases, sweep.score(cases)
 
 
 def test_the_data_is_all_there():
-    cases = sweep.all_cases()
+    cases = sweep.all_cases(DATA)
     counts = {name: sum(case.name == name for case in cases) for name in ("e3/self", "gsm8k/self")}
     assert counts == {"e3/self": 1288, "gsm8k/self": 1319}
 
