@@ -34,7 +34,7 @@ from rlqa.data import load_examples  # noqa: E402
 
 # ../shared/data next to the checkout when present, else the copies of the two test sets kept in the repository
 _SHARED = REPO.parent / "shared" / "data"
-DATA = _SHARED if (_SHARED / "e3" / "test.jsonl").is_file() else REPO / "tests" / "rewards" / "data"
+DATA = _SHARED if (_SHARED / "e3" / "test.jsonl").is_file() else REPO / "tests" / "data" / "real"
 SEED = 0
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

@@ -11,7 +11,7 @@ from tokenizers import models, pre_tokenizers
 from rlqa.data import Example, load_examples
 from rlqa.errors import UserError
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parent / "real"  # copies of ../shared/data files, so a clean clone has them
 GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
 E3_TEST = DATA / "e3" / "test.jsonl"
 E3_TRAIN = DATA / "e3" / "train.parquet"

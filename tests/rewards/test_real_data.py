@@ -1,4 +1,4 @@
-"""The correctness reward over the real benchmark test sets (copies in tests/rewards/data), every case at once.
+"""The correctness reward over the real benchmark test sets (copies in tests/data/real), every case at once.
 
 E3 test set (1288 problems: AIME, AMC, MATH500, OlympiadBench): each gold, boxed, scores 1 against itself. GSM8K test
 set (1319): each published worked solution scores 1 against its own answer. Each problem against another problem's
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("reward_sweep", REPO / "benchmarks" / "reward_sweep.py")
 sweep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sweep)
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data" / "real"
 
 
 @pytest.fixture(scope="module")
