@@ -3,13 +3,20 @@
     total_i = Σ_t weight_t · r_t,i          (a term's None, "no opinion", adds 0)
     correct_i = correctness_fn_i >= 0.5     (kept apart from the total; None when unknown)
 
-User reward code may raise, hang, return garbage or kill its interpreter. So terms run in persistent worker
-processes (`rewards.workers`), one call per term on the whole batch, each under the term's deadline. A failed sample
-(error, timeout, NaN/inf, wrong-length return) scores 0 (failure_value="zero") or is dropped (failure_value="drop":
-its total is NaN and the caller removes it from its group); failures are counted in metrics, the first of each kind
-per term is logged, and strict=True turns any failure into a `RewardError`.
+User reward code may raise, hang, return garbage or kill its interpreter. So terms run in worker processes
+(`rewards.workers`: one level of them, whose deaths take nothing else down and who die with the run), one call per
+term on the whole batch under the term's deadline. The built-in correctness reward (`registry.PER_SAMPLE`) is
+instead one task per completion, each under its own deadline (`verify_deadline_s`, default 5 s) and all under the
+term's deadline as the batch's: a hung answer costs its own sample, never the batch.
 
-Correctness runs first and its result reaches the other terms as the `correct` column (length rewards use it).
+A failed sample (error, timeout, NaN/inf, wrong-length return) scores 0 (failure_value="zero") or is dropped
+(failure_value="drop": its total is NaN and the caller removes it from its group); failures are counted in metrics,
+the first of each kind per term is logged, and strict=True turns any failure into a `RewardError`.
+
+Functions are called as TRL's GRPOTrainer calls them, by keyword:
+`fn(prompts=..., completions=..., completion_ids=..., **columns, **term_kwargs)`, so TRL's documented
+`def f(completions, **kwargs)` works unchanged. Correctness runs first and its result reaches the other terms as the
+`correct` column (length rewards use it).
 """
 
 import asyncio
@@ -22,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rewards.registry import load_reward_fn, resolve_spec
+from rewards.registry import PER_SAMPLE, check_call, load_reward_fn, resolve_spec
+from rewards.verify import prepare_verifier
 from rewards.workers import Outcome, WorkerPool
 from rlqa.errors import UserError
 
@@ -30,6 +38,13 @@ logger = logging.getLogger("rlqa.rewards")
 
 FAILURE_KINDS = ("errors", "timeouts", "nonfinite", "wrong_length")
 CORRECTNESS_DEADLINE_S = 30.0
+SAMPLE_DEADLINE_S = 5.0  # a per-sample term's own deadline per completion, unless its kwargs set one
+# A per-sample task still running after this long goes behind every other task before it gets its whole deadline:
+# right answers verify in milliseconds, and must not wait behind hung ones.
+SAMPLE_FIRST_TRY_S = 1.0
+# The unparsed-answer warning: more than this share of completions with no answer, on each of the first steps.
+UNPARSED_WARN_FRAC = 0.9
+UNPARSED_WARN_STEPS = 5
 
 
 class RewardError(Exception):
@@ -51,7 +66,9 @@ class RewardOutput:
     terms: dict[str, list[float]]  # per term after failure handling; NaN where dropped or the term had no opinion
     correct: list[bool | None]  # from the correctness function, kept apart from the total
     dropped: list[bool]  # a failing term dropped the sample (failure_value="drop")
-    metrics: dict[str, float]  # "reward/<term>" (mean over values), "reward/<term>/<failure kind>" (counts)
+    # "reward/<term>" (mean over values), "reward/<term>/<failure kind>" (counts), "reward/<term>/timeout_frac",
+    # "reward/<term>/unparsed_frac" (per-sample terms: completions with no extractable answer)
+    metrics: dict[str, float]
 
 
 @dataclass
@@ -62,6 +79,7 @@ class _Judged:
     values: list[float | None]
     failures: list[str | None]
     message: str = ""
+    parsed: list[bool | None] | None = None  # per-sample terms: whether an answer could be extracted
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: each call is one dict key
@@ -70,9 +88,18 @@ class _Call:
 
     name: str
     spec: str
-    fn_index: int
+    fn_index: int  # what a batch call runs; a per-sample call runs the function at `detail_index` on each sample
     kwargs: dict
     deadline_s: float
+    detail_index: int | None = None
+
+    @property
+    def per_sample(self) -> bool:
+        return self.detail_index is not None
+
+    @property
+    def sample_deadline_s(self) -> float:
+        return float(self.kwargs.get(PER_SAMPLE[self.spec][1], SAMPLE_DEADLINE_S))
 
 
 class RewardPipeline:
@@ -107,25 +134,35 @@ class RewardPipeline:
         # Workers load each distinct function once; a call names its function by index into this list.
         specs = [resolve_spec(term.fn, base_dir=base_dir) for term in terms]
         correctness_spec = None if correctness is None else resolve_spec(correctness, base_dir=base_dir)
-        loaded = list(dict.fromkeys(specs + ([correctness_spec] if correctness_spec else [])))
-        self._calls = [
-            _Call(term.name, spec, loaded.index(spec), dict(term.kwargs), term.deadline_s)
-            for term, spec in zip(terms, specs)
-        ]
+        used = specs + ([correctness_spec] if correctness_spec else [])
+        loaded = list(dict.fromkeys(used + [PER_SAMPLE[spec][0] for spec in used if spec in PER_SAMPLE]))
+
+        def call(name: str, spec: str, kwargs: dict, deadline_s: float) -> _Call:
+            detail = loaded.index(PER_SAMPLE[spec][0]) if spec in PER_SAMPLE else None
+            return _Call(name, spec, loaded.index(spec), dict(kwargs), deadline_s, detail)
+
+        self._calls = [call(term.name, spec, term.kwargs, term.deadline_s) for term, spec in zip(terms, specs)]
         # `correct` comes from a term computing exactly the correctness function when there is one, else its own call.
         self._correctness: _Call | None = None
         if correctness_spec is not None:
             self._correctness = next(
-                (call for call in self._calls if call.spec == correctness_spec and not call.kwargs),
-                _Call("correctness", correctness_spec, loaded.index(correctness_spec), {}, CORRECTNESS_DEADLINE_S),
+                (c for c in self._calls if c.spec == correctness_spec and not c.kwargs),
+                call("correctness", correctness_spec, {}, CORRECTNESS_DEADLINE_S),
             )
+        self._unparsed_steps = 0  # leading calls in which most completions had no answer (then the warning)
+        checks = [(c.spec, c.kwargs) for c in self._calls]
         self._pool = WorkerPool(
-            _call_reward, initializer=_load_functions, initargs=(loaded,), processes=workers, name="rlqa-reward"
+            _call_reward, initializer=_load_functions, initargs=(loaded, checks), processes=workers, name="rlqa-reward"
         )
         self._pool.start()
 
-    def __call__(self, completions: list, prompts: list, columns: dict[str, list]) -> RewardOutput:
+    def __call__(
+        self, completions: list, prompts: list, columns: dict[str, list], completion_ids: list | None = None
+    ) -> RewardOutput:
+        """Score one step's batch. `columns` are aligned with the completions; `completion_ids` (token ids) reach
+        the functions as TRL passes them (None per sample when not given)."""
         batch = len(completions)
+        columns = {"completion_ids": completion_ids or [None] * batch, **columns}
         for key, values in {"prompts": prompts, **columns}.items():
             if len(values) != batch:
                 raise ValueError(f"{key} has {len(values)} entries for {batch} completions")
@@ -139,12 +176,15 @@ class RewardPipeline:
             columns = {**columns, "correct": correct}
         rest = [call for call in self._calls if call not in judged]
         judged |= dict(zip(rest, self._run(rest, completions, prompts, columns)))
-        return self._combine([judged[call] for call in self._calls], correct, batch)
+        out = self._combine([judged[call] for call in self._calls], correct, batch)
+        self._warn_if_unparsed(out.metrics)
+        return out
 
     def correctness(self, completions: list, prompts: list, columns: dict[str, list]) -> list[bool | None]:
         """Only the correctness function (held-out evaluation needs no shaped terms); None where it is unknown."""
         if self._correctness is None:
             return [None] * len(completions)
+        columns = {"completion_ids": [None] * len(completions), **columns}
         return _as_correct(self._run([self._correctness], completions, prompts, columns)[0])
 
     def close(self) -> None:
@@ -157,13 +197,48 @@ class RewardPipeline:
         self.close()
 
     def _run(self, calls: list[_Call], completions, prompts, columns) -> list[_Judged]:
-        tasks = [(call.fn_index, completions, prompts, columns, call.kwargs) for call in calls]
-        outcomes = self._pool.run(tasks, [call.deadline_s for call in calls])
-        judged = []
-        for call, outcome in zip(calls, outcomes):
-            judged.append(judge(outcome, len(completions), call.spec, call.deadline_s))
-            self._report(call, judged[-1])
-        return judged
+        """Batch calls side by side, one task each; then each per-sample call, one task per completion."""
+        batch = len(completions)
+        judged: dict[_Call, _Judged] = {}
+        whole = [call for call in calls if not call.per_sample]
+        tasks = [(call.fn_index, _arguments(completions, prompts, columns, call.kwargs), False) for call in whole]
+        for call, outcome in zip(whole, self._pool.run(tasks, [call.deadline_s for call in whole])):
+            judged[call] = judge(outcome, batch, call.spec, call.deadline_s)
+        for call in (call for call in calls if call.per_sample):
+            tasks = [
+                (call.detail_index, _arguments([completions[i]], [prompts[i]], _row(columns, i), call.kwargs), True)
+                for i in range(batch)
+            ]
+            outcomes = self._pool.run(
+                tasks,
+                call.sample_deadline_s,
+                first_try_s=min(SAMPLE_FIRST_TRY_S, call.sample_deadline_s),
+                batch_deadline_s=call.deadline_s,
+            )
+            judged[call] = judge_samples(outcomes, call.spec, call.sample_deadline_s, call.deadline_s)
+        for call in calls:
+            self._report(call, judged[call])
+        return [judged[call] for call in calls]
+
+    def _warn_if_unparsed(self, metrics: dict[str, float]) -> None:
+        """One warning when most completions have had no extractable answer on each of the first steps."""
+        if self._unparsed_steps < 0 or self._correctness is None:
+            return
+        unparsed = metrics.get(f"reward/{self._correctness.name}/unparsed_frac")
+        if unparsed is None or unparsed <= UNPARSED_WARN_FRAC:
+            self._unparsed_steps = -1  # the run has left its first steps healthy: never warn
+            return
+        self._unparsed_steps += 1
+        if self._unparsed_steps == UNPARSED_WARN_STEPS:
+            self._unparsed_steps = -1
+            logger.warning(
+                "reward %r found no answer in more than %.0f%% of completions on each of the first %d steps: the "
+                "prompts may not ask for the answer format (e.g. 'put the final answer in \\boxed{}'), or the "
+                "term's answer_format does not match how the model answers",
+                self._correctness.name,
+                100 * UNPARSED_WARN_FRAC,
+                UNPARSED_WARN_STEPS,
+            )
 
     def _report(self, call: _Call, judged: _Judged) -> None:
         for kind in FAILURE_KINDS:
@@ -188,6 +263,9 @@ class RewardPipeline:
             metrics[f"reward/{term.name}"] = _nanmean(terms[term.name])
             for kind in FAILURE_KINDS:
                 metrics[f"reward/{term.name}/{kind}"] = float(result.failures.count(kind))
+            metrics[f"reward/{term.name}/timeout_frac"] = result.failures.count("timeouts") / batch if batch else 0.0
+            if result.parsed is not None:
+                metrics[f"reward/{term.name}/unparsed_frac"] = result.parsed.count(False) / batch if batch else 0.0
         total = [math.nan if dropped[i] else _weighted_sum(self.terms, terms, i) for i in range(batch)]
         metrics["reward/mean"] = _nanmean(total)
         if self._correctness is not None:
@@ -239,6 +317,27 @@ def judge(outcome: Outcome, batch: int, label: str, deadline_s: float) -> _Judge
     return judged
 
 
+def judge_samples(outcomes: list[Outcome], label: str, sample_deadline_s: float, deadline_s: float) -> _Judged:
+    """Combine a per-sample term's outcomes (each the value and the parse flag of one completion): a failure costs
+    only its own sample."""
+    # a failed sample's parse flag is unknown (None), not "no answer"
+    judged = _Judged(values=[None] * len(outcomes), failures=[None] * len(outcomes), parsed=[None] * len(outcomes))
+    for i, outcome in enumerate(outcomes):
+        if outcome.status == "ok":
+            (value,), (judged.parsed[i],) = outcome.value
+            one = judge(Outcome("ok", value=[value]), 1, label, sample_deadline_s)
+        else:
+            one = judge(outcome, 1, label, sample_deadline_s)
+            if outcome.status == "timeout":
+                one.message = (
+                    f"{label} ran past its deadline of {sample_deadline_s:g} s per sample (or {deadline_s:g} s for "
+                    f"the batch) on sample {i}; its worker was killed and replaced"
+                )
+        judged.values[i], judged.failures[i] = one.values[0], one.failures[0]
+        judged.message = judged.message or one.message
+    return judged
+
+
 def _all_failed(kind: str, batch: int, message: str) -> _Judged:
     return _Judged(values=[None] * batch, failures=[kind] * batch, message=message)
 
@@ -248,18 +347,36 @@ def _nanmean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def _load_functions(specs: list[str]) -> list[Callable]:
-    """Worker initializer: import every reward function once."""
-    return [load_reward_fn(spec) for spec in specs]
+def _arguments(completions: list, prompts: list, columns: dict[str, list], kwargs: dict) -> dict:
+    """The keyword arguments of one call, as TRL passes them: prompts, completions, then every column."""
+    return {"prompts": prompts, "completions": completions, **columns, **kwargs}
 
 
-def _call_reward(functions: list[Callable], task: tuple) -> list[float | None] | str:
-    """Worker handler: one term on the whole batch. Returns the values as plain floats (None kept), or the type name
-    of a return value that is not a sequence."""
-    fn_index, completions, prompts, columns, kwargs = task
-    values = functions[fn_index](completions, prompts, **columns, **kwargs)
+def _row(columns: dict[str, list], index: int) -> dict[str, list]:
+    return {key: [values[index]] for key, values in columns.items()}
+
+
+def _load_functions(specs: list[str], checks: list[tuple[str, dict]]) -> list[Callable]:
+    """Worker initializer: import every reward function once; a term whose function cannot take TRL's keyword call
+    is a user error now, not a failure on every step."""
+    functions = [load_reward_fn(spec) for spec in specs]
+    if any(detail in specs for detail, _ in PER_SAMPLE.values()):
+        prepare_verifier()  # every worker forks with math-verify imported: a replacement starts in milliseconds
+    for spec, kwargs in checks:
+        check_call(spec, functions[specs.index(spec)], kwargs)
+    return functions
+
+
+def _call_reward(functions: list[Callable], task: tuple) -> list[float | None] | str | tuple:
+    """Worker handler: one call. A batch call returns the values as plain floats (None kept), or the type name of a
+    return value that is not a sequence; a per-sample call returns (values, parse flags) of its one sample."""
+    fn_index, arguments, per_sample = task
+    values = functions[fn_index](**arguments)
     if inspect.iscoroutine(values):  # an async def reward
         values = asyncio.run(values)
+    if per_sample:
+        scores, parsed = zip(*values)
+        return [_as_float(value, i) for i, value in enumerate(scores)], [bool(flag) for flag in parsed]
     if hasattr(values, "tolist"):  # a NumPy array or a torch tensor
         values = values.tolist()
     if not isinstance(values, (list, tuple)):

@@ -6,6 +6,7 @@ code, so every way a spec can be wrong ends here as a one-line `UserError`.
 
 import hashlib
 import importlib
+import inspect
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -22,6 +23,14 @@ BUILTIN_REWARDS: dict[str, str] = {
     "easy_prompt_length_bias": "rewards.length:easy_prompt_length_bias",
     "boxed_format": "rewards.format:boxed_format",
     "think_format": "rewards.format:think_format",
+}
+
+
+# Rewards the pipeline scores one completion per task, each under its own deadline, so that one hung answer costs only
+# itself: spec -> (the function a task runs, returning (score, answer found) per completion; the keyword holding the
+# per-completion deadline).
+PER_SAMPLE: dict[str, tuple[str, str]] = {
+    "rewards.math:accuracy": ("rewards.math:judge_completions", "verify_deadline_s"),
 }
 
 
@@ -69,6 +78,32 @@ def load_reward_fn(spec: str, *, base_dir: Path | None = None) -> Callable:
     if not callable(target):
         raise UserError(f"reward {spec!r}: {attribute} is not callable (type {type(target).__name__})")
     return target
+
+
+def check_call(spec: str, fn: Callable, kwargs: dict) -> None:
+    """A `UserError` unless `fn` can take the call rewards get, as TRL's GRPOTrainer makes it: by keyword, with
+    prompts=, completions=, completion_ids=, every column and the term's kwargs, so it needs a `**kwargs`."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check
+        return
+    parameters = list(signature.parameters.values())
+    positional = [p.name for p in parameters if p.kind == p.POSITIONAL_ONLY and p.default is p.empty]
+    if positional:
+        raise UserError(
+            f"reward {spec!r}: {_name(fn)}{signature} takes {', '.join(positional)} positionally only; reward "
+            "functions are called by keyword (prompts=, completions=, completion_ids=, then the dataset columns)"
+        )
+    if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+        raise UserError(
+            f"reward {spec!r}: {_name(fn)}{signature} has no **kwargs; reward functions are called as TRL calls "
+            "them, by keyword with prompts=, completions=, completion_ids= and every dataset column, so the "
+            "signature needs one, e.g. def f(completions, **kwargs)"
+        )
+
+
+def _name(fn: Callable) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _is_path(location: str) -> bool:

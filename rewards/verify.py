@@ -1,16 +1,19 @@
-"""Final-answer extraction and math-verify run in killable worker processes.
+"""Final-answer extraction and math-verify, run where a hung or crashing check costs only its own answer.
 
 math-verify's own timeouts use SIGALRM, which fails outside the main thread (Ray actors, thread pools), and some
-inputs hang sympy regardless (`5^{5^{5^{5}}}`). So parsing and comparing run with math-verify's timeouts off, in
-persistent worker processes (`VerifierPool`), each item under its own deadline: a worker past it is killed and
-replaced and that item scores False. Callers never need the main thread, and several threads may verify at once.
+inputs hang sympy in C code regardless (`5^{5^{5^{5}}}`). So parsing and comparing always run with math-verify's
+timeouts off, in a process that can be killed at a deadline:
+- inside a reward worker (`rewards.workers`), which the reward pipeline runs one answer per task: `verify_here`;
+- anywhere else (a TRL trainer, a script), in this module's own `VerifierPool`, each item under its own deadline.
+Either way there is one level of worker processes, never a pool inside a pool.
 
 An answer verifies against its gold when
-    normalise(answer) == normalise(gold)                                      (fast path, no worker), or
+    normalise(answer) == normalise(gold)                                      (fast path, no sympy), or
     verify(parse("$gold$"), parse("$answer$"))   with LaTeX and plain-expression extraction (gold first: verify is
                                                  not symmetric).
 """
 
+import contextlib
 import functools
 import logging
 import os
@@ -100,39 +103,32 @@ def normalise(answer: str) -> str:
 
 
 class VerifierPool:
-    """Persistent math-verify worker processes; `verify` may be called from any thread, several at once."""
+    """math-verify in worker processes (`rewards.workers`), for callers outside a reward worker: each item has its own
+    deadline; `verify` may be called from any thread, several at once."""
 
     def __init__(self, processes: int = DEFAULT_PROCESSES):
-        self._pool = WorkerPool(_verify_item, initializer=_cached_parser, processes=processes, name="rlqa-verify")
+        self._pool = WorkerPool(_verify_item, initializer=_start_verifier, processes=processes, name="rlqa-verify")
 
     def verify(self, golds: list[str], answers: list[str | None], deadline_s: float = DEFAULT_DEADLINE_S) -> list[bool]:
         """Whether each answer verifies against its gold. A missing answer, or one whose check runs past
         `deadline_s` (its worker is killed and replaced) or fails, is False; the others are still checked."""
         if len(golds) != len(answers):
             raise ValueError(f"{len(golds)} golds but {len(answers)} answers")
-        results = [False] * len(golds)
-        pending = []
-        for index, (gold, answer) in enumerate(zip(golds, answers)):
-            if answer is None or not normalise(answer) or not normalise(gold):
-                continue
-            if normalise(answer) == normalise(gold):
-                results[index] = True
-            else:
-                pending.append(index)
-        if not pending:
-            return results
-        outcomes = self._pool.run([(golds[i], answers[i]) for i in pending], deadline_s)
-        for index, outcome in zip(pending, outcomes):
-            results[index] = outcome.status == "ok" and outcome.value
-            if outcome.status in ("timeout", "crashed"):
-                logger.warning(
-                    "math-verify %s on answer %.80r (gold %.80r): %s",
-                    outcome.status,
-                    answers[index],
-                    golds[index],
-                    outcome.detail,
-                )
-        return results
+        results = [quick_verdict(gold, answer) for gold, answer in zip(golds, answers)]
+        pending = [index for index, verdict in enumerate(results) if verdict is None]
+        if pending:
+            outcomes = self._pool.run([(golds[i], answers[i]) for i in pending], deadline_s)
+            for index, outcome in zip(pending, outcomes):
+                results[index] = outcome.status == "ok" and outcome.value
+                if outcome.status in ("timeout", "crashed"):
+                    logger.warning(
+                        "math-verify %s on answer %.80r (gold %.80r): %s",
+                        outcome.status,
+                        answers[index],
+                        golds[index],
+                        outcome.detail,
+                    )
+        return [bool(result) for result in results]
 
     def close(self) -> None:
         self._pool.close()
@@ -158,13 +154,32 @@ def get_pool() -> VerifierPool:
         return _shared_pool
 
 
-def _cached_parser():
-    """Worker initializer: import math-verify once, cap memory, and return the parser, memoised."""
+def quick_verdict(gold: str, answer: str | None) -> bool | None:
+    """False for a missing or empty answer, True when the normalised strings are equal, None when sympy must decide."""
+    if answer is None or not normalise(answer) or not normalise(gold):
+        return False
+    return True if normalise(answer) == normalise(gold) else None
+
+
+def verify_here(gold: str, answer: str | None) -> bool:
+    """math-verify in this process, under the memory cap and with its timeouts off: only for a process that can be
+    killed at a deadline (a reward worker), since some inputs hang sympy in C code."""
+    verdict = quick_verdict(gold, answer)
+    if verdict is not None:
+        return verdict
     import math_verify
 
-    _limit_address_space(MEMORY_HEADROOM_BYTES)
+    with memory_cap(MEMORY_HEADROOM_BYTES):
+        parse = _parser()
+        return bool(math_verify.verify(parse(gold), parse(answer), timeout_seconds=None))
 
-    # Timeouts are off on purpose (the pool enforces deadlines); math-verify warns about that once per process.
+
+@functools.cache
+def _parser():
+    """math-verify's parse, memoised per process; imported on first use."""
+    import math_verify
+
+    # Timeouts are off on purpose (the caller's process is killed at a deadline); math-verify warns about it once.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     extraction = [math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()]
 
@@ -173,6 +188,28 @@ def _cached_parser():
         return math_verify.parse(f"${normalise(answer)}$", extraction_config=extraction, parsing_timeout=None)
 
     return parse
+
+
+def prepare_verifier() -> None:
+    """Import math-verify now (in a zygote, so that every worker it forks starts with it)."""
+    _parser()
+
+
+def _start_verifier() -> None:
+    """Pool initializer: math-verify imported once, in the zygote, so every worker starts with it under the cap."""
+    prepare_verifier()
+    _limit_address_space(MEMORY_HEADROOM_BYTES)
+
+
+@contextlib.contextmanager
+def memory_cap(headroom: int):
+    """Soft RLIMIT_AS = what this process maps now + headroom, restored afterwards (Linux; elsewhere no limit)."""
+    previous = resource.getrlimit(resource.RLIMIT_AS)
+    _limit_address_space(headroom)
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, previous)
 
 
 def _limit_address_space(headroom: int) -> None:
@@ -187,8 +224,6 @@ def _limit_address_space(headroom: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _verify_item(parse, item: tuple[str, str]) -> bool:
-    import math_verify
-
+def _verify_item(state, item: tuple[str, str]) -> bool:
     gold, answer = item
-    return bool(math_verify.verify(parse(gold), parse(answer), timeout_seconds=None))
+    return verify_here(gold, answer)

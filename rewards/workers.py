@@ -1,24 +1,39 @@
-"""Persistent worker processes that run hang-prone or crash-prone code, each task under its own deadline.
+"""Worker processes that run hang-prone or crash-prone code, one task at a time each, under per-task deadlines, and
+that never outlive their owner.
 
-Reward code and math-verify may hang (sympy on `5^{5^{5^{5}}}`), kill their interpreter (`os._exit`, a segfault in an
-extension) or raise anything, BaseException included; none of it may reach the training driver. So each worker is a
-process that sets itself up once (`initializer(*initargs)` -> state), then answers `handler(state, task)` one task at
-a time over a pipe. A task past its deadline gets its worker killed (SIGKILL) and replaced; the caller sees a
-"timeout" outcome for that task and the other tasks go on.
+Reward code and math-verify may hang (sympy on `2^{3^{4^{5^{6}}}}` spins in C code that no signal handler
+interrupts), kill their interpreter (`os._exit`, a segfault in an extension) or raise anything, BaseException
+included; none of it may reach the training driver, and none of it may survive it. So:
 
-- A worker is a fresh interpreter (`python -c`, like multiprocessing's "spawn"), never a fork: the caller may be a
-  Ray actor with threads, and a forked copy of a threaded process can deadlock. Unlike "spawn" it does not re-run
-  the caller's `__main__` (a console script would import torch into every worker; a script without the
-  `if __name__ == "__main__"` guard would recurse), and it works under daemonic processes too.
-- No signals in the caller: `run` may be called from any thread, several threads at once. Each worker serves one
-  caller at a time; a caller holds only the workers it has work for.
-- Workers exit when their pipe closes or their parent dies (checked every `ORPHAN_CHECK_S`); the pool kills its
-  workers on `close()`, when it is garbage-collected, and at interpreter exit.
+- A pool starts one *zygote*: a fresh interpreter (`python -c`, never a fork of the caller, which may be a Ray
+  actor with threads) that imports the handler's module and runs `initializer(*initargs)` once. Every worker is a
+  `fork()` of the zygote, so it starts with that state in milliseconds: a worker killed at a deadline is replaced
+  at once, which is what lets each answer have its own deadline without replacements eating the batch's time.
+- Each worker is the leader of its own process group; a task past its deadline gets the whole group killed
+  (SIGKILL), so whatever the task started goes with it. The caller sees a "timeout" outcome for that task.
+- Nothing outlives the owner, however the owner ends. Workers set a parent-death signal (Linux
+  `prctl(PR_SET_PDEATHSIG, SIGKILL)`): the kernel kills them when the zygote ends, even in the middle of a C call.
+  The zygote, single-threaded and idle between requests, notices at once when its pipe to the owner closes, which
+  the kernel does when the owner dies (SIGKILL included): it kills each worker's process group, then exits.
+  `close()`, garbage collection and interpreter exit kill the workers' groups directly.
+- Ctrl-C and SIGTERM sent to the owner's process group do not reach the workers (own groups) or the zygote
+  (ignores them): the owner decides what stops.
+- A task may also share a batch deadline (`run(..., batch_deadline_s=)`) and a short first try
+  (`first_try_s=`): a task past its first try goes to the back of the queue and gets its full deadline only after
+  every other task has had its turn, so a few hung tasks cannot starve the healthy ones.
+
+Why not pebble's `ProcessPool` or `concurrent.futures`: both start workers through `multiprocessing`, whose
+"spawn"/"forkserver" re-run the caller's `__main__` in every worker (a console script would import torch into
+each; a script without the `if __name__ == "__main__"` guard recurses), "fork" copies a threaded caller (Ray
+actors: deadlocks), and neither gives workers a parent-death signal or kills a timed-out task's process group, so a
+task stuck in C code outlives a killed owner, which is the failure this module exists to prevent.
 """
 
+import ctypes
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.reduction
 import os
 import queue
 import signal
@@ -35,24 +50,29 @@ from typing import Any, Literal
 
 from rlqa.errors import UserError
 
-ORPHAN_CHECK_S = 0.5
 # Spawning a Python interpreter and importing sympy takes seconds on a busy 2-core machine; this bounds a broken start.
 START_TIMEOUT_S = 120.0
-# The worker's whole program: take the caller's import path over the pipe, then serve.
+# How long the zygote waits for a request before it reaps its finished children.
+REAP_INTERVAL_S = 0.2
+EXIT_STATUS_WAIT_S = 5.0
+_PR_SET_PDEATHSIG = 1
+_in_worker = False  # set in a worker process: code there may run hang-prone work in-process
+# The zygote's whole program: take the caller's import path over the pipe, then serve.
 _BOOTSTRAP = """\
 import sys
 from multiprocessing.connection import Connection
 conn = Connection(int(sys.argv[1]))
 sys.path[:] = conn.recv()
-from rewards.workers import _worker_main
-_worker_main(conn)
+from rewards.workers import _zygote_main
+_zygote_main(conn)
 """
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What became of one task: "ok" (value holds the handler's result), "error" (detail holds the traceback),
-    "timeout" (the worker was killed at the deadline) or "crashed" (the worker died, detail says how)."""
+    "timeout" (its worker was killed at the deadline, or the batch ran out of time first) or "crashed" (the worker
+    died, detail says how)."""
 
     status: Literal["ok", "error", "timeout", "crashed"]
     value: Any = None
@@ -63,33 +83,93 @@ class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, chained under it when it is re-raised in the caller."""
 
 
-class _Worker:
+class _Zygote:
+    """The interpreter that holds the initialised state and forks workers on request."""
+
     def __init__(self, name: str, setup: tuple):
         self.name = name
+        self.lock = threading.Lock()
         self.conn, child_conn = multiprocessing.Pipe(duplex=True)
         child_fd = child_conn.fileno()
         self.process = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, str(child_fd)], pass_fds=(child_fd,))
         child_conn.close()
         self.conn.send(sys.path)
         self.conn.send(setup)
-        self.ready = False
+
+    def await_ready(self) -> None:
+        if not self.conn.poll(START_TIMEOUT_S):
+            raise RuntimeError(f"{self.name}: the worker zygote did not start within {START_TIMEOUT_S:.0f} s")
+        try:
+            kind, payload = self.conn.recv()
+        except EOFError:
+            code = self.process.wait()
+            raise RuntimeError(f"{self.name}: the worker zygote died while starting (exit code {code})") from None
+        if kind == "init_error":
+            message, is_user_error, remote_traceback = payload
+            if is_user_error:
+                raise UserError(message) from RemoteTraceback(remote_traceback)
+            raise RuntimeError(f"{self.name}: a worker failed to start: {message}") from RemoteTraceback(
+                remote_traceback
+            )
+
+    def fork(self) -> tuple[int, multiprocessing.connection.Connection]:
+        """A new worker's pid and the caller's end of its pipe."""
+        conn, child_conn = multiprocessing.Pipe(duplex=True)
+        try:
+            with self.lock:
+                self.conn.send(("fork", None))
+                multiprocessing.reduction.send_handle(self.conn, child_conn.fileno(), self.process.pid)
+                pid = self.conn.recv()
+        finally:
+            child_conn.close()
+        return pid, conn
+
+    def exit_status(self, pid: int) -> int | None:
+        """The worker's exit code (negative: the signal that killed it), or None if it has not exited yet."""
+        try:
+            with self.lock:
+                self.conn.send(("status", pid))
+                return self.conn.recv()
+        except (EOFError, OSError):
+            return None
 
     def is_alive(self) -> bool:
         return self.process.poll() is None
 
-    def exit_description(self) -> str:
+    def stop(self) -> None:
+        """Close its pipe (it exits, and its workers with it); kill it if it does not."""
+        self.conn.close()
         try:
-            code = self.process.wait(timeout=5)
+            self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class _Worker:
+    def __init__(self, name: str, pid: int, conn, zygote: _Zygote):
+        self.name = name
+        self.pid = pid
+        self.conn = conn
+        self.zygote = zygote
+
+    def is_alive_idle(self) -> bool:
+        """An idle worker sends nothing: a readable pipe means it closed, i.e. the worker died."""
+        try:
+            return not self.conn.poll(0)
+        except OSError:
+            return False
+
+    def exit_description(self) -> str:
+        deadline = time.monotonic() + EXIT_STATUS_WAIT_S
+        while (code := self.zygote.exit_status(self.pid)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if code is None:
             return "closed its pipe but did not exit"
         return f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
 
     def kill(self) -> None:
-        self.process.kill()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # stuck in the kernel; subprocess reaps it later
-            pass
+        _kill_group(self.pid)
         self.conn.close()
 
 
@@ -97,11 +177,12 @@ class _Worker:
 class _Job:
     index: int
     expires: float  # time.monotonic() at which the worker is killed
-    sent: bool  # False while the worker is still starting up
+    first_try: bool  # a first try cut short by `first_try_s` goes back in the queue instead of timing out
 
 
 class WorkerPool:
-    """`processes` workers running `handler(state, task)`, with `state = initializer(*initargs)` once per worker.
+    """`processes` workers running `handler(state, task)`, with `state = initializer(*initargs)` computed once in
+    the zygote and inherited by every worker.
 
     `handler` and `initializer` must be module-level functions (they are pickled by reference).
     """
@@ -123,77 +204,109 @@ class WorkerPool:
         self._names = itertools.count()
         self._lock = threading.Lock()
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
-        # Every live worker, idle or held; shared with the exit finalizer, which must not hold a reference to self.
+        # Every live worker, idle or held, and the zygote; shared with the finalizer, which must not hold self.
         self._workers: list[_Worker] = []
+        self._zygotes: list[_Zygote] = []
         self._started = False
         self._closed = False
-        weakref.finalize(self, _kill_all, self._workers)
+        weakref.finalize(self, _stop_all, self._workers, self._zygotes)
 
     def start(self) -> None:
-        """Start the workers and wait until each has run its initializer; re-raises an initializer's exception."""
+        """Start the zygote (it runs the initializer; its exception is re-raised here) and the workers."""
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"{self._name}: the pool is closed")
             if self._started:
                 return
-            workers = [self._spawn_locked() for _ in range(self._processes)]
             try:
-                for worker in workers:
-                    _await_ready(worker, self._name)
+                self._zygotes.append(_Zygote(self._name, self._setup))
+                self._zygotes[0].await_ready()
+                for _ in range(self._processes):
+                    self._idle.put(self._spawn_locked())
             except BaseException:
-                _kill_all(self._workers)
+                _stop_all(self._workers, self._zygotes)
                 raise
-            for worker in workers:
-                self._idle.put(worker)
             self._started = True
 
-    def run(self, tasks: Sequence[Any], deadlines_s: float | Sequence[float]) -> list[Outcome]:
-        """One outcome per task, in order. A task's deadline counts from when its worker received it."""
+    def run(
+        self,
+        tasks: Sequence[Any],
+        deadlines_s: float | Sequence[float],
+        *,
+        first_try_s: float | None = None,
+        batch_deadline_s: float | None = None,
+    ) -> list[Outcome]:
+        """One outcome per task, in order. A task's deadline counts from when its worker received it.
+
+        first_try_s: a task still running after this long is killed and queued again behind every other task, then
+            given its whole deadline. batch_deadline_s: no task runs past this long after the call began; tasks not
+            finished by then are "timeout" outcomes.
+        """
         if isinstance(deadlines_s, (int, float)):
             deadlines_s = [float(deadlines_s)] * len(tasks)
         if len(deadlines_s) != len(tasks):
             raise ValueError(f"{len(tasks)} tasks but {len(deadlines_s)} deadlines")
         self.start()
+        batch_end = time.monotonic() + batch_deadline_s if batch_deadline_s is not None else float("inf")
         outcomes: list[Outcome | None] = [None] * len(tasks)
-        todo = deque(range(len(tasks)))
+        todo: deque[tuple[int, bool]] = deque((index, first_try_s is not None) for index in range(len(tasks)))
         held: dict[_Worker, _Job] = {}
 
-        def assign(worker: _Worker, index: int) -> None:
-            held[worker] = _send(worker, index, tasks[index], deadlines_s[index])
+        def assign(worker: _Worker, index: int, first_try: bool) -> None:
+            limit = min(first_try_s, deadlines_s[index]) if first_try else deadlines_s[index]
+            first_try = first_try and limit < deadlines_s[index]
+            try:
+                worker.conn.send(tasks[index])
+            except OSError:  # the worker died: its end-of-file settles the job on the next wait
+                pass
+            held[worker] = _Job(index, min(time.monotonic() + limit, batch_end), first_try)
+
+        def release(worker: _Worker) -> None:
+            if todo and time.monotonic() < batch_end:
+                assign(worker, *todo.popleft())
+            else:
+                self._idle.put(worker)
 
         while todo or held:
+            if time.monotonic() >= batch_end:
+                for index, _ in todo:
+                    outcomes[index] = Outcome("timeout", detail="the batch's deadline passed before it finished")
+                todo.clear()
             while todo:
                 worker = self._take(block=not held)
                 if worker is None:
                     break
-                assign(worker, todo.popleft())
+                assign(worker, *todo.popleft())
+            if not held:
+                continue
             timeout = max(0.0, min(job.expires for job in held.values()) - time.monotonic())
             ready = multiprocessing.connection.wait([worker.conn for worker in held], timeout=timeout)
             now = time.monotonic()
             for worker, job in list(held.items()):
                 if worker.conn in ready:
                     del held[worker]
-                    outcome, worker = self._receive(worker)
+                    outcomes[job.index], worker = self._receive(worker)
                 elif now >= job.expires:
                     del held[worker]
-                    outcome, worker = _expired(worker, job), self._replace(worker)
+                    worker = self._replace(worker)
+                    if job.first_try and now < batch_end:
+                        todo.append((job.index, False))
+                    else:
+                        outcomes[job.index] = _expired(worker.name, now >= batch_end)
                 else:
                     continue
-                if outcome is None:  # the worker has just finished starting: now it gets its task
-                    assign(worker, job.index)
-                    continue
-                outcomes[job.index] = outcome
-                if todo:
-                    assign(worker, todo.popleft())
-                else:
-                    self._idle.put(worker)
+                release(worker)
         return outcomes
 
     def close(self) -> None:
-        """Kill every worker; call it once no `run` is in flight."""
+        """Kill every worker and stop the zygote; call it once no `run` is in flight."""
         with self._lock:
             self._closed = True
-            _kill_all(self._workers)
+            _stop_all(self._workers, self._zygotes)
+
+    def pids(self) -> list[int]:
+        """The zygote's and the live workers' process ids."""
+        return [z.process.pid for z in self._zygotes] + [w.pid for w in self._workers]
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -202,7 +315,13 @@ class WorkerPool:
         self.close()
 
     def _spawn_locked(self) -> _Worker:
-        worker = _Worker(f"{self._name}-{next(self._names)}", self._setup)
+        zygote = self._zygotes[0]
+        if not zygote.is_alive():  # killed from outside: a new one runs the initializer again
+            zygote.stop()
+            zygote = self._zygotes[0] = _Zygote(self._name, self._setup)
+            zygote.await_ready()
+        pid, conn = zygote.fork()
+        worker = _Worker(f"{self._name}-{next(self._names)}", pid, conn, zygote)
         self._workers.append(worker)
         return worker
 
@@ -221,69 +340,50 @@ class WorkerPool:
             worker = self._idle.get(block=block)
         except queue.Empty:
             return None
-        return worker if worker.is_alive() else self._replace(worker)
+        return worker if worker.is_alive_idle() else self._replace(worker)
 
-    def _receive(self, worker: _Worker) -> tuple[Outcome | None, _Worker]:
-        """The outcome the worker's message settles (None when it only says it is ready), and the worker to go on
-        with: a replacement when this one died."""
+    def _receive(self, worker: _Worker) -> tuple[Outcome, _Worker]:
+        """The outcome the worker's message settles, and the worker to go on with: a replacement when it died."""
         try:
             kind, payload = worker.conn.recv()
         except (EOFError, OSError):
-            return Outcome("crashed", detail=f"{worker.name} {worker.exit_description()}"), self._replace(worker)
+            description = worker.exit_description()
+            return Outcome("crashed", detail=f"{worker.name} {description}"), self._replace(worker)
         except Exception:  # the result arrived whole but does not unpickle here
             return Outcome("error", detail=traceback.format_exc()), worker
-        if kind == "ready":
-            worker.ready = True
-            return None, worker
-        if kind == "init_error":
-            return Outcome("crashed", detail=f"worker failed to start: {payload[0]}"), self._replace(worker)
         if kind == "ok":
             return Outcome("ok", value=payload), worker
         return Outcome("error", detail=payload), worker
 
 
-def _send(worker: _Worker, index: int, task: Any, deadline_s: float) -> _Job:
-    if not worker.ready:  # the task waits until the worker says it is ready
-        return _Job(index, time.monotonic() + START_TIMEOUT_S, sent=False)
-    try:
-        worker.conn.send(task)
-    except OSError:  # the worker died: its end-of-file settles the job on the next wait
-        pass
-    return _Job(index, time.monotonic() + deadline_s, sent=True)
+def in_worker() -> bool:
+    """Whether this process is a pool worker, which its pool kills at a deadline: hang-prone work may run here
+    directly, and starting another pool here would only nest processes."""
+    return _in_worker
 
 
-def _expired(worker: _Worker, job: _Job) -> Outcome:
-    if job.sent:
-        return Outcome("timeout", detail=f"no answer within the deadline; {worker.name} was killed")
-    return Outcome("crashed", detail=f"{worker.name} did not start within {START_TIMEOUT_S:.0f} s")
+def _expired(worker_name: str, batch_over: bool) -> Outcome:
+    if batch_over:
+        return Outcome("timeout", detail=f"the batch's deadline passed; {worker_name} was killed")
+    return Outcome("timeout", detail=f"no answer within the deadline; {worker_name} was killed")
 
 
-def _await_ready(worker: _Worker, pool_name: str) -> None:
-    if not worker.conn.poll(START_TIMEOUT_S):
-        raise RuntimeError(f"{pool_name}: a worker did not start within {START_TIMEOUT_S:.0f} s")
-    try:
-        kind, payload = worker.conn.recv()
-    except EOFError:
-        raise RuntimeError(f"{pool_name}: {worker.name} died while starting ({worker.exit_description()})") from None
-    if kind == "init_error":
-        message, is_user_error, remote_traceback = payload
-        if is_user_error:
-            raise UserError(message) from RemoteTraceback(remote_traceback)
-        raise RuntimeError(f"{pool_name}: a worker failed to start: {message}") from RemoteTraceback(remote_traceback)
-    worker.ready = True
-
-
-def _kill_all(workers: list[_Worker]) -> None:
+def _stop_all(workers: list[_Worker], zygotes: list[_Zygote]) -> None:
     for worker in workers:
         worker.kill()
     workers.clear()
+    for zygote in zygotes:
+        zygote.stop()
+    zygotes.clear()
 
 
-def _worker_main(conn) -> None:
-    """A worker's life: set up once, then answer tasks until the pipe closes."""
-    # Ctrl-C reaches the whole process group; the caller decides what stops, and kills us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+# -- the zygote and its workers (these run in the child processes) --------------------------------------------------
+
+
+def _zygote_main(conn) -> None:
+    """Set up once, then fork a worker per request until the owner's end of the pipe closes."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # sent to the owner's group; the owner decides what stops
+        signal.signal(signum, signal.SIG_IGN)
     try:
         handler, initializer, initargs = conn.recv()  # unpickling imports the handler's module
         state = initializer(*initargs) if initializer is not None else None
@@ -293,25 +393,102 @@ def _worker_main(conn) -> None:
         conn.send(("init_error", (message, isinstance(exc, UserError), traceback.format_exc())))
         return
     conn.send(("ready", None))
+    zygote_pid = os.getpid()
+    live: set[int] = set()  # workers not reaped yet
+    exits: dict[int, int] = {}  # pid -> exit code of the workers reaped so far
     while True:
         try:
-            task = conn.recv()
+            if not conn.poll(REAP_INTERVAL_S):
+                _reap(live, exits)
+                continue
+            kind, argument = conn.recv()
         except (EOFError, OSError):
-            return
-        try:
-            reply = ("ok", handler(state, task))
-        except BaseException as exc:  # user code may raise SystemExit, or math-verify its BaseException timeout
-            # The traceback starts at the handler: this loop's frame says nothing about the failure.
-            reply = ("error", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)))
-        try:
-            conn.send(reply)
-        except OSError:  # the caller is gone
-            return
-        except Exception:  # the result does not pickle; nothing was written yet
-            conn.send(("error", traceback.format_exc()))
+            # The owner is gone. Its workers would die with us (parent-death signal), but not what they started:
+            # kill each worker's whole group first.
+            for pid in live:
+                _kill_group(pid)
+            os._exit(0)
+        if kind == "fork":
+            fd = multiprocessing.reduction.recv_handle(conn)
+            pid = os.fork()
+            if pid == 0:
+                _worker_main(conn, fd, zygote_pid, handler, state)  # never returns
+            os.close(fd)
+            _set_own_group(pid)
+            live.add(pid)
+            conn.send(pid)
+        elif kind == "status":
+            _reap(live, exits)
+            conn.send(exits.pop(argument, None))
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(ORPHAN_CHECK_S)
-    os._exit(1)
+def _reap(live: set[int], exits: dict[int, int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        live.discard(pid)
+        exits[pid] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        while len(exits) > 4096:  # exit codes nobody asked for
+            exits.pop(next(iter(exits)))
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL to the process group led by `pid` (a worker and anything it started), or to `pid` alone if it has
+    not made its group yet."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def _set_own_group(pid: int) -> None:
+    """Parent and child both call it, so the group exists before either goes on (the usual job-control idiom)."""
+    try:
+        os.setpgid(pid, pid)
+    except (PermissionError, ProcessLookupError):  # the child got there first, or is gone already
+        pass
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pipe's end-of-file is the only signal
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _worker_main(control, fd: int, zygote_pid: int, handler, state) -> None:
+    """A forked worker's life: answer tasks until the pipe closes. Never returns into the zygote's loop."""
+    try:
+        global _in_worker
+        _in_worker = True
+        control.close()
+        _set_own_group(0)
+        _die_with_parent(zygote_pid)
+        conn = multiprocessing.connection.Connection(fd)
+        while True:
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                reply = ("ok", handler(state, task))
+            except BaseException as exc:  # user code may raise SystemExit, or math-verify its BaseException timeout
+                # The traceback starts at the handler: this loop's frame says nothing about the failure.
+                reply = ("error", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)))
+            try:
+                conn.send(reply)
+            except OSError:  # the caller is gone
+                return
+            except Exception:  # the result does not pickle; nothing was written yet
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        os._exit(0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import ray
+from rlqa.cluster import ray_session
 
 from rlqa import checkpoint
 from rlqa.config import DatasetConfig, Recipe, load_recipe
@@ -74,20 +74,14 @@ def evaluate_target(target: Path, *, data: str | None = None, k: int | None = No
         examples = build_examples(test_spec, recipe, tokenizer, "--data" if data else "data.test")
         prompt_tokens = {e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in examples}
         t = recipe.trainer
-        ray.init(address=address, include_dashboard=False, configure_logging=False) if address else ray.init(
-            num_cpus=max(int(recipe.rollout.workers * recipe.rollout.cpus_per_worker + 0.999), 1),
-            include_dashboard=False,
-            configure_logging=False,
-        )
-        pipeline = RewardPipeline([], correctness=recipe.rewards.correctness, base_dir=Path(recipe.base_dir))
-        try:
+        cpus = max(int(recipe.rollout.workers * recipe.rollout.cpus_per_worker + 0.999), 1)
+        with ray_session(address, num_cpus=cpus, configure_logging=False), RewardPipeline(
+            [], correctness=recipe.rewards.correctness, base_dir=Path(recipe.base_dir)
+        ) as pipeline:
             group = RolloutGroup(str(model_dir), recipe)
             results = evaluate(
                 group, examples, prompt_tokens, scorer(pipeline),
                 seed=t.seed, k=k or t.eval_k, temperature=t.eval_temperature,
                 max_new_tokens=recipe.rollout.max_new_tokens,
             )
-        finally:
-            pipeline.close()
-            ray.shutdown()
     return {"target": str(target), "model": str(model_dir), **results}

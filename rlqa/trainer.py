@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +30,7 @@ import torch
 from ray.exceptions import RayActorError, RayTaskError
 
 from rlqa import checkpoint
+from rlqa.cluster import ray_session
 from rlqa.algorithms.advantages import get_advantage_estimator
 from rlqa.config import Recipe, to_yaml
 from rlqa.data.example import Example
@@ -78,20 +80,15 @@ class Components:
 # -- building ------------------------------------------------------------------------------------------------------
 
 
-def init_ray(recipe: Recipe, address: str | None) -> None:
-    address = address or recipe.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
+def ray_resources(recipe: Recipe) -> dict:
+    """What `ray_session` needs to start an embedded Ray big enough for the recipe's actors."""
     needed = recipe.rollout.workers * recipe.rollout.cpus_per_worker + recipe.learner.workers * recipe.learner.cpus
-    ray.init(
-        num_cpus=recipe.ray.num_cpus or max(int(needed + 0.999), 1),
-        num_gpus=recipe.ray.num_gpus,
-        include_dashboard=False,
-        log_to_driver=True,
-        configure_logging=False,
-        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}},
-    )
+    return {
+        "num_cpus": recipe.ray.num_cpus or max(int(needed + 0.999), 1),
+        "num_gpus": recipe.ray.num_gpus,
+        "configure_logging": False,
+        "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}},
+    }
 
 
 def reward_pipeline(recipe: Recipe) -> RewardPipeline:
@@ -435,14 +432,14 @@ def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, add
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(to_yaml(recipe, with_base_dir=True))
     quiet_hf()
-    init_ray(recipe, address)
-    wall_start = time.perf_counter()
-    c = build(recipe, run_dir)
-    try:
-        return _run(c, resume_from, wall_start)
-    finally:
-        c.rewards.close()
-        ray.shutdown()
+    address = address or recipe.ray.address or os.environ.get("RAY_ADDRESS")
+    with ray_session(address, **ray_resources(recipe)):
+        wall_start = time.perf_counter()
+        c = build(recipe, run_dir)
+        try:
+            return _run(c, resume_from, wall_start)
+        finally:
+            c.rewards.close()
 
 
 def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
@@ -461,6 +458,7 @@ def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
         spec = recipe.sft.data or recipe.data.train
         pairs = [(e.prompt, e.solution) for e in build_examples(spec, recipe, c.tokenizer, "sft.data") if e.solution]
         summary["sft"] = ray.get(c.learner.sft.remote(pairs, str(c.run_dir / "sft_tmp")))
+        shutil.rmtree(c.run_dir / "sft_tmp", ignore_errors=True)  # TRL's output directory; the weights live on
         print(f"SFT warm-up: {summary['sft']['sft/steps']} steps in {summary['sft']['time/sft']:.0f}s", flush=True)
     ray.get(c.learner.start_rl.remote())
     sync_weights(c)

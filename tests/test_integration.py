@@ -81,6 +81,7 @@ def test_run_directory_contract(run):
         assert result["pass@1"] <= result["pass@2"]
     assert summary["steps"] == 2 and summary["wall_seconds"] > 0
     assert summary["sft"]["sft/steps"] == 3
+    assert not (run / "sft_tmp").exists()  # TRL's output directory is not left behind
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert checkpoints == ["step_00000001", "step_00000002"]
     model = AutoModelForCausalLM.from_pretrained(run / "final")

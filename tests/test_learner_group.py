@@ -42,7 +42,7 @@ def samples(count: int, seed: int = 0) -> list[TrainSample]:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
 

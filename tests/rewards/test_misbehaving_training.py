@@ -84,8 +84,10 @@ def test_the_run_finishes_and_counts_every_failure_per_step(run):
         for key, count in expected.items():
             assert m[f"reward/{key}"] == count
             totals[key] += count
-        failures = {k: v for k, v in m.items() if k.startswith("reward/") and k.count("/") == 2 and v}
+        failures = {k: v for k, v in m.items() if k.startswith("reward/") and k.count("/") == 2 and v
+                    and not k.endswith("_frac")}
         assert set(failures) == {f"reward/{key}" for key, count in expected.items() if count}
+        assert m["reward/sleep/timeout_frac"] == expected["sleep/timeouts"] / batch
     assert all(count > 0 for count in totals.values()), totals  # each kind of failure happened in this run
     # the healthy terms never fail
     assert all(m[f"reward/{term}/{kind}"] == 0 for m in metrics for term in ("accuracy", "hapo_length")

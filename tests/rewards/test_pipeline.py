@@ -84,8 +84,10 @@ def test_a_failing_term_is_counted_logged_once_and_the_run_goes_on(
             assert out.correct == [True, False]
             assert out.terms[name] == [0.0] * failed + [1.0] * (2 - failed)
             assert out.metrics[f"reward/{name}/{kind}"] == failed
-            counts = {key: value for key, value in out.metrics.items() if key.count("/") == 2 and value}
+            counts = {key: value for key, value in out.metrics.items()
+                      if key.count("/") == 2 and value and not key.endswith("_frac")}
             assert counts == {f"reward/{name}/{kind}": failed}
+            assert out.metrics[f"reward/{name}/timeout_frac"] == (failed / 2 if kind == "timeouts" else 0.0)
     logged = [record.getMessage() for record in caplog.records if f"'{name}'" in record.getMessage()]
     assert len(logged) == 1
     assert function in logged[0] and message in logged[0]
@@ -161,15 +163,19 @@ def test_duplicate_term_names_are_a_user_error():
         RewardPipeline([term("length", "length"), term("length", "async_length")], correctness=None, base_dir=HERE)
 
 
-def test_call_reward_returns_plain_floats():
+def test_call_reward_calls_by_keyword_and_returns_plain_floats():
     def array_reward(completions, prompts, *, offset, **_):
         return np.arange(len(completions)) + offset
 
-    assert _call_reward([array_reward], (0, ["a", "b"], ["p", "p"], {}, {"offset": 0.5})) == [0.5, 1.5]
-    assert _call_reward([lambda c, p: (True, None)], (0, ["a", "b"], ["p", "p"], {}, {})) == [1.0, None]
-    assert _call_reward([lambda c, p: 1.0], (0, ["a"], ["p"], {}, {})) == "float"
+    def call(fn, completions, **kwargs):
+        arguments = {"prompts": ["p"] * len(completions), "completions": completions, **kwargs}
+        return _call_reward([fn], (0, arguments, False))
+
+    assert call(array_reward, ["a", "b"], offset=0.5) == [0.5, 1.5]
+    assert call(lambda completions, **kw: (True, None), ["a", "b"]) == [1.0, None]
+    assert call(lambda completions, **kw: 1.0, ["a"]) == "float"
     with pytest.raises(TypeError, match="value 1 has type str, not a number or None"):
-        _call_reward([lambda c, p: [1.0, "2"]], (0, ["a", "b"], ["p", "p"], {}, {}))
+        call(lambda completions, **kw: [1.0, "2"], ["a", "b"])
 
 
 def test_judge_flags_a_return_that_is_not_a_list():
