@@ -1,6 +1,6 @@
 """The correctness reward over real benchmark data: every gold against itself, and against other problems' answers.
 
-    python benchmarks/reward_sweep.py [--data ../shared/data] [--processes 2] [--mv-self]
+    python benchmarks/reward_sweep.py [--data ../shared/data] [--processes 2] [--mv-self] [--judge boxed|any]
 
 Cases (tests/rewards/test_real_data.py asserts every one; this script times them):
 - E3 test set (1288 problems): "\\boxed{gold}" scored against its own gold -> 1;
@@ -12,7 +12,9 @@ Cases (tests/rewards/test_real_data.py asserts every one; this script times them
 "Equal" is decided here without math-verify (`same_value`): numbers (integers, decimals, a/b, \\frac{a}{b}) compare as
 exact fractions, anything else compares as text after dropping spacing and delimiters. So the reward disagreeing with
 it, either way, fails the test. `--mv-self` also checks each E3 gold against itself through math-verify's parser
-(bypassing the reward's string fast path), to count golds that math-verify cannot read.
+(bypassing the reward's string fast path), to count golds that math-verify cannot read. `--judge FORMAT` scores the
+cases with `rewards.answers.judge` directly (answer_format FORMAT), each in a worker process under `--deadline-s`,
+instead of through the `accuracy` reward.
 """
 
 import argparse
@@ -28,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rewards.math import accuracy  # noqa: E402
-from rewards.verify import VerifierPool, normalise  # noqa: E402
+from benchmarks.deadline_map import deadline_map  # noqa: E402
+from rewards.answers import normalise  # noqa: E402
 from rlqa.data import load_examples  # noqa: E402
 
 # ../shared/data next to the checkout when present, else the copies of the two test sets kept in the repository
@@ -124,7 +126,26 @@ def all_cases(data: Path = DATA) -> list[Case]:
 
 def score(cases: list[Case]) -> list[float]:
     """The correctness reward on every case, in one call: its verifier pool spreads the checks over its workers."""
+    from rewards.math import accuracy
+
     return accuracy([case.completion for case in cases], answer=[case.gold for case in cases])
+
+
+def score_with_judge(cases: list[Case], answer_format: str, processes: int, deadline_s: float) -> list[float]:
+    """`rewards.answers.judge` on every case, spread over worker processes, each case under its own deadline."""
+    items = [(case.gold, case.completion, answer_format) for case in cases]
+    outcomes = deadline_map(_judge, items, processes=processes, deadline_s=deadline_s, initializer=_warm_judge)
+    return [1.0 if outcome.status == "ok" and outcome.value else 0.0 for outcome in outcomes]
+
+
+def _judge(item: tuple[str, str, str]) -> bool:
+    from rewards.answers import judge
+
+    return judge(*item).correct
+
+
+def _warm_judge() -> None:
+    _judge(("1", "\\boxed{2}", "boxed"))  # imports math-verify and sympy before the first deadline
 
 
 def mismatches(cases: list[Case], scores: list[float]) -> list[tuple[Case, float]]:
@@ -136,9 +157,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--processes", type=int, default=None, help="verifier worker processes (default: the pool's)")
     parser.add_argument("--mv-self", action="store_true", help="also verify each E3 gold against itself in math-verify")
+    parser.add_argument("--judge", choices=["boxed", "any"], help="score with rewards.answers.judge in this format")
+    parser.add_argument("--deadline-s", type=float, default=5.0, help="per case, with --judge")
     args = parser.parse_args()
+    if args.judge:
+        main_judge(args)
+        return
 
     import rewards.verify
+    from rewards.verify import VerifierPool
 
     if args.processes:
         rewards.verify.DEFAULT_PROCESSES = args.processes
@@ -148,20 +175,10 @@ def main() -> None:
     ready = time.perf_counter()
     scores = score(cases)
     done = time.perf_counter()
-    counts: dict[str, list[int]] = {}
-    for case, value in zip(cases, scores):
-        counts.setdefault(case.name, [0, 0, 0])
-        counts[case.name][0] += 1
-        counts[case.name][1] += int(value == 1.0)
-        counts[case.name][2] += int(value != case.expected)
     print(f"{len(cases)} cases, {rewards.verify.DEFAULT_PROCESSES} verifier processes")
     print(f"load data + start workers: {ready - started:.1f} s; scoring: {done - ready:.1f} s "
           f"({len(cases) / (done - ready):.0f} cases/s)")
-    for name, (total, ones, wrong) in counts.items():
-        print(f"  {name:12s} {total:5d} cases, {ones:5d} scored 1, {wrong} disagree with same_value")
-    for case, value in mismatches(cases, scores)[:20]:
-        print(f"  MISMATCH {case.name}: completion {case.completion[-80:]!r} gold {case.gold!r} "
-              f"scored {value}, expected {case.expected}")
+    print_counts(cases, scores)
     if args.mv_self:
         golds = e3_golds(args.data)
         with VerifierPool(processes=rewards.verify.DEFAULT_PROCESSES) as pool:
@@ -172,6 +189,31 @@ def main() -> None:
         unread = [(gold, o.status) for gold, o in zip(golds, outcomes) if not (o.status == "ok" and o.value)]
         print(f"math-verify self-check of {len(golds)} E3 golds (no string fast path): {elapsed:.1f} s, "
               f"{len(unread)} not verified: {unread[:10]}")
+
+
+def main_judge(args) -> None:
+    processes = args.processes or 2
+    started = time.perf_counter()
+    cases = all_cases(args.data)
+    scores = score_with_judge(cases, args.judge, processes, args.deadline_s)
+    elapsed = time.perf_counter() - started
+    print(f"{len(cases)} cases, rewards.answers.judge(answer_format={args.judge!r}), {processes} worker processes")
+    print(f"load data, start workers and score: {elapsed:.1f} s ({len(cases) / elapsed:.0f} cases/s)")
+    print_counts(cases, scores)
+
+
+def print_counts(cases: list[Case], scores: list[float]) -> None:
+    counts: dict[str, list[int]] = {}
+    for case, value in zip(cases, scores):
+        counts.setdefault(case.name, [0, 0, 0])
+        counts[case.name][0] += 1
+        counts[case.name][1] += int(value == 1.0)
+        counts[case.name][2] += int(value != case.expected)
+    for name, (total, ones, wrong) in counts.items():
+        print(f"  {name:12s} {total:5d} cases, {ones:5d} scored 1, {wrong} disagree with same_value")
+    for case, value in mismatches(cases, scores)[:20]:
+        print(f"  MISMATCH {case.name}: completion {case.completion[-80:]!r} gold {case.gold!r} "
+              f"scored {value}, expected {case.expected}")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ math-verify with its timeouts off (they use SIGALRM). Some inputs hang sympy wha
 
 Finding the answer (`extract`):
 - `boxed`, for prompts that ask for `\\boxed{}`: the last complete `\\boxed{}` (or `\\fbox{}`), together with the boxes
-  just before it that math-verify takes with it (`\\boxed{1}, \\boxed{2}` is the set {1, 2}); else what follows the
-  last "The (final) answer is" (its first `$...$` span, else the sentence); else what follows GSM8K's last "####".
+  just before it that math-verify takes with it (`\\boxed{1}, \\boxed{2}` is the set {1, 2}); else the answer after
+  the last "The (final) answer is" (math-verify's anchored extraction over the rest of that paragraph, else the
+  sentence as written); else what follows GSM8K's last "####".
 - `any`: the same, else math-verify's own fallback extraction from free text (its LaTeX and expression configs with
-  their default priorities: "final answer is", "answer:", then the last expression or number in the text).
+  their default priorities: "final answer is", "answer:", then the last expression or number), over the last
+  `FREE_TEXT_REACH` characters: the answer is stated at the end, and its patterns take minutes on some long texts.
 A gold that is itself a worked solution ("... #### 72", "... \\boxed{72}") is reduced to its final answer the same way.
 
 Comparing (`judge`), cheapest first:
@@ -61,8 +63,8 @@ _ANSWER_IS_REACH = 500  # characters after "The answer is" that math-verify's an
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 
 _NOTATION = [  # (pattern, replacement): spellings math-verify's LaTeX parser does not read, or reads wrongly
-    (re.compile(r"\\lbrace\b"), r"\\{"),
-    (re.compile(r"\\rbrace\b"), r"\\}"),
+    (re.compile(r"\\lbrace(?![a-zA-Z])"), r"\\{"),
+    (re.compile(r"\\rbrace(?![a-zA-Z])"), r"\\}"),
     (re.compile(r"\\not\s*="), r"\\neq "),
     (re.compile("⩾"), r"\\geq "),
     (re.compile("⩽"), r"\\leq "),
@@ -121,24 +123,30 @@ def normalise(answer: str) -> str:
 
 def equivalent(gold: str, answer: str, parsed: tuple | None = None) -> bool:
     """Whether `answer` equals the bare answer `gold` in math-verify, or in one of the readings it lacks (module
-    docstring). `parsed`: the answer as math-verify's `parse` already read it, if it did."""
+    docstring). `parsed`: the answer as math-verify's `parse` already read it in its context, if it did."""
     from math_verify import verify
 
-    gold_text, answer_text = _rewritten(gold), _rewritten(answer)
-    gold_parsed = _parse(gold_text)
+    def matches(reading) -> bool:
+        return bool(reading) and verify(list(gold_parsed), list(reading), timeout_seconds=None)
+
+    gold_parsed = _parse(_rewritten(gold))
     if not gold_parsed:
         return False
+    answer_text = _rewritten(answer)
     answer_parsed = parsed if parsed is not None else _parse(answer_text)
-    if verify(list(gold_parsed), list(answer_parsed), timeout_seconds=None):
+    if matches(answer_parsed):
         return True
+    if parsed is not None:  # the string it found, read again with our rewrites
+        answer_parsed = _parse(answer_text)
+        if matches(answer_parsed):
+            return True
     if _DECIMAL_COMMA.fullmatch(answer_text) and not _COMMA_THOUSANDS.fullmatch(answer_text):
         if _is_single_fraction(gold_parsed[0]):
-            decimal = _parse(answer_text.replace("{,}", ".").replace(",", "."))
-            return verify(list(gold_parsed), list(decimal), timeout_seconds=None)
+            return matches(_parse(answer_text.replace("{,}", ".").replace(",", ".")))
     if answer_parsed:
         snapped = _snap_rounded_elements(gold_parsed[0], answer_parsed[0])
         if snapped is not None:
-            return verify(list(gold_parsed), [snapped], timeout_seconds=None)
+            return matches((snapped,))
     return False
 
 
@@ -303,10 +311,17 @@ def _snap_rounded_elements(gold, answer):
         if places is None:
             continue
         half_unit = 0.5 * 10.0**-places * (1 + 1e-9)
-        matches = {e for e in exact if e.is_real and abs(float(e) - float(element)) <= half_unit}
+        matches = {e for e in exact if _within(e, float(element), half_unit)}
         if len(matches) == 1:
             replacements[element] = matches.pop()
     return answer.xreplace(replacements) if replacements else None
+
+
+def _within(exact, decimal: float, half_unit: float) -> bool:
+    try:
+        return bool(exact.is_real) and abs(float(exact) - decimal) <= half_unit
+    except (OverflowError, TypeError, ValueError):  # e.g. 10^{400}, past float range
+        return False
 
 
 def _elements(value) -> list:

@@ -144,6 +144,13 @@ def test_sets_with_other_delimiters(gold, answer, expected):
     assert correct(gold, f"\\boxed{{{answer}}}") is expected
 
 
+def test_rewrites_apply_to_answers_math_verify_found_in_text():
+    assert correct(r"\{1, 2\}", r"The final answer is $\lbrace 1, 2 \rbrace$. I hope it is correct.")
+    assert correct(r"\{1, 2\}", r"So the set is $\lbrace 1, 2\rbrace$", "any")
+    assert not correct(r"\{1, 3\}", r"So the set is $\lbrace 1, 2\rbrace$", "any")
+    assert correct("1000", r"In all we count $1\,000$ tiles", "any")
+
+
 def test_text_after_the_stated_answer_does_not_defeat_it():
     completion = "The final answer is $10,455$. I hope it is correct."
     assert judge("10455", completion) == judge("10455", completion, "any") == Verdict(correct=True, parsed=True)
