@@ -96,7 +96,8 @@ def main() -> None:
 
 def print_agreement(cases: list[dict], verdicts: dict) -> None:
     families = list(dict.fromkeys(case["family"] for case in cases))
-    print("\n| family | cases (equal) | judge `any` | judge `boxed` | math-verify direct | math-verify, gold in `$…$` "
+    print("\n| family | cases (equal) | judge `any` | judge `boxed` | math-verify direct "
+          "| math-verify, gold in `$…$` "
           "| judge `any` = math-verify direct | judge `any` = math-verify, gold in `$…$` |")
     print("|---|---|---|---|---|---|---|---|")
     for family in families + ["all"]:

@@ -1,4 +1,4 @@
-"""`deadline_map(fn, items, processes, deadline_s)`: fn over items in worker processes, each item under its own deadline.
+"""`deadline_map(fn, items, processes, deadline_s)`: fn over items in worker processes, each under its own deadline.
 
 For the benchmark scripts: math-verify can hang on some inputs, so a call past its deadline has its worker killed
 and replaced, and scores as a timeout; the other items still run. Each result carries the seconds the call took

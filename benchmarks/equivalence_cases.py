@@ -31,6 +31,7 @@ def B(content: str) -> str:  # noqa: N802 - reads like the LaTeX it writes
 
 
 T, F = True, False
+_GSM8K_SOLUTION = "She sold 48/2 = <<48/2=24>>24 clips in May.\nShe sold 48+24 = <<48+24=72>>72 clips in all.\n#### 72"
 
 # family -> [(gold, prediction, equivalent)]; a prediction without "\boxed" is used as written.
 CASES: dict[str, list[tuple[str, str, bool]]] = {
@@ -104,7 +105,8 @@ CASES: dict[str, list[tuple[str, str, bool]]] = {
         (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}",
          r"\boxed{\left(\begin{array}{cc} 1 & 2 \\ 3 & 4 \end{array}\right)}", T),
         (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{Bmatrix} 1 & 2 \\ 3 & 4 \end{Bmatrix}}", T),
-        (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", "\\boxed{\\begin{bmatrix}\n1 & 2\\\\\n3 & 4\n\\end{bmatrix}}", T),
+        (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}",
+         "\\boxed{\\begin{bmatrix}\n1 & 2\\\\\n3 & 4\n\\end{bmatrix}}", T),
         (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{bmatrix} 1 & 3 \\ 2 & 4 \end{bmatrix}}", F),
         (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{bmatrix} 1 & 2 \\ 3 & 5 \end{bmatrix}}", F),
         (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", r"\boxed{\begin{pmatrix} 1 & 2 & 3 & 4 \end{pmatrix}}", F),
@@ -113,10 +115,12 @@ CASES: dict[str, list[tuple[str, str, bool]]] = {
         (r"\begin{pmatrix} 3 \\ -1 \end{pmatrix}", r"\boxed{\left[\begin{array}{c} 3 \\ -1 \end{array}\right]}", T),
         (r"\begin{pmatrix} 3 \\ -1 \end{pmatrix}", r"\boxed{\begin{pmatrix} -1 \\ 3 \end{pmatrix}}", F),
         (r"\begin{pmatrix} 3 \\ -1 \end{pmatrix}", r"\boxed{\begin{bmatrix} 3 \\ 1 \end{bmatrix}}", F),
-        (r"\begin{pmatrix} \frac{1}{2} & 0 \\ 0 & 2 \end{pmatrix}", r"\boxed{\begin{bmatrix} 0.5 & 0 \\ 0 & 2 \end{bmatrix}}", T),
+        (r"\begin{pmatrix} \frac{1}{2} & 0 \\ 0 & 2 \end{pmatrix}",
+         r"\boxed{\begin{bmatrix} 0.5 & 0 \\ 0 & 2 \end{bmatrix}}", T),
         (r"\begin{pmatrix} \frac{1}{2} & 0 \\ 0 & 2 \end{pmatrix}",
          r"\boxed{\begin{bmatrix} \dfrac{1}{2} & 0 \\ 0 & 2 \end{bmatrix}}", T),
-        (r"\begin{pmatrix} \frac{1}{2} & 0 \\ 0 & 2 \end{pmatrix}", r"\boxed{\begin{bmatrix} 2 & 0 \\ 0 & \frac12 \end{bmatrix}}", F),
+        (r"\begin{pmatrix} \frac{1}{2} & 0 \\ 0 & 2 \end{pmatrix}",
+         r"\boxed{\begin{bmatrix} 2 & 0 \\ 0 & \frac12 \end{bmatrix}}", F),
         (r"\begin{bmatrix} 1 & 0 & 0 \\ 0 & 1 & 0 \\ 0 & 0 & 1 \end{bmatrix}",
          r"\boxed{\begin{pmatrix} 1 & 0 & 0 \\ 0 & 1 & 0 \\ 0 & 0 & 1 \end{pmatrix}}", T),
         (r"\begin{bmatrix} 1 & 0 & 0 \\ 0 & 1 & 0 \\ 0 & 0 & 1 \end{bmatrix}",
@@ -258,10 +262,8 @@ CASES: dict[str, list[tuple[str, str, bool]]] = {
         ("8", r"\boxed{2^3}", T),
         ("64", r"\boxed{2^5}", F),
         ("12", r"$\boxed{12}$", T),
-        ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether.\n#### 72",
-         r"\boxed{72}", T),
-        ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether.\n#### 72",
-         r"\boxed{48}", F),
+        (_GSM8K_SOLUTION, r"\boxed{72}", T),
+        (_GSM8K_SOLUTION, r"\boxed{48}", F),
         ("56", "23+45=68\n68-12=56\n\\boxed{56}", T),
         ("56", "23+45=68\n68-12=57\n\\boxed{57}", F),
         ("So the total is 3 + 4 = 7. \\boxed{7}", r"\boxed{7}", T),
@@ -485,7 +487,9 @@ def rows() -> list[dict]:
             if "\\boxed" in prediction and prediction.startswith("\\boxed") and family not in FREE_FAMILIES:
                 prediction = _BOXED_FRAMES[index % len(_BOXED_FRAMES)].format(prediction)
             form = "free" if family in FREE_FAMILIES else "boxed"
-            out.append({"family": family, "gold": gold, "prediction": prediction, "equivalent": equivalent, "form": form})
+            out.append(
+                {"family": family, "gold": gold, "prediction": prediction, "equivalent": equivalent, "form": form}
+            )
     return out
 
 

@@ -209,7 +209,9 @@ def _boxed_answer(text: str) -> str | None:
 
 
 def _taken_together(between: str, content: str, later_content: str) -> bool:
-    return len(between) < 10 or (content != later_content and len(between) < 70 and bool(_BOX_SEPARATOR.search(between)))
+    if len(between) < 10:
+        return True
+    return content != later_content and len(between) < 70 and bool(_BOX_SEPARATOR.search(between))
 
 
 def _after_answer_is(text: str) -> tuple[str, tuple | None] | None:

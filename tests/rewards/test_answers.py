@@ -36,7 +36,7 @@ def test_docstring_examples():
         ("1, 2", r"\boxed{1}", False),  # half of the answer
         ("5", r"\boxed{5} or \boxed{6}", False),  # a hedge is a set, not the answer
         ("5", r"\boxed{5, 6}", False),
-        ("4", "Found \\boxed{3} at first; the check fails. " + "After redoing the product " * 4 + "it is \\boxed{4}.", True),
+        ("4", r"Found \boxed{3} at first; the check fails. " + "Redoing the product " * 4 + r"gives \boxed{4}.", True),
     ],
 )
 def test_several_boxes_are_one_answer_when_math_verify_takes_them_together(gold, completion, expected):
