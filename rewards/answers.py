@@ -99,7 +99,9 @@ def judge(gold: str, completion: str, answer_format: AnswerFormat = "boxed") -> 
 
 def extract(completion: str, answer_format: AnswerFormat = "boxed") -> str | None:
     """The final answer in `completion` as written (boxes taken together joined by commas), or None: what maj@k
-    votes on."""
+    votes on. The very answer `judge` scores. A box or "####" is found in linear time; after "The answer is", and
+    in free text (`any`), math-verify's parse runs (sympy, about a second at worst on hostile text seen so far), so
+    the worker task that judges is the safest place to call it."""
     found = _find_answer(completion, answer_format)
     return None if found is None else found[0]
 
