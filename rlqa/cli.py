@@ -13,6 +13,7 @@ from rlqa.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_STOPPED = 1  # a failure during the run (not the user's input); the last checkpoint is intact
+EXIT_INTERRUPTED = 130  # stopped at once by Ctrl-C / SIGTERM (as a shell reports a SIGINT)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key.path=value overrides")
     train.add_argument("--run-dir", type=Path, help="run directory (default: trainer.output_dir/<recipe>-<time>)")
     group = train.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue from the latest good checkpoint in --run-dir")
+    group.add_argument(
+        "--resume", action="store_true",
+        help="continue from the newest good checkpoint in --run-dir, or start there if it has none yet",
+    )
     group.add_argument("--resume-from", type=Path, help="continue from this checkpoint directory")
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
 
@@ -61,11 +65,12 @@ def _train(args) -> int:
         args.run_dir = args.resume_from.parent.parent
     run_dir = args.run_dir or Path(recipe.trainer.output_dir) / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     resume_from = None
-    if args.resume:
+    if args.resume:  # the same command starts a run and continues it after any stop (preemption, requeue, crash)
         resume_from = checkpoint.latest_good(run_dir, warn=lambda m: print(m, file=sys.stderr))
         if resume_from is None:
-            raise UserError(f"{run_dir}: no usable checkpoint to resume from")
-        print(f"resuming from {resume_from}, the newest good checkpoint in {run_dir}", flush=True)
+            print(f"no usable checkpoint in {run_dir} yet: starting from the beginning", flush=True)
+        else:
+            print(f"resuming from {resume_from}, the newest good checkpoint in {run_dir}", flush=True)
     elif args.resume_from is not None:
         resume_from = args.resume_from
         try:
@@ -81,6 +86,10 @@ def _train(args) -> int:
     except RunStopped as err:
         print(f"rlqa: the run stopped: {err}", file=sys.stderr)
         return EXIT_RUN_STOPPED
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM with no step in flight, or a second one: stopped at once
+        last = checkpoint.latest_good(run_dir, warn=lambda m: None)
+        print(f"rlqa: stopped; the last checkpoint is {last or 'none'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"run directory: {run_dir}")
     if "after" in summary.get("eval", {}):
         before = summary["eval"].get("before", {}).get("accuracy")

@@ -248,6 +248,7 @@ class RayConfig(Section):
         "none", description="none: plain actor requests; separate: one placement group, own bundles for learners and rollout workers; colocate: each bundle shared by a learner and a rollout worker (engines sleep during training)"
     )
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="placement group strategy across nodes")
+    wait_for_resources_s: float = Field(0.0, ge=0, description="how long to wait for a cluster too small for the recipe to grow (an autoscaler adding nodes) before exit 2; 0: exit 2 at once")
 
 
 class Recipe(Section):

@@ -15,6 +15,7 @@ the optimizer; both are saved in every checkpoint, which is all a resumed run ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,7 +42,8 @@ from rlqa.learner.group import start_learners
 from rlqa.length_history import LengthHistory
 from rlqa.metrics import MetricsWriter, open_sinks
 from rlqa.models import create_model_dir, load_tokenizer, quiet_hf
-from rlqa.placement import actor_options
+from rlqa.errors import UserError
+from rlqa.placement import actor_options, shortfall
 from rlqa.rollout.backends import check_backend
 from rlqa.rollout.direct_sync import DirectSync
 from rlqa.rollout.group import RolloutFailure, RolloutGroup, actor_pid
@@ -54,6 +56,7 @@ from rewards.pipeline import RewardPipeline, RewardTermSpec
 from rewards.registry import function_name, resolve_spec
 
 log = logging.getLogger("rlqa")
+RESOURCE_REPORT_EVERY_S = 30.0
 
 
 @dataclass
@@ -403,20 +406,31 @@ def write_processes(c: Components) -> None:
 
 
 class _Interrupt:
-    """First Ctrl-C (or SIGTERM, as preemption sends): finish the current step, checkpoint, exit 0.
-    A second Ctrl-C stops at once; the last committed checkpoint stays intact."""
+    """Ctrl-C (or SIGTERM, as preemption sends) during an RL step: finish the step, checkpoint, exit 0. With no
+    step in flight (start-up, waiting for the cluster, the warm-up, an evaluation), or a second time: stop at once
+    (KeyboardInterrupt); the last committed checkpoint stays intact."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
+        self.in_step = False
 
     def __enter__(self):
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
+    @contextlib.contextmanager
+    def step(self):
+        """RL steps run inside: a first signal lets the one in flight end."""
+        self.in_step = True
+        try:
+            yield
+        finally:
+            self.in_step = False
+
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested or not self.in_step:
             self.__exit__()
             raise KeyboardInterrupt
         self.requested = True
@@ -433,13 +447,29 @@ def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, add
     (run_dir / "recipe.yaml").write_text(to_yaml(recipe, with_base_dir=True))
     quiet_hf()
     address = address or recipe.ray.address or os.environ.get("RAY_ADDRESS")
-    with ray_session(address, **ray_resources(recipe)):
+    # Ctrl-C / SIGTERM once Ray is up (ray.init sets its own SIGTERM handler): at once, unless RL steps are running
+    with ray_session(address, **ray_resources(recipe)), _Interrupt() as interrupt:
+        wait_for_resources(recipe)
         wall_start = time.perf_counter()
         c = build(recipe, run_dir)
         try:
-            return _run(c, resume_from, wall_start)
+            return _run(c, interrupt, resume_from, wall_start)
         finally:
             c.rewards.close()
+
+
+def wait_for_resources(recipe: Recipe) -> None:
+    """Exit 2 (UserError) when the cluster cannot hold the recipe's actors, after waiting up to
+    `ray.wait_for_resources_s` for it to grow and saying every 30 s what is missing."""
+    started = last_said = time.monotonic()
+    while (missing := shortfall(recipe, [n["Resources"] for n in ray.nodes() if n["Alive"]])) is not None:
+        waited = time.monotonic() - started
+        if waited >= recipe.ray.wait_for_resources_s:
+            raise UserError(missing + (f" (waited {waited:.0f} s)" if waited >= 1 else ""))
+        if time.monotonic() - last_said >= RESOURCE_REPORT_EVERY_S:
+            print(f"waiting for the cluster to grow ({waited:.0f} s): {missing}", flush=True)
+            last_said = time.monotonic()
+        time.sleep(1.0)
 
 
 def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
@@ -468,16 +498,16 @@ def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
     return 0, summary
 
 
-def _run(c: Components, resume_from: Path | None, wall_start: float) -> dict:
+def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_start: float) -> dict:
     recipe = c.recipe
     steps, every = recipe.trainer.steps, recipe.checkpoint.every
-    with _Interrupt() as interrupt:  # from here on, Ctrl-C ends the run with a checkpoint
-        step, summary = _start(c, resume_from)
-        write_processes(c)
-        writer = MetricsWriter(c.run_dir, steps, step, recipe.logging.progress, sinks=open_sinks(recipe, c.run_dir, step))
-        saved = step if resume_from is not None else None  # the step of the newest checkpoint on disk
-        metrics = None
-        try:
+    step, summary = _start(c, resume_from)
+    write_processes(c)
+    writer = MetricsWriter(c.run_dir, steps, step, recipe.logging.progress, sinks=open_sinks(recipe, c.run_dir, step))
+    saved = step if resume_from is not None else None  # the step of the newest checkpoint on disk
+    metrics = None
+    try:
+        with interrupt.step():  # a first Ctrl-C / SIGTERM from here: finish the step, save, stop
             while step < steps and not interrupt.requested:
                 restarts = c.rollouts.restarts
                 metrics, samples = rl_step(c, step)
@@ -492,15 +522,15 @@ def _run(c: Components, resume_from: Path | None, wall_start: float) -> dict:
                     saved = step
             if saved != step:  # the end of the run, or a stop requested by Ctrl-C / SIGTERM
                 save_checkpoint(c, step, summary, metrics)
-        except (RayActorError, RolloutFailure) as err:
-            last = checkpoint.latest_good(c.run_dir, warn=lambda message: None)
-            what = "the learner died" if isinstance(err, RayActorError) else "a rollout worker keeps failing"
-            raise RunStopped(
-                f"{what} during step {step + 1} of {steps} ({type(err).__name__}); the last checkpoint is {last or 'none'}"
-                + (f"\nresume with: {resume_command(c.run_dir)}" if last else "")
-            ) from err
-        finally:
-            writer.close()
+    except (RayActorError, RolloutFailure) as err:
+        last = checkpoint.latest_good(c.run_dir, warn=lambda message: None)
+        what = "the learner died" if isinstance(err, RayActorError) else "a rollout worker keeps failing"
+        raise RunStopped(
+            f"{what} during step {step + 1} of {steps} ({type(err).__name__}); the last checkpoint is {last or 'none'}"
+            + (f"\nresume with: {resume_command(c.run_dir)}" if last else "")
+        ) from err
+    finally:
+        writer.close()
     if step < steps:  # interrupted: what is done is saved, say how to continue
         print(
             f"stopped after step {step}; checkpoint {checkpoint.step_dir(c.run_dir, step)}\n"

@@ -23,14 +23,15 @@ def session_processes(session_id: int) -> dict[int, str]:
     return found
 
 
+def remaining(session_id: int, within_s: float = 10.0) -> dict[int, str]:
+    """What of a session is still alive after waiting up to `within_s` for it to end."""
+    deadline = time.monotonic() + within_s
+    while (alive := session_processes(session_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
 @pytest.fixture
 def leftovers():
     """`leftovers(session_id, within_s=10)`: what of a session is still alive after waiting up to `within_s`."""
-
-    def wait(session_id: int, within_s: float = 10.0) -> dict[int, str]:
-        deadline = time.monotonic() + within_s
-        while (alive := session_processes(session_id)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return alive
-
-    return wait
+    return remaining

@@ -6,6 +6,7 @@ session, so that what is left of it can be found by session id afterwards.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from rlqa.cli import main
-from test_launch import TINY, free_port
+from test_launch import TINY, free_port, head_on_loopback
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +131,51 @@ def test_nothing_of_a_run_remains_however_the_driver_ends(tmp_path, leftovers, e
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@pytest.fixture
+def two_cpu_head():
+    yield from head_on_loopback(num_cpus=2)
+
+
+NEEDS_THREE = {**TINY, "rollout": {**TINY["rollout"], "workers": 2}}  # a learner and two rollout workers, 1 CPU each
+
+
+def test_a_cluster_too_small_for_the_recipe_is_one_line_and_exit_2(two_cpu_head, tmp_path):
+    recipe = write_recipe(tmp_path / "three.yaml", NEEDS_THREE)
+    env = plain_env() | {"RAY_AUTH_MODE": "disabled"}
+    out = subprocess.run(
+        [sys.executable, "-m", "rlqa.cli", "train", str(recipe), "--run-dir", str(tmp_path / "run"),
+         "--address", two_cpu_head], capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("rlqa: error:")]
+    assert errors == [
+        "rlqa: error: the cluster cannot hold this recipe: it needs 3 CPU, 0 GPU in all (1 learner: 1 CPU, 0 GPU; "
+        "2 rollout workers: 1 CPU, 0 GPU each); the cluster offers 2 CPU, 0 GPU over 1 node (largest 2 CPU, 0 GPU)"
+    ]
+    assert "Traceback" not in out.stderr
+
+
+def test_waiting_for_the_cluster_to_grow_says_so_and_stops_at_once_on_sigterm(two_cpu_head, tmp_path, leftovers):
+    recipe = write_recipe(tmp_path / "three.yaml", NEEDS_THREE)
+    env = plain_env() | {"RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlqa.cli", "train", str(recipe), "ray.wait_for_resources_s=600",
+         "--run-dir", str(tmp_path / "run"), "--address", two_cpu_head],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    try:
+        said = proc.stdout.readline()  # blocks until the first report, 30 s after the check began
+        assert re.match(r"waiting for the cluster to grow \(\d+ s\): the cluster cannot hold this recipe", said), (
+            said + proc.stderr.read()
+        )
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - sent < 10  # no step was in flight: it stops at once
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert leftovers(proc.pid) == {}

@@ -86,6 +86,10 @@ def free_port() -> int:
 
 @pytest.fixture
 def ray_head():
+    yield from head_on_loopback(num_cpus=3)
+
+
+def head_on_loopback(num_cpus: int):
     """A Ray head on loopback in its own process session; SIGTERM to `ray start --block` stops what it started."""
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="rlqa-ray-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
@@ -95,7 +99,7 @@ def ray_head():
     head = subprocess.Popen(
         [
             sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-            "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=3", "--num-gpus=0",
+            "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
         ],
         stdout=subprocess.DEVNULL,

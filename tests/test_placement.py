@@ -8,7 +8,7 @@ import yaml
 
 from rlqa.config import validate_recipe
 from rlqa.errors import UserError
-from rlqa.placement import layout
+from rlqa.placement import layout, shortfall
 from rlqa.rollout.backends import check_backend
 from rlqa.rollout.types import Rollout
 from rlqa.scaleout import staleness
@@ -95,3 +95,38 @@ def test_recipe_rules_of_the_scale_out_modes():
         recipe(learner={"workers": 2}, algorithm={"name": "ppo", "advantage": "gae", "critic": {}})
     with pytest.raises(UserError, match="rollout.async_steps"):
         recipe(rollout={"async_steps": 1}, algorithm={"old_logprobs": "recompute"})
+
+
+def test_shortfall_is_none_when_every_actor_fits():
+    r = recipe(learner={"cpus": 1}, rollout={"workers": 2, "cpus_per_worker": 1})
+    assert shortfall(r, [{"CPU": 3.0}]) is None
+    assert shortfall(r, [{"CPU": 1.0}, {"CPU": 2.0}]) is None  # first fit over two nodes
+
+
+def test_shortfall_names_what_the_recipe_needs_and_what_the_cluster_offers():
+    r = recipe(learner={"cpus": 1}, rollout={"workers": 2, "cpus_per_worker": 1})
+    assert shortfall(r, [{"CPU": 2.0, "memory": 1e9}]) == (
+        "the cluster cannot hold this recipe: it needs 3 CPU, 0 GPU in all (1 learner: 1 CPU, 0 GPU; "
+        "2 rollout workers: 1 CPU, 0 GPU each); the cluster offers 2 CPU, 0 GPU over 1 node (largest 2 CPU, 0 GPU)"
+    )
+
+
+def test_shortfall_fits_whole_actors_on_single_nodes():
+    # 4 CPUs in all, but a 3-CPU learner fits on neither 2-CPU node
+    r = recipe(learner={"cpus": 3}, rollout={"workers": 1, "cpus_per_worker": 1})
+    assert "largest 2 CPU, 0 GPU" in shortfall(r, [{"CPU": 2.0}, {"CPU": 2.0}])
+    # GPUs: two 1-GPU learners need two GPUs; a 0.5 + 0.5 colocated bundle needs one
+    two = recipe(learner={"workers": 2, "gpus": 1, "zero_stage": 2}, rollout={"workers": 1})
+    assert shortfall(two, [{"CPU": 8.0, "GPU": 1.0}]) is not None
+    assert shortfall(two, [{"CPU": 8.0, "GPU": 2.0}]) is None
+    shared = recipe(learner={"gpus": 0.5}, rollout={"workers": 1, "gpus_per_worker": 0.5}, ray={"placement": "colocate"})
+    assert shortfall(shared, [{"CPU": 2.0, "GPU": 1.0}]) is None
+
+
+def test_shortfall_under_strict_strategies():
+    r = recipe(learner={"cpus": 1}, rollout={"workers": 1, "cpus_per_worker": 1}, ray={"placement": "separate", "strategy": "STRICT_PACK"})
+    assert shortfall(r, [{"CPU": 1.0}, {"CPU": 1.0}]) is not None  # both bundles must share a node
+    assert shortfall(r, [{"CPU": 2.0}]) is None
+    spread = recipe(learner={"cpus": 1}, rollout={"workers": 1, "cpus_per_worker": 1}, ray={"placement": "separate", "strategy": "STRICT_SPREAD"})
+    assert "STRICT_SPREAD" in shortfall(spread, [{"CPU": 4.0}])  # one node per bundle
+    assert shortfall(spread, [{"CPU": 1.0}, {"CPU": 1.0}]) is None

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from conftest import remaining
+
 from rlqa import checkpoint
 
 pytestmark = pytest.mark.integration
@@ -89,11 +91,14 @@ class Train:
             self.kill_tree()
 
     def kill_tree(self):
+        """SIGKILL to the driver's process group; whatever else the run started (actors in their own groups, reward
+        workers, Ray's agents) must then go by itself."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait()
+        assert remaining(self.proc.pid) == {}, "processes of the run outlived it"
 
     @property
     def out(self):
@@ -233,3 +238,22 @@ def test_a_run_stopped_every_way_ends_exactly_where_the_undisturbed_run_ends(rec
     # and in fact the very same run: per-step metrics (wall-clock figures and the restart count aside), samples and
     # final weights
     assert_same_run(run_dir, reference, also_ignore={"rollout/worker_restarts"})
+
+
+def test_the_same_resume_command_starts_a_run_and_continues_it_after_a_kill_before_any_checkpoint(
+    recipe, reference, tmp_path
+):
+    """What a requeued cluster job does: `--resume` on a run directory with no checkpoint yet starts from the
+    beginning and says so; killed before its first save (SIGKILL to the whole tree while it starts), the same
+    command again ends exactly where the undisturbed run ends."""
+    run_dir = tmp_path / "run"
+    run = Train(recipe, run_dir, "--resume")
+    run.wait_for(lambda: "starting from the beginning" in run.out)
+    assert f"no usable checkpoint in {run_dir} yet: starting from the beginning" in run.out
+    run.wait_for(lambda: (run_dir / "processes.json").exists())  # the actors are up, no step has finished
+    run.kill_tree()
+    assert checkpoint.list_checkpoints(run_dir) == []
+    run = Train(recipe, run_dir, "--resume")
+    assert run.finish() == 0, run.err
+    assert "starting from the beginning" in run.out
+    assert_same_run(run_dir, reference)
