@@ -40,7 +40,7 @@ Verdict(correct=True, parsed=True)
 import functools
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 AnswerFormat = Literal["boxed", "any"]
@@ -82,6 +82,7 @@ _ROUNDED_MIN_SIGNIFICANT = 2
 class Verdict:
     correct: bool  # the completion's final answer equals the gold
     parsed: bool  # an answer was found in the completion (False: `correct` is False too)
+    answer: str | None = field(default=None, compare=False, repr=False)  # that answer as written (maj@k votes on it)
 
 
 def judge(gold: str, completion: str, answer_format: AnswerFormat = "boxed") -> Verdict:
@@ -93,8 +94,8 @@ def judge(gold: str, completion: str, answer_format: AnswerFormat = "boxed") -> 
     answer, parsed = found
     gold = gold_answer(gold)
     if normalise(answer) and normalise(answer) == normalise(gold):
-        return Verdict(correct=True, parsed=True)
-    return Verdict(correct=bool(normalise(gold)) and equivalent(gold, answer, parsed), parsed=True)
+        return Verdict(correct=True, parsed=True, answer=answer)
+    return Verdict(correct=bool(normalise(gold)) and equivalent(gold, answer, parsed), parsed=True, answer=answer)
 
 
 def extract(completion: str, answer_format: AnswerFormat = "boxed") -> str | None:
@@ -104,6 +105,13 @@ def extract(completion: str, answer_format: AnswerFormat = "boxed") -> str | Non
     the worker task that judges is the safest place to call it."""
     found = _find_answer(completion, answer_format)
     return None if found is None else found[0]
+
+
+def prepare() -> None:
+    """Import math-verify and warm its parsers: a zygote calls it, so every worker it forks starts ready."""
+    _quiet_math_verify()
+    equivalent("1", "1.0")
+    _parse_anchored("The final answer is $1$.")
 
 
 def gold_answer(gold: str) -> str:

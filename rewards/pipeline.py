@@ -80,6 +80,7 @@ class _Judged:
     failures: list[str | None]
     message: str = ""
     parsed: list[bool | None] | None = None  # per-sample terms: whether an answer could be extracted
+    answers: list[str | None] | None = None  # per-sample terms: the answer as written
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: each call is one dict key
@@ -142,12 +143,13 @@ class RewardPipeline:
             return _Call(name, spec, loaded.index(spec), dict(kwargs), deadline_s, detail)
 
         self._calls = [call(term.name, spec, term.kwargs, term.deadline_s) for term, spec in zip(terms, specs)]
-        # `correct` comes from a term computing exactly the correctness function when there is one, else its own call.
+        # `correct` comes from a term running the correctness function (one without kwargs first; else the first,
+        # so `answer_format: any` on the accuracy term applies to correctness too), else from its own call.
         self._correctness: _Call | None = None
         if correctness_spec is not None:
+            same = [c for c in self._calls if c.spec == correctness_spec]
             self._correctness = next(
-                (c for c in self._calls if c.spec == correctness_spec and not c.kwargs),
-                call("correctness", correctness_spec, {}, CORRECTNESS_DEADLINE_S),
+                (c for c in same if not c.kwargs), same[0] if same else call("correctness", correctness_spec, {}, CORRECTNESS_DEADLINE_S)
             )
         self._unparsed_steps = 0  # leading calls in which most completions had no answer (then the warning)
         checks = [(c.spec, c.kwargs) for c in self._calls]
@@ -180,12 +182,17 @@ class RewardPipeline:
         self._warn_if_unparsed(out.metrics)
         return out
 
-    def correctness(self, completions: list, prompts: list, columns: dict[str, list]) -> list[bool | None]:
-        """Only the correctness function (held-out evaluation needs no shaped terms); None where it is unknown."""
+    def correctness(
+        self, completions: list, prompts: list, columns: dict[str, list]
+    ) -> tuple[list[bool | None], list[str | None]]:
+        """Only the correctness function (held-out evaluation needs no shaped terms): whether each completion is
+        correct (None where unknown), and the answer it gives (None where the function does not say, as a custom
+        one does not)."""
         if self._correctness is None:
-            return [None] * len(completions)
+            return [None] * len(completions), [None] * len(completions)
         columns = {"completion_ids": [None] * len(completions), **columns}
-        return _as_correct(self._run([self._correctness], completions, prompts, columns)[0])
+        judged = self._run([self._correctness], completions, prompts, columns)[0]
+        return _as_correct(judged), judged.answers or [None] * len(completions)
 
     def close(self) -> None:
         self._pool.close()
@@ -321,10 +328,13 @@ def judge_samples(outcomes: list[Outcome], label: str, sample_deadline_s: float,
     """Combine a per-sample term's outcomes (each the value and the parse flag of one completion): a failure costs
     only its own sample."""
     # a failed sample's parse flag is unknown (None), not "no answer"
-    judged = _Judged(values=[None] * len(outcomes), failures=[None] * len(outcomes), parsed=[None] * len(outcomes))
+    judged = _Judged(
+        values=[None] * len(outcomes), failures=[None] * len(outcomes), parsed=[None] * len(outcomes),
+        answers=[None] * len(outcomes),
+    )
     for i, outcome in enumerate(outcomes):
         if outcome.status == "ok":
-            (value,), (judged.parsed[i],) = outcome.value
+            (value,), (judged.parsed[i],), (judged.answers[i],) = outcome.value
             one = judge(Outcome("ok", value=[value]), 1, label, sample_deadline_s)
         else:
             one = judge(outcome, 1, label, sample_deadline_s)
@@ -375,8 +385,8 @@ def _call_reward(functions: list[Callable], task: tuple) -> list[float | None] |
     if inspect.iscoroutine(values):  # an async def reward
         values = asyncio.run(values)
     if per_sample:
-        scores, parsed = zip(*values)
-        return [_as_float(value, i) for i, value in enumerate(scores)], [bool(flag) for flag in parsed]
+        scores, parsed, answers = zip(*values)
+        return [_as_float(value, i) for i, value in enumerate(scores)], [bool(f) for f in parsed], list(answers)
     if hasattr(values, "tolist"):  # a NumPy array or a torch tensor
         values = values.tolist()
     if not isinstance(values, (list, tuple)):

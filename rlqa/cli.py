@@ -119,13 +119,14 @@ def _export(args) -> int:
 
 
 def _check(args) -> int:
-    from rewards.registry import load_reward_fn
+    from rewards.registry import check_call, load_reward_fn
     from rlqa.config import load_recipe, to_yaml
 
     recipe = load_recipe(args.recipe, args.overrides)
-    for spec in [term.fn for term in recipe.rewards.terms] + [recipe.rewards.correctness]:
-        if spec is not None:  # a misspelt or broken reward fails here, not minutes into `train`
-            load_reward_fn(spec, base_dir=Path(recipe.base_dir))
+    calls = [(term.fn, term.kwargs) for term in recipe.rewards.terms] + [(recipe.rewards.correctness, {})]
+    for spec, kwargs in calls:
+        if spec is not None:  # a misspelt or broken reward, or one TRL's call cannot reach, fails here
+            check_call(spec, load_reward_fn(spec, base_dir=Path(recipe.base_dir)), kwargs)
     print(to_yaml(recipe), end="")
     return 0
 

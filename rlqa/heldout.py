@@ -9,7 +9,6 @@ from rlqa.evaluation import maj_at_k, mean_pass_at_k
 from rlqa.rollout.group import RolloutGroup
 from rlqa.rollout.seeding import sample_seed
 from rlqa.rollout.types import GenerationRequest, SamplingParams
-from rewards.verify import extract_answer
 
 EVAL_STEP = -1  # eval samples use the same seeds before and after RL, so the comparison is paired
 
@@ -19,8 +18,8 @@ def scorer(pipeline):
 
     def score(texts: list[str], examples: list[Example]) -> tuple[list[bool], list[str | None]]:
         columns = {"answer": [e.answer for e in examples], "prompt_id": [e.prompt_id for e in examples]}
-        correct = pipeline.correctness(texts, [e.prompt for e in examples], columns)
-        return [bool(ok) for ok in correct], [extract_answer(t) for t in texts]
+        correct, answers = pipeline.correctness(texts, [e.prompt for e in examples], columns)
+        return [bool(ok) for ok in correct], answers
 
     return score
 

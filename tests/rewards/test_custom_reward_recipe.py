@@ -61,3 +61,13 @@ def test_the_readme_example_is_the_recipe_function_and_at_most_10_lines():
     completions = ["a\na\nb", "a\n\nb", "x\nx\nx\ny"]
     expected = load_reward_fn(f"{RECIPES}/my_reward.py:repeated_lines")(completions, ["p"] * 3)
     assert namespace["repeated_lines"](completions, ["p"] * 3) == expected == [-0.1, 0.0, -0.2]
+
+
+def test_rlqa_check_names_a_function_that_cannot_take_trls_keyword_call(tmp_path, capsys):
+    (tmp_path / "old_style.py").write_text("def f(completions, prompts):\n    return [0.0] * len(completions)\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"rewards": {"terms": [{"fn": "old_style.py:f"}]}}))
+    assert main(["check", str(recipe)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("rlqa: error: reward 'old_style.py:f': f(completions, prompts)")
+    assert "has no **kwargs" in error

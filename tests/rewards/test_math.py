@@ -3,7 +3,6 @@ import time
 
 import pytest
 
-import rewards.math
 from rewards.math import accuracy
 
 
@@ -37,13 +36,11 @@ def test_accuracy_reads_chat_completions_and_ignores_other_columns():
     assert accuracy(completions, ["q1", "q2"], answer=["1/3", "1/3"], prompt_id=[0, 1], level=[2, 2]) == [1.0, 0.0]
 
 
-def test_accuracy_caches_answers_and_stays_bounded(monkeypatch):
-    monkeypatch.setattr(rewards.math, "CACHE_SIZE", 2)
-    monkeypatch.setattr(rewards.math, "_cache", type(rewards.math._cache)())
-    completions = ["\\boxed{0.25}", "\\boxed{1/4}", "\\boxed{0.2}"]
-    assert accuracy(completions, answer=["\\frac{1}{4}"] * 3) == [1.0, 1.0, 0.0]
-    assert list(rewards.math._cache) == [("1/4", "\\frac{1}{4}"), ("0.2", "\\frac{1}{4}")]  # the oldest evicted
-    assert rewards.math._cache[("0.2", "\\frac{1}{4}")] is False
+def test_answer_format_any_reads_free_text():
+    assert accuracy(["so it is 7"], answer=["7"]) == [0.0]
+    assert accuracy(["so it is 7"], answer=["7"], answer_format="any") == [1.0]
+    with pytest.raises(ValueError, match="answer_format 'free' is not one of boxed, any"):
+        accuracy(["so it is 7"], answer=["7"], answer_format="free")
 
 
 def test_accuracy_rejects_misaligned_answers():
@@ -74,5 +71,5 @@ def test_hostile_completions_score_zero_from_a_thread_within_their_deadlines():
     thread.join(timeout=120)
     assert not thread.is_alive()
     assert results == [[0.0] * len(hostile) + [1.0]]
-    # At most 5 items reach math-verify, on 2 workers: 3 rounds of (deadline + restarting a killed worker) at most.
-    assert elapsed[0] < 3 * (deadline_s + 8.0)
+    # 7 items on 2 workers: at most 4 rounds of (deadline + forking a replacement, milliseconds).
+    assert elapsed[0] < 4 * (deadline_s + 1.0)

@@ -182,3 +182,34 @@ def test_judge_flags_a_return_that_is_not_a_list():
     judged = judge(Outcome("ok", value="float"), 2, "f", 30.0)
     assert judged.failures == ["wrong_length", "wrong_length"]
     assert judged.message == "f returned a value of type float, not a list of 2 values"
+
+
+def test_correctness_follows_the_accuracy_terms_answer_format():
+    terms = [RewardTermSpec("accuracy", "accuracy", kwargs={"answer_format": "any"})]
+    with RewardPipeline(terms) as pipeline:
+        out = pipeline(["so it is 7", "so it is 8"], ["p", "p"], {"answer": ["7", "7"]})
+        correct, answers = pipeline.correctness(["so it is 7"], ["p"], {"answer": ["7"]})
+    assert out.terms["accuracy"] == [1.0, 0.0] and out.correct == [True, False]
+    assert out.metrics["reward/accuracy/unparsed_frac"] == 0.0
+    assert correct == [True] and answers == ["7"]
+
+
+TRL_LENGTH = '''
+def reward_len(completions, **kwargs):
+    """TRL's documented example: the closer to 20 characters, the better."""
+    return [-abs(20 - len(completion)) for completion in completions]
+'''
+
+
+def test_a_trl_reward_function_runs_unchanged(tmp_path):
+    (tmp_path / "trl_rewards.py").write_text(TRL_LENGTH)
+    terms = [RewardTermSpec("len", "trl_rewards.py:reward_len")]
+    with RewardPipeline(terms, correctness=None, base_dir=tmp_path) as pipeline:
+        out = pipeline(["a" * 5, "a" * 20, "a" * 27], ["p"] * 3, {"answer": ["1"] * 3})
+    assert out.terms["len"] == [-15.0, 0.0, -7.0]
+
+
+def test_a_function_that_cannot_take_the_keyword_call_is_a_user_error(tmp_path):
+    (tmp_path / "bad.py").write_text("def positional(completions, prompts):\n    return [0.0] * len(completions)\n")
+    with pytest.raises(UserError, match=r"reward '.*bad.py:positional': positional\(completions, prompts\) has no \*\*kwargs"):
+        RewardPipeline([RewardTermSpec("bad", "bad.py:positional")], correctness=None, base_dir=tmp_path)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from rewards.verify import MEMORY_HEADROOM_BYTES, VerifierPool, extract_answer, normalise
+from rewards.verify import MEMORY_HEADROOM_BYTES, VerifierPool
 
 DEADLINE_S = 2.0
 # A replacement worker is forked from a zygote that has math-verify imported already: well under a second.
@@ -18,46 +18,11 @@ def pool():
         yield pool
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (r"so \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
-        (r"nested \boxed{\sqrt{x^{2}+1}} done", r"\sqrt{x^{2}+1}"),
-        (r"first \boxed{1}, then \boxed{2}, finally \boxed{3}.", "3"),
-        (r"a set \boxed{\{1, 2\}}", r"\{1, 2\}"),  # escaped braces do not nest
-        (r"\boxed {7}", "7"),
-        (r"\boxed{4} but then \boxed{5", "4"),  # the last box never closes: the last complete one counts
-        ("The answer is 5.", "5"),
-        ("The answer is $-3$.\nThanks", "-3"),
-        ("The final answer is: 12", "12"),
-        ("The answer is 1. No wait. The answer is 2.", "2"),
-        ("He pays 1,000 + 234\n#### 1,234", "1234"),
-        ("The answer is 3 and \\boxed{4}", "4"),  # a box wins over the phrase
-        ("no answer here", None),
-        ("The answer is .", None),
-        ("", None),
-    ],
-)
-def test_extract_answer(text, expected):
-    assert extract_answer(text) == expected
-
-
-def test_extract_answer_is_linear_on_hostile_200kb_strings():
-    hostile = [
-        "\\boxed{" * 30_000,  # 30 000 unclosed boxes
-        "{" * 200_000 + "\\boxed{1}",
-        "The answer is " * 15_000,
-        "####" * 50_000,
+def test_judge_in_the_pool_gives_the_verdict_and_the_answer(pool):
+    verdicts = pool.judge(["4", "4", "1, 2"], ["so \\boxed{4.0}", "no idea", "\\boxed{2} and \\boxed{1}"])
+    assert [(v.correct, v.parsed, v.answer) for v in verdicts] == [
+        (True, True, "4.0"), (False, False, None), (True, True, "2,1"),
     ]
-    start = time.perf_counter()
-    results = [extract_answer(text) for text in hostile]
-    assert time.perf_counter() - start < 2.0  # a quadratic scan of the first string alone takes minutes
-    assert results[0] is None and results[1] == "1"
-
-
-@pytest.mark.parametrize("answer", ["  $\\frac{1}{2}  +  x$ ", "\\(\\frac{1}{2} + x\\)", "\\[ \\frac{1}{2}\n+ x \\]"])
-def test_normalise_drops_delimiters_and_repeated_whitespace(answer):
-    assert normalise(answer) == "\\frac{1}{2} + x"
 
 
 def test_verify_equal_values_in_other_forms(pool):
