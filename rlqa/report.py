@@ -180,6 +180,18 @@ def plot_step_time(run: Run):
     return fig, ax, bool(steps)
 
 
+def plot_reward_health(run: Run):
+    """Per reward term: the share of completions with no extractable answer, and of checks past their deadline."""
+    fig, ax = _figure("Reward health", "fraction of the step's completions")
+    names = sorted({k for r in run.rows for k in r if k.endswith(("/unparsed_frac", "/timeout_frac"))})
+    drawn = False
+    for name in names:
+        style = {"linestyle": "--"} if name.endswith("/timeout_frac") else {}
+        drawn |= _line(ax, run.rows, name, name, **style)
+    ax.set_ylim(-0.02, 1.02)
+    return fig, ax, drawn
+
+
 def _merge_legends(left, right) -> None:
     handles, labels = left.get_legend_handles_labels()
     more, more_labels = right.get_legend_handles_labels()
@@ -193,6 +205,7 @@ PLOTS = {
     "response_length.png": plot_length,
     "rollout_allocation.png": plot_allocation,
     "step_time.png": plot_step_time,
+    "reward_health.png": plot_reward_health,
 }
 
 

@@ -8,19 +8,21 @@ import pytest
 
 from rlqa.cli import main
 from rlqa.errors import UserError
-from rlqa.report import load_run, plot_reward_accuracy, step_phases, write_report
+from rlqa.report import load_run, plot_reward_accuracy, plot_reward_health, step_phases, write_report
 
 # two steps; per-phase seconds chosen so every share is exact
 ROWS = [
     {"step": 0, "reward/mean": 0.25, "correct/mean": 0.25, "policy/entropy": 0.8, "policy/target_entropy": 0.8,
      "rollout/temperature": 1.0, "rollout/length_mean": 30.0, "rollout/length_correct_mean": None,
      "sampler/alloc_min": 4.0, "sampler/alloc_mean": 8.0, "sampler/alloc_max": 12.0, "rollout/count": 16.0, "rollout/tokens": 400.0,
-     "time/generate": 2.0, "time/reward": 0.5, "time/train": 1.0, "time/sync": 0.25, "time/step": 4.0},
+     "time/generate": 2.0, "time/reward": 0.5, "time/train": 1.0, "time/sync": 0.25, "time/step": 4.0,
+     "reward/accuracy/unparsed_frac": 0.5, "reward/accuracy/timeout_frac": 0.0},
     {"step": 1, "reward/mean": 0.75, "correct/mean": 0.5, "policy/entropy": 0.7, "policy/target_entropy": 0.8,
      "rollout/temperature": 1.1, "rollout/length_mean": 20.0, "rollout/length_correct_mean": 18.0,
      "sampler/alloc_min": 2.0, "sampler/alloc_mean": 8.0, "sampler/alloc_max": 14.0, "rollout/count": 16.0, "rollout/tokens": 600.0,
      "time/generate": 3.0, "time/reward": 0.5, "time/train": 1.5, "time/sync": 0.25, "time/step": 6.0,
-     "eval/accuracy": 0.6, "eval/pass@4": 0.8, "eval/mean_length": 19.0},
+     "eval/accuracy": 0.6, "eval/pass@4": 0.8, "eval/mean_length": 19.0,
+     "reward/accuracy/unparsed_frac": 0.25, "reward/accuracy/timeout_frac": 0.125},
 ]
 SUMMARY = {"eval": {"before": {"accuracy": 0.5, "pass@4": 0.75, "num_prompts": 200, "temperature": 1.0},
                     "after": {"accuracy": 0.625, "pass@4": 0.875, "num_prompts": 200, "temperature": 1.0}},
@@ -43,12 +45,13 @@ def test_other_is_step_time_minus_the_timed_phases(tmp_path):
     assert phases["generate"] == [2.0, 3.0]
 
 
-def test_report_writes_five_pngs_and_the_figures(tmp_path):
+def test_report_writes_six_pngs_and_the_figures(tmp_path):
     run = make_run(tmp_path)
     assert main(["report", str(run)]) == 0
     out = run / "report"
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["entropy_temperature.png", "response_length.png", "reward_accuracy.png", "rollout_allocation.png", "step_time.png"]
+    assert pngs == ["entropy_temperature.png", "response_length.png", "reward_accuracy.png", "reward_health.png",
+                    "rollout_allocation.png", "step_time.png"]
     for name in pngs:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert matplotlib.image.imread(out / name).shape[:2] == (495, 880)  # 8 x 4.5 inches at 110 dpi
@@ -76,6 +79,12 @@ def test_held_out_series_are_in_the_reward_plot(tmp_path):
     assert drawn
     assert "eval/accuracy (held-out)" in labels and "eval/pass@4 (held-out)" in labels
     assert "held-out greedy accuracy after RL (0.625)" in labels
+
+
+def test_reward_health_plots_unparsed_and_timeout_fractions(tmp_path):
+    _, ax, drawn = plot_reward_health(load_run(make_run(tmp_path)))
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert drawn and lines == {"reward/accuracy/timeout_frac": [0.0, 0.125], "reward/accuracy/unparsed_frac": [0.5, 0.25]}
 
 
 def test_plots_of_metrics_never_logged_are_skipped_and_named(tmp_path):
