@@ -102,6 +102,30 @@ def processes_with_token(token: str) -> list[int]:
     return found
 
 
+def session_processes(session_id: int) -> dict[int, str]:
+    """Live processes of one session (pid -> command line), found by session id, not by name; zombies excluded.
+    A run started in its own session (`setsid`, `start_new_session=True`) can be checked for leftovers with it."""
+    found = {}
+    for pid in _pids():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, session, ...
+        if int(fields[3]) == session_id and fields[0] != "Z":
+            found[pid] = command
+    return found
+
+
+def remaining(session_id: int, within_s: float = 10.0) -> dict[int, str]:
+    """What of a session is still alive after waiting up to `within_s` for it to end."""
+    deadline = time.monotonic() + within_s
+    while (alive := session_processes(session_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
 def _pids() -> list[int]:
     proc = Path("/proc")
     if not proc.is_dir():

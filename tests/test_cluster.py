@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from rlqa.cli import main
+from rlqa.cluster import session_processes
 from test_launch import TINY, free_port, head_on_loopback
 
 pytestmark = pytest.mark.integration
@@ -95,8 +96,6 @@ def start_run(tmp_path: Path) -> subprocess.Popen:
         [sys.executable, "-m", "rlqa.cli", "train", str(recipe), "--run-dir", str(run_dir)],
         stdout=subprocess.DEVNULL, stderr=(tmp_path / "err").open("w"), start_new_session=True, env=plain_env(),
     )
-    from conftest import session_processes
-
     deadline = time.monotonic() + 180
     # in flight: the first step's reward has started its spinning process
     while not any("while True: pass" in cmd for cmd in session_processes(proc.pid).values()):
@@ -119,8 +118,6 @@ def test_nothing_of_a_run_remains_however_the_driver_ends(tmp_path, leftovers, e
             time.sleep(0.5)
             proc.send_signal(signal.SIGTERM)
         else:
-            from conftest import session_processes
-
             learner = next(pid for pid, cmd in session_processes(proc.pid).items() if cmd.startswith("ray::Learner"))
             os.kill(learner, signal.SIGKILL)
         proc.wait(timeout=120)

@@ -21,9 +21,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import remaining
-
 from rlqa import checkpoint
+from rlqa.cluster import remaining
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import session_processes
+from rlqa.cluster import session_processes
 
 from rewards.pipeline import RewardPipeline, RewardTermSpec
 
