@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Run a recipe on a running Ray cluster as a Ray job, shipping this working directory with it.
 #
-#   launch/submit.sh [--address http://HEAD:8265] RECIPE [key.path=value ...] [--run-dir DIR]
+#   launch/submit.sh [--address http://HEAD:8265] RECIPE [key.path=value ...]
 #
-# The job's driver runs `python -m rlqa.cli train RECIPE ...` on the head node; Ray sets RAY_ADDRESS for it, so
-# `rlqa train` joins the cluster instead of starting its own. RECIPE is a path inside this directory. The run
-# directory is written on the head node (default trainer.output_dir=runs, relative to the shipped directory):
-# point trainer.output_dir or --run-dir at shared storage to keep it. Needs `pip install "ray[default]"` here
+# The job's driver runs `python -m rlqa.cli train RECIPE ... --run-dir DIR --resume` on the head node; Ray sets
+# RAY_ADDRESS for it, so `rlqa train` joins the cluster instead of starting its own. RECIPE is a path inside this
+# directory. DIR is the same for every submission of a recipe (RLQA_RUN_DIR, default /tmp/rlqa-runs/<recipe name>
+# on the head node; point it at shared storage to keep it), and --resume continues from its newest good checkpoint,
+# or starts when it has none: submitting the same command again after a failure continues the run. Needs `pip install "ray[default]"` here
 # and rlqa's dependencies installed on the cluster (launch/cluster.yaml does that for `ray up`).
 set -euo pipefail
 
@@ -16,7 +17,7 @@ if [[ "${1:-}" == "--address" ]]; then
   shift 2
 fi
 if [[ $# -lt 1 ]]; then
-  echo "usage: $0 [--address http://HEAD:8265] RECIPE [key.path=value ...] [--run-dir DIR]" >&2
+  echo "usage: $0 [--address http://HEAD:8265] RECIPE [key.path=value ...]" >&2
   exit 2
 fi
 recipe="$1"
@@ -29,5 +30,6 @@ fi
 recipe="$(realpath --relative-to="$root" "$recipe")"  # the job runs inside the shipped copy of $root
 
 runtime_env="$(printf '{"working_dir": "%s", "excludes": [".git", ".venv", "runs", "**/__pycache__", "*.safetensors"], "env_vars": {"TOKENIZERS_PARALLELISM": "false"}}' "$root")"
+run_dir="${RLQA_RUN_DIR:-/tmp/rlqa-runs/$(basename "$recipe" .yaml)}"
 exec ray job submit --address "$address" --runtime-env-json "$runtime_env" -- \
-  python -m rlqa.cli train "$recipe" "$@"
+  python -m rlqa.cli train "$recipe" "$@" --run-dir "$run_dir" --resume

@@ -41,6 +41,20 @@ def test_manifests_parse(manifest):
     assert f"launch/{manifest.name}" in manifest.read_text()  # documented with the command that uses it
 
 
+@pytest.mark.parametrize("name", ["slurm.sbatch", "submit.sh", "rayjob.yaml"])
+def test_every_launcher_restarts_into_the_same_run_directory_with_resume(name):
+    text = (LAUNCH / name).read_text()
+    command = next(line for line in text.splitlines() if "rlqa.cli train" in line and not line.lstrip().startswith("#"))
+    assert "--run-dir" in command and "--resume" in command.split()
+
+
+def test_slurm_requeues_and_warns_the_driver_before_the_kill():
+    text = (LAUNCH / "slurm.sbatch").read_text()
+    assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:TERM@120" in text
+    assert 'trap \'kill -TERM "$driver"' in text
+    assert 'run_dir="${RLQA_RUN_DIR:-runs/slurm-$SLURM_JOB_ID}"' in text
+
+
 def test_rayjob_runs_a_recipe_of_this_repository():
     job = yaml.safe_load((LAUNCH / "rayjob.yaml").read_text())
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
