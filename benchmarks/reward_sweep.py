@@ -184,7 +184,8 @@ def main() -> None:
         with VerifierPool(processes=rewards.verify.DEFAULT_PROCESSES) as pool:
             pool._pool.start()
             started = time.perf_counter()
-            outcomes = pool._pool.run([(gold, gold) for gold in golds], rewards.verify.DEFAULT_DEADLINE_S)
+            tasks = [("verify", gold, gold, None) for gold in golds]
+            outcomes = pool._pool.run(tasks, rewards.verify.DEFAULT_DEADLINE_S)
             elapsed = time.perf_counter() - started
         unread = [(gold, o.status) for gold, o in zip(golds, outcomes) if not (o.status == "ok" and o.value)]
         print(f"math-verify self-check of {len(golds)} E3 golds (no string fast path): {elapsed:.1f} s, "
