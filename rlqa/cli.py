@@ -67,8 +67,10 @@ def _train(args) -> int:
     resume_from = None
     if args.resume:  # the same command starts a run and continues it after any stop (preemption, requeue, crash)
         resume_from = checkpoint.latest_good(run_dir, warn=lambda m: print(m, file=sys.stderr))
+        if resume_from is None and checkpoint.list_checkpoints(run_dir):  # saved work, all damaged: never overwrite
+            raise UserError(f"{run_dir}: no usable checkpoint to resume from")
         if resume_from is None:
-            print(f"no usable checkpoint in {run_dir} yet: starting from the beginning", flush=True)
+            print(f"no checkpoint in {run_dir} yet: starting from the beginning", flush=True)
         else:
             print(f"resuming from {resume_from}, the newest good checkpoint in {run_dir}", flush=True)
     elif args.resume_from is not None:

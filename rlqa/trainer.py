@@ -155,7 +155,6 @@ def build(recipe: Recipe, run_dir: Path) -> Components:
     train = build_examples(recipe.data.train, recipe, tokenizer, "data.train")
     test = build_examples(recipe.data.test, recipe, tokenizer, "data.test")
     prompt_tokens = {e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in train + test}
-    check_backend(recipe.rollout.backend, ray.cluster_resources().get("GPU", 0))
     learner_options, worker_options = actor_options(recipe)
     learner = start_learners(model_dir, recipe, learner_options)
     return Components(
@@ -449,6 +448,7 @@ def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, add
     address = address or recipe.ray.address or os.environ.get("RAY_ADDRESS")
     # Ctrl-C / SIGTERM once Ray is up (ray.init sets its own SIGTERM handler): at once, unless RL steps are running
     with ray_session(address, **ray_resources(recipe)), _Interrupt() as interrupt:
+        check_backend(recipe.rollout.backend, ray.cluster_resources().get("GPU", 0))  # the clearer message first
         wait_for_resources(recipe)
         wall_start = time.perf_counter()
         c = build(recipe, run_dir)

@@ -65,7 +65,8 @@ def test_a_plain_run_ignores_a_dead_cluster_left_on_the_machine(tmp_path, leftov
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={free_port()}",
          "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=plain_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=plain_env() | {"RAY_AUTH_MODE": "disabled"},  # a token-auth head would leave ~/.ray/auth_token behind
     )
     try:
         deadline = time.monotonic() + 90

@@ -248,7 +248,7 @@ def test_the_same_resume_command_starts_a_run_and_continues_it_after_a_kill_befo
     run_dir = tmp_path / "run"
     run = Train(recipe, run_dir, "--resume")
     run.wait_for(lambda: "starting from the beginning" in run.out)
-    assert f"no usable checkpoint in {run_dir} yet: starting from the beginning" in run.out
+    assert f"no checkpoint in {run_dir} yet: starting from the beginning" in run.out
     run.wait_for(lambda: (run_dir / "processes.json").exists())  # the actors are up, no step has finished
     run.kill_tree()
     assert checkpoint.list_checkpoints(run_dir) == []
