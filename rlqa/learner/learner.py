@@ -25,7 +25,8 @@ from transformers import get_scheduler
 from rlqa.algorithms.entropy import entropy_from_logits, token_logprobs
 from rlqa.algorithms.gae import gae_advantages, token_level_rewards, whiten
 from rlqa.algorithms.kl import AdaptiveKLController, kl_penalty
-from rlqa.algorithms.losses import masked_mean, policy_objective, value_loss
+from rlqa.algorithms.losses import masked_mean, value_loss
+from rlqa.algorithms.policy_losses import policy_objective
 from rlqa.checkpoint import rng_state, set_rng_state
 from rlqa.config import Recipe
 from rlqa.learner.batch import TensorBatch, TrainSample, collate, per_sample
@@ -236,16 +237,10 @@ class Learner:
                 batch.old_logprobs,
                 batch.advantages if batch.token_advantages is None else batch.token_advantages,
                 batch.mask,
+                self.algo,
                 ref_logprobs=batch.ref_logprobs,
                 kl_coef=0.0 if self.algo.kl_in_reward else kl_coef,
-                kl_estimator=self.algo.kl_estimator,
-                kl_ratio_weighted=self.algo.kl_ratio_weighted,
                 entropy=entropy,
-                entropy_coef=self.algo.entropy_coef,
-                clip_low=self.algo.clip_low,
-                clip_high=self.algo.clip_high,
-                dual_clip=self.algo.dual_clip,
-                aggregation=aggregation,
                 max_len=max_len,
             )
             if batch.ref_logprobs is None:  # no reference loaded: report the divergence from the sampling policy
