@@ -110,42 +110,16 @@ def reward_pipeline(recipe: Recipe) -> RewardPipeline:
 
 
 def rollout_sampler(recipe: Recipe, train: list[Example]) -> RolloutSampler:
-    s, n = recipe.sampler, recipe.rollout.rollouts_per_prompt
-    priors = None
-    if s.rank_column is not None:
-        priors = {e.prompt_id: float(e.columns[s.rank_column]) for e in train if e.columns.get(s.rank_column) is not None}
+    """The sampler over the training prompts, with the offline ranks of `sampler.rank_column` as priors."""
+    column = recipe.sampler.rank_column
+    priors = {e.prompt_id: float(e.columns[column]) for e in train if column is not None and e.columns.get(column) is not None}
     return RolloutSampler(
         [e.prompt_id for e in train],
+        recipe.sampler,
         prompts_per_step=recipe.rollout.prompts_per_step,
-        rollouts_per_prompt=n,
+        rollouts_per_prompt=recipe.rollout.rollouts_per_prompt,
         seed=recipe.trainer.seed,
-        allocation=s.allocation,
-        estimator=s.estimator,
-        n_min=s.n_min,
-        n_max=s.n_max,
-        schedule_delta=s.schedule_delta,
-        n_low=s.n_low,
-        n_high=s.n_high,
         priors=priors or None,
-        decay=s.decay,
-        prior_strength=s.prior_strength,
-        skip_mastered=s.skip_mastered,
-        revisit_prob=s.revisit_prob,
-    )
-
-
-def temperature_controller(recipe: Recipe, vocab_size: int) -> TemperatureController:
-    t = recipe.temperature
-    return TemperatureController(
-        mode=t.mode,
-        initial=t.initial,
-        target=t.target,
-        warmup_updates=t.warmup_updates,
-        vocab_size=vocab_size,
-        t_min=t.t_min,
-        t_max=t.t_max,
-        anneal_fraction=t.anneal_fraction,
-        total_steps=max(recipe.trainer.steps, 1),  # steps=0 is an SFT-only run
     )
 
 
@@ -170,7 +144,8 @@ def build(recipe: Recipe, run_dir: Path) -> Components:
         rollouts=RolloutGroup(model_dir, recipe, worker_options),
         rewards=reward_pipeline(recipe),
         sampler=rollout_sampler(recipe, train),
-        temperature=temperature_controller(recipe, len(tokenizer)),
+        # steps=0 is an SFT-only run
+        temperature=TemperatureController(recipe.temperature, vocab_size=len(tokenizer), total_steps=max(recipe.trainer.steps, 1)),
         history=LengthHistory(),
         weight_sync=None if recipe.rollout.weight_sync == "object_store" else DirectSync(recipe.rollout.weight_sync),
         executor=ThreadPoolExecutor(1, thread_name_prefix="rlqa-prefetch") if recipe.rollout.async_steps else None,

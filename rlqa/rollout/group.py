@@ -57,12 +57,8 @@ class RolloutGroup:
         self.restarts = 0  # over the whole run; the trainer keeps it in the checkpoint
 
     def _start_worker(self, index: int):
-        cfg = self.recipe.rollout
         actor = ray.remote(RolloutWorker).options(**self.actor_options[index])
-        return actor.remote(
-            self.model_dir, self.recipe.model.dtype, cfg.micro_batch_size, cfg.torch_threads, self.recipe.model.trust_remote_code,
-            backend=cfg.backend, gpu_memory=cfg.vllm_gpu_memory,
-        )
+        return actor.remote(self.model_dir, self.recipe.model, self.recipe.rollout)
 
     def pids(self) -> list[int]:
         """The workers' process ids, without asking a worker that may hang now."""

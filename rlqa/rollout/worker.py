@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from rlqa.config import ModelConfig, RolloutConfig
 from rlqa.models import quiet_hf
 from rlqa.rollout.backends import make_backend
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 
 
 class RolloutWorker:
-    def __init__(
-        self, model_dir: str, dtype: str, micro_batch_size: int, torch_threads: int, trust_remote_code=False,
-        backend: str = "hf", gpu_memory: float = 0.4,
-    ):
+    def __init__(self, model_dir: str, model: ModelConfig, rollout: RolloutConfig):
         quiet_hf()
-        torch.set_num_threads(torch_threads)
-        self.backend = make_backend(backend, model_dir, dtype, micro_batch_size, trust_remote_code, gpu_memory)
+        torch.set_num_threads(rollout.torch_threads)
+        self.backend = make_backend(model_dir, model, rollout)
         self.version = 0
 
     def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
