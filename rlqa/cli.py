@@ -122,7 +122,7 @@ def _check(args) -> int:
 
 
 def _eval(args) -> int:
-    from rlqa.offline_eval import evaluate_target
+    from rlqa.evaluation import evaluate_target
 
     results = evaluate_target(args.target, data=args.data, k=args.k, address=args.address)
     print(json.dumps(results, indent=2))

@@ -152,12 +152,6 @@ class MetricsWriter:
         elif self.plain:
             print(f"step {step + 1}/{self.total_steps}  {status}", file=sys.stderr, flush=True)
 
-    def message(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()

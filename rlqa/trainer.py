@@ -16,7 +16,6 @@ the optimizer; both are saved in every checkpoint, which is all a resumed run ne
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import time
@@ -33,7 +32,7 @@ from rlqa.algorithms.advantages import get_advantage_estimator
 from rlqa.config import Recipe, to_yaml
 from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
-from rlqa.heldout import evaluate, scorer
+from rlqa.evaluation import evaluate, scorer
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.group import start_learners
 from rlqa.length_history import LengthHistory
@@ -50,9 +49,6 @@ from rlqa.scaleout import engines_sleep, engines_wake, staleness
 from rlqa.temperature import TemperatureController
 from rewards.pipeline import RewardPipeline, RewardTermSpec
 from rewards.registry import function_name, resolve_spec
-
-log = logging.getLogger("rlqa")
-
 
 @dataclass
 class Components:

@@ -45,6 +45,3 @@ class RolloutWorker:
 
     def wake(self) -> None:
         self.backend.wake()
-
-    def ping(self) -> int:
-        return self.version
