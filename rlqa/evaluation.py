@@ -96,10 +96,12 @@ def evaluate(
     k: int,
     temperature: float,
     max_new_tokens: int,
+    version: int,
 ) -> dict[str, float]:
-    """`score(texts, examples) -> (correct flags, extracted answers)` decides correctness, as in training."""
+    """`score(texts, examples) -> (correct flags, extracted answers)` decides correctness, as in training; the
+    workers hold policy `version`."""
     greedy_requests = [GenerationRequest(e.prompt_id, 0, prompt_tokens[e.prompt_id], 0) for e in examples]
-    greedy = group.generate(greedy_requests, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    greedy = group.generate(greedy_requests, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), version)
     greedy_correct, _ = score([r.text for r in greedy], examples)
 
     sampled_requests = [
@@ -107,7 +109,7 @@ def evaluate(
         for e in examples
         for j in range(k)
     ]
-    sampled = group.generate(sampled_requests, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens))
+    sampled = group.generate(sampled_requests, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens), version)
     by_id = {e.prompt_id: e for e in examples}
     sampled_correct, answers = score([r.text for r in sampled], [by_id[r.prompt_id] for r in sampled])
     per_prompt: dict[str, list[tuple[bool, str | None]]] = defaultdict(list)
@@ -191,7 +193,7 @@ def evaluate_target(target: Path, *, data: str | None = None, k: int | None = No
             results = evaluate(
                 group, examples, prompt_tokens, scorer(pipeline),
                 seed=t.seed, k=k or t.eval_k, temperature=t.eval_temperature,
-                max_new_tokens=recipe.rollout.max_new_tokens,
+                max_new_tokens=recipe.rollout.max_new_tokens, version=0,  # the weights as loaded
             )
         finally:
             pipeline.close()
