@@ -24,14 +24,14 @@ class Section(BaseModel):
 class TinyModelConfig(Section):
     hidden_size: int = Field(128, ge=1, description="width of the tiny Llama-style model built when model.path is null")
     layers: int = Field(4, ge=1, description="number of transformer blocks")
-    heads: int = Field(4, ge=1, description="attention heads (a divisor of hidden_size)")
+    heads: int = Field(4, ge=1, description="attention heads; hidden_size / heads must be even (rotary embeddings)")
     intermediate_size: int = Field(512, ge=1, description="MLP width")
     max_positions: int = Field(256, ge=1, description="longest prompt + completion in tokens")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TinyModelConfig:
-        if self.hidden_size % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide hidden_size ({self.hidden_size})")
+        if self.hidden_size % (2 * self.heads):
+            raise ValueError(f"hidden_size / heads must be an even number (rotary embeddings), got {self.hidden_size} / {self.heads}")
         return self
 
 

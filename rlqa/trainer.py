@@ -36,6 +36,7 @@ from rlqa import checkpoint, stages
 from rlqa.config import Recipe, to_yaml
 from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
+from rlqa.errors import UserError
 from rlqa.evaluation import evaluate, scorer
 from rlqa.learner.group import LearnerGroup, start_learners
 from rlqa.length_history import LengthHistory
@@ -118,8 +119,14 @@ def reward_pipeline(recipe: Recipe) -> RewardPipeline:
 
 def rollout_sampler(recipe: Recipe, train: list[Example]) -> RolloutSampler:
     """The sampler over the training prompts, with the offline ranks of `sampler.rank_column` as priors."""
-    column = recipe.sampler.rank_column
-    priors = {e.prompt_id: float(e.columns[column]) for e in train if column is not None and e.columns.get(column) is not None}
+    column, priors = recipe.sampler.rank_column, {}
+    for e in train:
+        rank = None if column is None else e.columns.get(column)
+        if rank is None:
+            continue
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 <= rank < 1:
+            raise UserError(f"sampler.rank_column: prompt {e.prompt_id!r} has {column} = {rank!r}, not a rank in [0, 1)")
+        priors[e.prompt_id] = float(rank)
     return RolloutSampler(
         [e.prompt_id for e in train],
         recipe.sampler,
