@@ -11,9 +11,7 @@ from rlqa.tasks.arithmetic import make_examples
 
 def build_examples(spec: DatasetConfig, recipe: Recipe, tokenizer, where: str) -> list[Example]:
     if spec.task == "arithmetic":
-        examples = make_examples(
-            spec.split, spec.size, seed=spec.seed, levels=spec.levels, verbose_fraction=spec.verbose_fraction, worked_fraction=spec.worked_fraction
-        )
+        examples = make_examples(spec)
     else:
         path = resolve_path(recipe, spec.path)
         if not path.exists():
