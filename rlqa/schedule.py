@@ -28,13 +28,13 @@ Generate = Callable[[int, float, int], StepBatch]  # (step, temperature, policy 
 
 class Schedule:
     def __init__(
-        self, generate: Generate, learner: LearnerGroup, rollouts: RolloutGroup, weight_sync: WeightSync, *,
+        self, generate: Generate, learner: LearnerGroup, rollout_workers: RolloutGroup, weight_sync: WeightSync, *,
         steps: int, overlap: bool, colocated: bool,
     ):
         self.version = 0
         self._generate = generate
         self._learner = learner
-        self._rollouts = rollouts
+        self._workers = rollout_workers
         self._weight_sync = weight_sync
         self._steps = steps
         self._colocated = colocated
@@ -56,7 +56,7 @@ class Schedule:
         if self._executor is not None and step + 1 < self._steps:
             self._next = self._executor.submit(self._generate, step + 1, temperature, self.version)
         elif self._colocated:  # the engines give the shared GPUs to the learners meanwhile
-            ray.get([w.sleep.remote() for w in self._rollouts.workers])
+            ray.get([w.sleep.remote() for w in self._workers.workers])
             self._asleep = True
         metrics = ray.get(update)
         self.version += 1
@@ -65,7 +65,7 @@ class Schedule:
     def sync(self) -> int:
         """Stage 7: the learner's weights to every rollout worker; the version they now hold."""
         if self._asleep:
-            ray.get([w.wake.remote() for w in self._rollouts.workers])
+            ray.get([w.wake.remote() for w in self._workers.workers])
             self._asleep = False
-        self._weight_sync.sync(self._learner, self._rollouts)
+        self._weight_sync.sync(self._learner, self._workers)
         return self.version

@@ -89,7 +89,7 @@ class StepBatch:
 
 def generate_batch(
     step: int, temperature: float, version: int, *,
-    sampler: RolloutSampler, rollouts: RolloutGroup, prompt_tokens: dict[str, tuple[int, ...]], recipe: Recipe,
+    sampler: RolloutSampler, rollout_workers: RolloutGroup, prompt_tokens: dict[str, tuple[int, ...]], recipe: Recipe,
 ) -> StepBatch:
     """The step's prompts and rollout counts, then their generation by the workers holding policy `version`, each
     sample seeded by (run seed, step, prompt id, sample index)."""
@@ -101,7 +101,7 @@ def generate_batch(
         for j in range(count)
     ]
     params = SamplingParams(temperature, cfg.max_new_tokens, cfg.top_k, cfg.top_p)
-    return StepBatch(step, temperature, prompts, rollouts.generate(requests, params, version))
+    return StepBatch(step, temperature, prompts, rollout_workers.generate(requests, params, version))
 
 
 def rollout_metrics(batch: StepBatch, version: int, worker_restarts: int) -> dict[str, float]:

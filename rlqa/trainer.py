@@ -73,7 +73,7 @@ class Components:
     driver: Driver
     run_dir: Path
     learner: LearnerGroup
-    rollouts: RolloutGroup
+    rollout_workers: RolloutGroup
     rewards: RewardPipeline
     schedule: Schedule
     learner_pids: list[int] | None = None  # for RUN_DIR/processes.json
@@ -162,13 +162,13 @@ def build(recipe: Recipe, run_dir: Path) -> Components:
     check_backend(recipe.rollout.backend, ray.cluster_resources().get("GPU", 0))
     learner_options, worker_options = actor_options(recipe)
     learner = start_learners(d.model_dir, recipe, learner_options)
-    rollouts = RolloutGroup(d.model_dir, recipe, worker_options)
-    generate = partial(stages.generate_batch, sampler=d.sampler, rollouts=rollouts, prompt_tokens=d.prompt_tokens, recipe=recipe)
+    workers = RolloutGroup(d.model_dir, recipe, worker_options)
+    generate = partial(stages.generate_batch, sampler=d.sampler, rollout_workers=workers, prompt_tokens=d.prompt_tokens, recipe=recipe)
     schedule = Schedule(
-        generate, learner, rollouts, make_weight_sync(recipe.rollout.weight_sync),
+        generate, learner, workers, make_weight_sync(recipe.rollout.weight_sync),
         steps=recipe.trainer.steps, overlap=bool(recipe.rollout.async_steps), colocated=recipe.ray.placement == "colocate",
     )
-    return Components(d, run_dir, learner, rollouts, reward_pipeline(recipe), schedule)
+    return Components(d, run_dir, learner, workers, reward_pipeline(recipe), schedule)
 
 
 # -- one RL step ---------------------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     with clock("sync"):  # 7
         version = c.schedule.sync()
     clock.seconds["time/step"] = time.perf_counter() - started
-    rollout_metrics = stages.rollout_metrics(batch, version, c.rollouts.restarts)  # 8
+    rollout_metrics = stages.rollout_metrics(batch, version, c.rollout_workers.restarts)  # 8
     metrics = merge(
         rollout_metrics, reward_metrics, sampler_metrics, advantage_metrics, train_metrics, temperature_metrics,
         clock.seconds,
@@ -218,7 +218,7 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
 def run_eval(c: Components) -> dict[str, float]:
     t = c.recipe.trainer
     return evaluate(
-        c.rollouts, c.driver.test, c.driver.prompt_tokens, scorer(c.rewards), seed=t.seed, k=t.eval_k,
+        c.rollout_workers, c.driver.test, c.driver.prompt_tokens, scorer(c.rewards), seed=t.seed, k=t.eval_k,
         temperature=t.eval_temperature, max_new_tokens=c.recipe.rollout.max_new_tokens, version=c.schedule.version,
     )
 
@@ -238,7 +238,7 @@ def save_checkpoint(c: Components, step: int, summary: dict, metrics: dict | Non
         "temperature": c.driver.temperature.state_dict(),
         "length_history": c.driver.history.state_dict(),
         "rng": checkpoint.rng_state(),
-        "rollout_worker_restarts": c.rollouts.restarts,
+        "rollout_worker_restarts": c.rollout_workers.restarts,
         "summary": summary,
     }
     final = checkpoint.commit(tmp, checkpoint.step_dir(c.run_dir, step), driver_state)
@@ -267,12 +267,15 @@ def restore(c: Components, ckpt: Path) -> tuple[int, dict]:
         ray.get(c.learner.load_state(str(ckpt)))
     except RayTaskError as err:  # it verified, so it was written by a different recipe (another model, no critic, ...)
         raise checkpoint.CheckpointError(f"{ckpt}: the learner cannot load it ({err.cause!r})") from None
-    c.schedule.version = state["policy_version"]
+    if "policy_version" in state:
+        c.schedule.version = state["policy_version"]
+    else:  # a checkpoint from before the driver owned the policy version: the learner kept it
+        c.schedule.version = json.loads((ckpt / "learner.json").read_text())["version"]
     c.driver.sampler.load_state_dict(state["sampler"])
     c.driver.temperature.load_state_dict(state["temperature"])
     c.driver.history.load_state_dict(state["length_history"])
     checkpoint.set_rng_state(state["rng"])
-    c.rollouts.restarts = state["rollout_worker_restarts"]
+    c.rollout_workers.restarts = state["rollout_worker_restarts"]
     return state["step"], state["summary"]
 
 
@@ -290,7 +293,7 @@ def write_processes(c: Components) -> None:
     Process ids are asked once (a dead or stopped actor would not answer); replacements update them."""
     if c.learner_pids is None:
         c.learner_pids = [actor_pid(a) for a in c.learner.actors]
-    pids = {"driver": os.getpid(), "learners": c.learner_pids, "rollout_workers": c.rollouts.pids()}
+    pids = {"driver": os.getpid(), "learners": c.learner_pids, "rollout_workers": c.rollout_workers.pids()}
     (c.run_dir / "processes.json").write_text(json.dumps(pids))
 
 
@@ -371,13 +374,13 @@ def _run(c: Components, resume_from: Path | None, wall_start: float) -> dict:
         metrics = None
         try:
             while step < steps and not interrupt.requested:
-                restarts = c.rollouts.restarts
+                restarts = c.rollout_workers.restarts
                 metrics, samples = rl_step(c, step)
                 if recipe.trainer.eval_every and (step + 1) % recipe.trainer.eval_every == 0:
                     metrics = merge(metrics, {f"eval/{k}": v for k, v in run_eval(c).items()})
                 writer.log(step, metrics, samples)
                 step += 1
-                if c.rollouts.restarts != restarts:
+                if c.rollout_workers.restarts != restarts:
                     write_processes(c)
                 if every and step % every == 0:
                     save_checkpoint(c, step, summary, metrics)

@@ -13,7 +13,7 @@ from rlqa.trainer import Components, build_driver
 from rewards.pipeline import RewardPipeline
 
 
-class Rollouts:
+class RolloutWorkers:
     """A RolloutGroup of one in-process engine."""
 
     restarts = 0
@@ -28,9 +28,9 @@ class Rollouts:
 class Schedule:
     """The sync Schedule without Ray: generate, train, load the new weights into the engine."""
 
-    def __init__(self, generate, learner: Learner, rollouts: Rollouts):
+    def __init__(self, generate, learner: Learner, workers: RolloutWorkers):
         self.version = 0
-        self.generate, self.learner, self.rollouts = generate, learner, rollouts
+        self.generate, self.learner, self.workers = generate, learner, workers
 
     def generation(self, step, temperature):
         return self.generate(step, temperature, self.version)
@@ -41,7 +41,7 @@ class Schedule:
         return metrics
 
     def sync(self):
-        self.rollouts.backend.load_weights(self.learner.weights().items())
+        self.workers.backend.load_weights(self.learner.weights().items())
         return self.version
 
 
@@ -49,6 +49,7 @@ def components(recipe: Recipe, run_dir: Path, rewards: RewardPipeline) -> Compon
     driver = build_driver(recipe, run_dir)
     learner = Learner(driver.model_dir, recipe, recipe.trainer.steps)
     learner.start_rl()
-    rollouts = Rollouts(driver.model_dir, recipe)
-    generate = partial(stages.generate_batch, sampler=driver.sampler, rollouts=rollouts, prompt_tokens=driver.prompt_tokens, recipe=recipe)
-    return Components(driver, run_dir, learner=None, rollouts=rollouts, rewards=rewards, schedule=Schedule(generate, learner, rollouts))
+    workers = RolloutWorkers(driver.model_dir, recipe)
+    generate = partial(stages.generate_batch, sampler=driver.sampler, rollout_workers=workers, prompt_tokens=driver.prompt_tokens, recipe=recipe)
+    schedule = Schedule(generate, learner, workers)
+    return Components(driver, run_dir, learner=None, rollout_workers=workers, rewards=rewards, schedule=schedule)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -163,7 +163,9 @@ def test_what_check_accepts_builds_and_steps_or_is_one_user_error(tmp_path_facto
         metrics, _ = rl_step(c, 0)
     except UserError as err:  # what `rlqa train` prints as its one line before exiting 2
         assert "\n" not in str(err) and str(err)
+        event(f"user error: {str(err).split(':')[0]}")
         return
+    event("one step")
     assert metrics["rollout/count"] > 0 and metrics["policy/version"] == 1.0
 
 

@@ -25,13 +25,13 @@ from rlqa.rollout.weight_sync import BroadcastChannel, ipc_handles, rendezvous_a
 
 
 class WeightSync(Protocol):
-    def sync(self, learner, rollouts) -> None:
-        """The learner group's current policy weights into every worker of `rollouts` (a RolloutGroup)."""
+    def sync(self, learner, group) -> None:
+        """The learner group's current policy weights into every worker of the RolloutGroup `group`."""
 
 
 class ObjectStoreSync:
-    def sync(self, learner, rollouts) -> None:
-        rollouts.load_weights(learner.weights())
+    def sync(self, learner, group) -> None:
+        group.load_weights(learner.weights())
 
 
 def _learner_address(learner) -> tuple[str, int]:
@@ -63,12 +63,12 @@ class BroadcastSync:
         self.members: list = []
         self.spec = None
 
-    def sync(self, learner, rollouts) -> None:
+    def sync(self, learner, group) -> None:
         sender = learner.leader
-        if self.members != rollouts.workers:
-            self._form(sender, rollouts.workers)
+        if self.members != group.workers:
+            self._form(sender, group.workers)
         sending = sender.__ray_call__.remote(_learner_send)
-        ray.get([w.receive_weights.remote(self.spec) for w in rollouts.workers] + [sending])
+        ray.get([w.receive_weights.remote(self.spec) for w in group.workers] + [sending])
 
     def _form(self, sender, workers: list) -> None:
         """Rendezvous: the learner hosts the store, every worker joins (all block until the group is complete)."""
@@ -81,10 +81,10 @@ class BroadcastSync:
 
 
 class IpcSync:
-    def sync(self, learner, rollouts) -> None:
+    def sync(self, learner, group) -> None:
         sender = learner.leader
         handles = ray.get(sender.__ray_call__.remote(_learner_export))
-        ray.get([w.load_ipc_weights.remote(handles) for w in rollouts.workers])
+        ray.get([w.load_ipc_weights.remote(handles) for w in group.workers])
         ray.get(sender.__ray_call__.remote(_learner_release))
 
 
