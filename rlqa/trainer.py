@@ -158,8 +158,8 @@ def build_driver(recipe: Recipe, run_dir: Path) -> Driver:
 
 
 def build(recipe: Recipe, run_dir: Path) -> Components:
-    d = build_driver(recipe, run_dir)
     check_backend(recipe.rollout.backend, ray.cluster_resources().get("GPU", 0))
+    d = build_driver(recipe, run_dir)
     learner_options, worker_options = actor_options(recipe)
     learner = start_learners(d.model_dir, recipe, learner_options)
     workers = RolloutGroup(d.model_dir, recipe, worker_options)
