@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.deadline_map import deadline_map  # noqa: E402
 from rewards.answers import normalise  # noqa: E402
+from rlqa.config import DatasetConfig  # noqa: E402
 from rlqa.data import load_examples  # noqa: E402
 
 # ../shared/data next to the checkout when present, else the copies of the two test sets kept in the repository
@@ -120,7 +121,7 @@ def e3_golds(data: Path = DATA) -> list[str]:
 def all_cases(data: Path = DATA) -> list[Case]:
     gsm8k = data / "gsm8k" / "test.jsonl"
     published = [json.loads(line)["answer"] for line in gsm8k.read_text().splitlines()]
-    golds = [example.answer for example in load_examples(gsm8k, format="gsm8k")]
+    golds = [example.answer for example in load_examples(gsm8k, DatasetConfig(path=str(gsm8k), format="gsm8k"))]
     return e3_cases(e3_golds(data)) + gsm8k_cases(published, golds)
 
 

@@ -134,7 +134,7 @@ def _check(args) -> int:
 
 
 def _eval(args) -> int:
-    from rlqa.offline_eval import evaluate_target
+    from rlqa.evaluation import evaluate_target
 
     results = evaluate_target(args.target, data=args.data, k=args.k, address=args.address)
     print(json.dumps(results, indent=2))
@@ -149,8 +149,22 @@ def _report(args) -> int:
     return 0
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Like parse_args, but `key.path=value` overrides may stand anywhere on the command line, also after the
+    flags (`rlqa train R.yaml --run-dir D trainer.steps=1`); they keep their order, so the last one wins."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    late = [arg for arg in extra if "=" in arg and not arg.startswith("-")]
+    unknown = [arg for arg in extra if arg not in late]
+    if unknown or (late and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or late)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return {"train": _train, "check": _check, "eval": _eval, "export": _export, "report": _report}[args.command](args)

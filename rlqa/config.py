@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -22,11 +22,17 @@ class Section(BaseModel):
 
 
 class TinyModelConfig(Section):
-    hidden_size: int = Field(128, description="width of the tiny Llama-style model built when model.path is null")
-    layers: int = Field(4, description="number of transformer blocks")
-    heads: int = Field(4, description="attention heads")
-    intermediate_size: int = Field(512, description="MLP width")
-    max_positions: int = Field(256, description="longest prompt + completion in tokens")
+    hidden_size: int = Field(128, ge=1, description="width of the tiny Llama-style model built when model.path is null")
+    layers: int = Field(4, ge=1, description="number of transformer blocks")
+    heads: int = Field(4, ge=1, description="attention heads; hidden_size / heads must be even (rotary embeddings)")
+    intermediate_size: int = Field(512, ge=1, description="MLP width")
+    max_positions: int = Field(256, ge=1, description="longest prompt + completion in tokens")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TinyModelConfig:
+        if self.hidden_size % (2 * self.heads):
+            raise ValueError(f"hidden_size / heads must be an even number (rotary embeddings), got {self.hidden_size} / {self.heads}")
+        return self
 
 
 class ModelConfig(Section):
@@ -37,11 +43,13 @@ class ModelConfig(Section):
 
 
 class DatasetConfig(Section):
-    path: str | None = Field(None, description="JSONL or Parquet file (relative paths: to the recipe's directory)")
+    path: str | None = Field(
+        None, description="JSONL or Parquet file, or a Hugging Face `datasets` directory (save_to_disk); relative paths: to the recipe's directory"
+    )
     task: Literal["arithmetic"] | None = Field(None, description="a built-in generated task instead of a file")
-    split: Literal["train", "test"] = Field("train", description="which split of the built-in task")
+    split: Literal["train", "test"] = Field("train", description="which split of the built-in task, or of a saved DatasetDict")
     size: int = Field(1000, gt=0, description="number of examples generated for a built-in task")
-    levels: list[int] = Field([1, 2, 3, 4], description="difficulty levels of the built-in task")
+    levels: list[int] = Field([1, 2, 3, 4], description="difficulty levels of the built-in task (distinct, among 1-5)")
     verbose_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions padded with restating and re-checking (built-in task)")
     worked_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions showing place-value work (built-in task)")
     seed: int = Field(0, description="seed of the built-in task generator")
@@ -59,6 +67,13 @@ class DatasetConfig(Section):
     def _one_source(self) -> DatasetConfig:
         if (self.path is None) == (self.task is None):
             raise ValueError("give exactly one of 'path' (a file) or 'task' (a built-in task)")
+        if self.system_prompt is not None and not self.chat_template:
+            raise ValueError("system_prompt needs chat_template: true (it is only sent as a chat message)")
+        if self.task == "arithmetic":
+            from rlqa.tasks.arithmetic import LEVELS
+
+            if not self.levels or len(set(self.levels)) != len(self.levels) or not set(self.levels) <= set(LEVELS):
+                raise ValueError(f"levels must be distinct values among {sorted(LEVELS)}, got {self.levels}")
         return self
 
 
@@ -125,9 +140,13 @@ class AlgorithmConfig(Section):
     advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"] = Field(
         "grpo", description="advantage estimator (gae: PPO only, computed by the learner from the critic)"
     )
-    clip_low: float = Field(0.2, ge=0, description="ratio clip below 1")
-    clip_high: float = Field(0.2, ge=0, description="ratio clip above 1 (DAPO clip-higher: 0.28)")
-    dual_clip: float | None = Field(None, gt=1, description="dual-clip constant c for negative advantages")
+    policy_loss: Literal["clip", "gspo", "cispo"] = Field(
+        "clip", description="clip: PPO/GRPO clipped token ratio; gspo: clipped sequence ratio (GSPO; with seq-mean-token-mean as in the paper); cispo: clipped, detached IS weight on REINFORCE (CISPO)"
+    )
+    clip_low: float = Field(0.2, ge=0, description="ratio clip below 1 (clip, gspo)")
+    clip_high: float = Field(0.2, ge=0, description="ratio clip above 1 (clip, gspo; DAPO clip-higher: 0.28)")
+    dual_clip: float | None = Field(None, gt=1, description="dual-clip constant c for negative advantages (clip, gspo)")
+    cispo_max_ratio: float = Field(5.0, gt=0, description="cispo: upper bound of the importance weight (TRL's epsilon_high for cispo; ScaleRL: 5)")
     loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
         "token-mean", description="how per-token losses are averaged"
     )
@@ -156,6 +175,8 @@ class AlgorithmConfig(Section):
             raise ValueError("kl_in_reward is PPO's token-level reward; with outcome advantages use kl_coef as a loss term")
         if (self.kl_in_reward or self.kl_target is not None) and self.kl_coef == 0:
             raise ValueError("kl_in_reward and kl_target need kl_coef > 0 (the initial coefficient)")
+        if self.dual_clip is not None and self.policy_loss == "cispo":
+            raise ValueError("dual_clip belongs to the clipped surrogate (policy_loss clip or gspo), not to cispo")
         return self
 
 
@@ -177,6 +198,13 @@ class RewardsConfig(Section):
     workers: int = Field(1, ge=1, description="reward worker processes")
 
 
+class RolloutBounds(NamedTuple):
+    n_min: int  # fewest rollouts per prompt now
+    n_max: int  # most rollouts per prompt now
+    n_low: int  # floor of the n_min schedule
+    n_high: int  # ceiling of the n_max schedule
+
+
 class SamplerConfig(Section):
     allocation: Literal["uniform", "difficulty"] = Field("difficulty", description="how a step's rollouts are spread")
     n_min: int | None = Field(None, ge=1, description="fewest rollouts per prompt (default: rollout.rollouts_per_prompt)")
@@ -188,10 +216,29 @@ class SamplerConfig(Section):
     prior_strength: float = Field(2.0, gt=0, description="pseudo-counts of the prior from the offline rank")
     estimator: Literal["beta", "rank"] = Field("beta", description="pass-rate estimate: online Beta posterior, or the fixed offline rank")
     rank_column: str | None = Field("rank", description="dataset column with an offline difficulty in [0, 1)")
-    skip_mastered: float | None = Field(None, gt=0, le=1, description="skip prompts whose pass rate is above this")
+    skip_mastered: float | None = Field(None, gt=0, lt=1, description="skip prompts whose pass rate is above this")
     revisit_prob: float = Field(0.1, ge=0, le=1, description="chance a mastered prompt is visited anyway")
     dynamic_sampling: bool = Field(False, description="DAPO: drop zero-variance groups and draw more prompts")
     max_extra_rounds: int = Field(3, ge=0, description="cap on extra generation rounds of dynamic sampling")
+
+    def bounds(self, rollouts_per_prompt: int) -> RolloutBounds:
+        """The n_min/n_max bounds with their defaults filled in (no spread, no schedule); a ValueError when they do
+        not fit 1 <= n_low <= n_min <= rollouts_per_prompt <= n_max <= n_high."""
+        n = rollouts_per_prompt
+        if self.allocation == "uniform" and (self.n_min not in (None, n) or self.n_max not in (None, n) or self.schedule_delta):
+            raise ValueError(
+                "allocation 'uniform' gives every prompt rollouts_per_prompt: n_min, n_max and schedule_delta belong to "
+                "allocation 'difficulty'"
+            )
+        n_min = n if self.n_min is None else self.n_min
+        n_max = n if self.n_max is None else self.n_max
+        bounds = RolloutBounds(n_min, n_max, n_min if self.n_low is None else self.n_low, n_max if self.n_high is None else self.n_high)
+        if not 1 <= bounds.n_low <= n_min <= n <= n_max <= bounds.n_high:
+            raise ValueError(
+                "need 1 <= n_low <= n_min <= rollouts_per_prompt <= n_max <= n_high, got "
+                f"{bounds.n_low}, {n_min}, {n}, {n_max}, {bounds.n_high}"
+            )
+        return bounds
 
 
 class TemperatureConfig(Section):
@@ -202,6 +249,12 @@ class TemperatureConfig(Section):
     t_min: float = Field(0.5, gt=0, description="lowest temperature")
     t_max: float = Field(2.0, gt=0, description="highest temperature")
     anneal_fraction: float = Field(0.4, ge=0, le=1, description="cosine-anneal the target to 0.9x over this last part")
+
+    @model_validator(mode="after")
+    def _initial_within_bounds(self) -> TemperatureConfig:
+        if self.mode == "entropy" and not self.t_min <= self.initial <= self.t_max:
+            raise ValueError("need t_min <= initial <= t_max")
+        return self
 
 
 class SFTConfig(Section):
@@ -269,15 +322,10 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
-        from rlqa.sampler import _rollout_bounds
-
-        s = self.sampler
         try:
-            _rollout_bounds(self.rollout.rollouts_per_prompt, s.allocation, s.n_min, s.n_max, s.schedule_delta, s.n_low, s.n_high)
+            self.sampler.bounds(self.rollout.rollouts_per_prompt)
         except ValueError as err:
             raise ValueError(f"sampler: {err}") from None
-        if self.temperature.mode == "entropy" and not self.temperature.t_min <= self.temperature.initial <= self.temperature.t_max:
-            raise ValueError("temperature: need t_min <= initial <= t_max")
         if self.learner.workers > 1 and self.algorithm.critic is not None:
             raise ValueError("learner.workers: the PPO critic trains on one learner; set learner.workers: 1")
         if self.rollout.backend == "vllm" and self.rollout.gpus_per_worker <= 0:

@@ -1,10 +1,31 @@
-"""Evaluation metrics over sampled answers: unbiased pass@k and majority vote (maj@k).
+"""Held-out evaluation: unbiased pass@k and majority vote (maj@k), the evaluation `rlqa train` runs before and after
+RL, and `rlqa eval` on a run directory, a checkpoint or any Hugging Face model directory.
 
-Plain Python, no torch: the eval CLI and the trainer's held-out evaluation both call these on counts and lists.
+`rlqa eval` runs the very evaluation training runs (same rollout workers, same seeds, same correctness function),
+so its numbers are comparable with a run's summary.json.
 """
 
-from collections import Counter
+from __future__ import annotations
 
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from rlqa import checkpoint
+from rlqa.cluster import ray_session
+from rlqa.config import DatasetConfig, Recipe, load_recipe
+from rlqa.data.example import Example
+from rlqa.data.sources import build_examples
+from rlqa.errors import UserError
+from rlqa.models import load_tokenizer
+from rlqa.rollout.group import RolloutGroup
+from rlqa.rollout.seeding import sample_seed
+from rlqa.rollout.types import GenerationRequest, SamplingParams
+from rewards.pipeline import RewardPipeline
+
+EVAL_STEP = -1  # eval samples use the same seeds before and after RL, so the comparison is paired
+
+# -- metrics over sampled answers ------------------------------------------------------------------------------------
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021):
@@ -47,3 +68,126 @@ def maj_at_k(answers: list[str | None], correct: list[bool]) -> float:
     # Counter keeps first-insertion order and most_common sorts stably, so ties go to the earliest answer.
     winner, _ = votes.most_common(1)[0]
     return 1.0 if correct[answers.index(winner)] else 0.0
+
+
+# -- the evaluation, through the rollout workers -----------------------------------------------------------------
+
+
+def scorer(pipeline):
+    """`score(texts, examples)` for `evaluate`: the pipeline's correctness function, and the extracted answers."""
+
+    def score(texts: list[str], examples: list[Example]) -> tuple[list[bool], list[str | None]]:
+        columns = {"answer": [e.answer for e in examples], "prompt_id": [e.prompt_id for e in examples]}
+        correct, answers = pipeline.correctness(texts, [e.prompt for e in examples], columns)
+        return [bool(ok) for ok in correct], answers
+
+    return score
+
+
+def evaluate(
+    group: RolloutGroup,
+    examples: list[Example],
+    prompt_tokens: dict[str, tuple[int, ...]],
+    score,
+    *,
+    seed: int,
+    k: int,
+    temperature: float,
+    max_new_tokens: int,
+    version: int,
+) -> dict[str, float]:
+    """`score(texts, examples) -> (correct flags, extracted answers)` decides correctness, as in training; the
+    workers hold policy `version`."""
+    greedy_requests = [GenerationRequest(e.prompt_id, 0, prompt_tokens[e.prompt_id], 0) for e in examples]
+    greedy = group.generate(greedy_requests, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), version)
+    greedy_correct, _ = score([r.text for r in greedy], examples)
+
+    sampled_requests = [
+        GenerationRequest(e.prompt_id, j, prompt_tokens[e.prompt_id], sample_seed(seed, EVAL_STEP, e.prompt_id, j))
+        for e in examples
+        for j in range(k)
+    ]
+    sampled = group.generate(sampled_requests, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens), version)
+    by_id = {e.prompt_id: e for e in examples}
+    sampled_correct, answers = score([r.text for r in sampled], [by_id[r.prompt_id] for r in sampled])
+    per_prompt: dict[str, list[tuple[bool, str | None]]] = defaultdict(list)
+    for rollout, ok, answer in zip(sampled, sampled_correct, answers):
+        per_prompt[rollout.prompt_id].append((ok, answer))
+
+    counts = [(len(v), sum(ok for ok, _ in v)) for v in per_prompt.values()]
+    correct_lengths = [len(r.completion_tokens) for r, ok in zip(greedy, greedy_correct) if ok]
+    results = {
+        "accuracy": sum(greedy_correct) / len(examples),
+        "mean_length": sum(len(r.completion_tokens) for r in greedy) / len(examples),
+        # what a length reward should shorten without costing accuracy (NaN when nothing is correct)
+        "mean_length_correct": sum(correct_lengths) / len(correct_lengths) if correct_lengths else float("nan"),
+        "sampled_accuracy": sum(sampled_correct) / len(sampled),
+        f"maj@{k}": sum(maj_at_k([a for _, a in v], [ok for ok, _ in v]) for v in per_prompt.values()) / len(per_prompt),
+        "num_prompts": len(examples),
+        "temperature": temperature,
+    }
+    for kk in sorted({1, k}):
+        results[f"pass@{kk}"] = mean_pass_at_k(counts, kk)
+    return results
+
+
+# -- `rlqa eval` ----------------------------------------------------------------------------------------------------
+
+
+def _recipe_of(run_dir: Path) -> Recipe:
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no recipe.yaml (not a run directory)")
+    return load_recipe(path)  # its base_dir keeps relative paths pointing where the run found them
+
+
+def _checkpoint_model(ckpt: Path, recipe: Recipe, scratch: Path) -> Path:
+    """A Hugging Face directory of a checkpoint's policy, exported as `rlqa export` does."""
+    try:
+        return checkpoint.export_hf(ckpt, scratch, trust_remote_code=recipe.model.trust_remote_code)
+    except checkpoint.CheckpointError as err:
+        raise UserError(str(err)) from None
+
+
+def resolve_target(target: Path, scratch: Path) -> tuple[Path, Recipe]:
+    """(model directory, recipe) for a run directory, a checkpoint directory or a Hugging Face model directory."""
+    if not target.exists():
+        raise UserError(f"{target}: no such file or directory")
+    if (target / "recipe.yaml").is_file():  # a run directory: its final policy, else its newest good checkpoint
+        recipe = _recipe_of(target)
+        if (target / "final" / "config.json").is_file():
+            return target / "final", recipe
+        ckpt = checkpoint.latest_good(target)
+        if ckpt is None:
+            raise UserError(f"{target}: the run has neither final/ nor a usable checkpoint")
+        return _checkpoint_model(ckpt, recipe, scratch), recipe
+    if (target / checkpoint.MANIFEST).is_file():  # RUN_DIR/checkpoints/step_X
+        recipe = _recipe_of(target.parent.parent)
+        return _checkpoint_model(target, recipe, scratch), recipe
+    if (target / "config.json").is_file():
+        return target, Recipe()
+    raise UserError(f"{target}: not a run directory, a checkpoint or a Hugging Face model directory")
+
+
+def evaluate_target(target: Path, *, data: str | None = None, k: int | None = None, address: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="rlqa-eval-") as scratch:
+        model_dir, recipe = resolve_target(Path(target), Path(scratch))
+        test_spec = recipe.data.test
+        if data is not None:
+            test_spec = DatasetConfig(path=str(Path(data).resolve()))
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": str(model_dir)})})
+        tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
+        examples = build_examples(test_spec, recipe, tokenizer, "--data" if data else "data.test")
+        prompt_tokens = {e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in examples}
+        t = recipe.trainer
+        cpus = max(int(recipe.rollout.workers * recipe.rollout.cpus_per_worker + 0.999), 1)
+        with ray_session(address, num_cpus=cpus, configure_logging=False), RewardPipeline(
+            [], correctness=recipe.rewards.correctness, base_dir=Path(recipe.base_dir)
+        ) as pipeline:
+            group = RolloutGroup(str(model_dir), recipe)
+            results = evaluate(
+                group, examples, prompt_tokens, scorer(pipeline),
+                seed=t.seed, k=k or t.eval_k, temperature=t.eval_temperature,
+                max_new_tokens=recipe.rollout.max_new_tokens, version=0,  # the weights as loaded
+            )
+    return {"target": str(target), "model": str(model_dir), **results}

@@ -2,8 +2,7 @@
 
 The driver owns one. Each step it reads `lengths_for(prompt_ids)` into the `history_length` reward column *before*
 the rewards, then calls `update(...)` with the step's outcomes *after* them, so no response is compared with a
-history it helped set. The history is training state: it goes into the checkpoint (`state_dict`) and, across
-data-parallel ranks, histories combine by min (`merge`).
+history it helped set. The history is training state: it goes into the checkpoint (`state_dict`).
 """
 
 from collections.abc import Sequence
@@ -28,13 +27,9 @@ class LengthHistory:
     def update(self, prompt_ids: Sequence[PromptId], lengths: Sequence[int], correct: Sequence[bool | None]) -> None:
         """h_i ← min(h_i, shortest correct length of prompt i in this step). Wrong and unknown (None) are skipped."""
         for prompt_id, length, is_correct in zip(prompt_ids, lengths, correct, strict=True):
-            if is_correct:
-                self._record(prompt_id, length)
-
-    def merge(self, other: "LengthHistory") -> None:
-        """Fold another rank's history into this one: h_i ← min(h_i, other's h_i)."""
-        for prompt_id, length in other._shortest.items():
-            self._record(prompt_id, length)
+            previous = self._shortest.get(prompt_id)
+            if is_correct and (previous is None or length < previous):
+                self._shortest[prompt_id] = length
 
     def state_dict(self) -> dict:
         # Pairs rather than a mapping: JSON object keys are strings, and prompt ids may be ints.
@@ -42,8 +37,3 @@ class LengthHistory:
 
     def load_state_dict(self, state: dict) -> None:
         self._shortest = {prompt_id: length for prompt_id, length in state["shortest_correct_length"]}
-
-    def _record(self, prompt_id: PromptId, length: int) -> None:
-        previous = self._shortest.get(prompt_id)
-        if previous is None or length < previous:
-            self._shortest[prompt_id] = length

@@ -53,6 +53,18 @@ def _append(path: Path, lines: list[str]) -> None:
         os.fsync(f.fileno())
 
 
+def merge(*parts: dict[str, float]) -> dict[str, float]:
+    """One step's metrics from its stages. Each key has one producer: a key two stages produce is a bug (the later
+    would silently win), so it raises."""
+    merged: dict[str, float] = {}
+    for part in parts:
+        twice = merged.keys() & part.keys()
+        if twice:
+            raise ValueError(f"metric keys produced twice in one step: {', '.join(sorted(twice))}")
+        merged.update(part)
+    return merged
+
+
 class TensorBoardSink:
     """Scalars under RUN_DIR/tensorboard. A resumed run purges events from `start_step` on, as truncate_jsonl does."""
 
@@ -151,12 +163,6 @@ class MetricsWriter:
             self.progress.update(self.task, completed=step + 1, status=status)
         elif self.plain:
             print(f"step {step + 1}/{self.total_steps}  {status}", file=sys.stderr, flush=True)
-
-    def message(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text)
-        else:
-            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.progress is not None:

@@ -89,7 +89,3 @@ def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
     )
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -7,19 +7,8 @@ or all wrong teaches nothing, and a hard prompt needs more tries before one of t
 - `BetaEstimator` / `RankEstimator` (the `DifficultyEstimator` protocol): per-prompt difficulty learned from the
   outcomes of earlier rollouts.
 - `RolloutSampler`: what the trainer drives. Data order (one seeded permutation per epoch), the n_min/n_max schedule
-  across epochs, optional skipping of mastered prompts, exact resume through `state_dict`.
-- `filter_groups` / `DynamicSampling`: DAPO's dynamic sampling (ALGORITHMS.md §3), which drops groups without signal
-  and draws more prompts, for a bounded number of extra rounds, until the step has enough groups. One step reads:
-
-      groups = DynamicSampling(target_groups=prompts_per_step, max_rounds=3, max_prompts=len(prompt_ids))
-      batch = sampler.next_batch(step)                        # [(prompt_id, rollout_count), ...]
-      while batch:
-          rollouts = generate(batch)                          # then rewards
-          sampler.update(correct_by_prompt)                   # every drawn prompt, kept or not
-          keep = groups.add(rewards_by_prompt)                # ids whose group has signal, up to the target
-          ...                                                 # train on the rollouts of `keep`
-          refill = groups.refill_size()                       # 0 once full or out of rounds
-          batch = sampler.next_batch(step, num_prompts=refill) if refill else []
+  across epochs, optional skipping of mastered prompts, exact resume through `state_dict`. A step may be refilled
+  with more prompts (`next_batch(step, num_prompts=k)` again), which DAPO's dynamic sampling needs.
 
 Nothing here carries a stateful random generator: epoch e's order comes from a Generator seeded by (seed, e) and a
 mastered prompt's revisit coin from (seed, e, position). The checkpoint is a few counters plus the difficulty
@@ -30,10 +19,11 @@ import bisect
 import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from rlqa.config import SamplerConfig
 from rlqa.errors import UserError
 
 
@@ -128,10 +118,6 @@ class BetaEstimator:
     """
 
     def __init__(self, priors: Mapping[str, float] | None = None, *, decay: float = 0.9, prior_strength: float = 2.0):
-        if not 0 < decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {decay}")
-        if not prior_strength > 0:
-            raise ValueError(f"prior_strength must be > 0, got {prior_strength}")
         self._priors = _checked_ranks(priors)
         self._decay = decay
         self._prior_strength = prior_strength
@@ -257,23 +243,14 @@ class RolloutSampler:
     def __init__(
         self,
         prompt_ids: Sequence[str],
+        cfg: SamplerConfig,
         *,
         prompts_per_step: int,
         rollouts_per_prompt: int,
         seed: int,
-        allocation: Literal["uniform", "difficulty"] = "difficulty",
-        estimator: Literal["beta", "rank"] = "beta",
-        n_min: int | None = None,
-        n_max: int | None = None,
-        schedule_delta: int = 0,
-        n_low: int | None = None,
-        n_high: int | None = None,
         priors: Mapping[str, float] | None = None,
-        decay: float = 0.9,
-        prior_strength: float = 2.0,
-        skip_mastered: float | None = None,
-        revisit_prob: float = 0.1,
     ):
+        """`cfg` is the recipe's validated sampler section; `priors` the offline ranks in [0, 1) by prompt id."""
         self._prompt_ids = list(prompt_ids)
         if len(set(self._prompt_ids)) != len(self._prompt_ids):
             raise ValueError("prompt ids must be unique")
@@ -282,26 +259,17 @@ class RolloutSampler:
                 f"prompts per step ({prompts_per_step}) must be between 1 and the number of training prompts "
                 f"({len(self._prompt_ids)})"
             )
-        if allocation not in ("uniform", "difficulty") or estimator not in ("beta", "rank"):
-            raise ValueError(f"unknown allocation {allocation!r} or estimator {estimator!r}")
-        self._n_min, self._n_max, self._n_low, self._n_high = _rollout_bounds(
-            rollouts_per_prompt, allocation, n_min, n_max, schedule_delta, n_low, n_high
-        )
-        if skip_mastered is not None and not 0 <= skip_mastered < 1:
-            raise ValueError(f"skip_mastered must be in [0, 1), got {skip_mastered}")
-        if not 0 <= revisit_prob <= 1:
-            raise ValueError(f"revisit_prob must be in [0, 1], got {revisit_prob}")
-
+        self._n_min, self._n_max, self._n_low, self._n_high = cfg.bounds(rollouts_per_prompt)
         self._prompts_per_step = prompts_per_step
         self._rollouts_per_prompt = rollouts_per_prompt
         self._seed = seed
-        self._schedule_delta = schedule_delta
-        self._skip_mastered = skip_mastered
-        self._revisit_prob = revisit_prob
+        self._schedule_delta = cfg.schedule_delta
+        self._skip_mastered = cfg.skip_mastered
+        self._revisit_prob = cfg.revisit_prob
         self._known = set(self._prompt_ids)
         self._estimator: DifficultyEstimator = (
-            BetaEstimator(priors, decay=decay, prior_strength=prior_strength)
-            if estimator == "beta"
+            BetaEstimator(priors, decay=cfg.decay, prior_strength=cfg.prior_strength)
+            if cfg.estimator == "beta"
             else RankEstimator(self._prompt_ids, priors)
         )
         self._epoch = 0
@@ -457,92 +425,3 @@ class RolloutSampler:
         order = [self._prompt_ids[i] for i in permutation]
         moved = set(deferred)
         return [p for p in order if p not in moved] + [p for p in order if p in moved]
-
-
-def _rollout_bounds(
-    n: int,
-    allocation: str,
-    n_min: int | None,
-    n_max: int | None,
-    schedule_delta: int,
-    n_low: int | None,
-    n_high: int | None,
-) -> tuple[int, int, int, int]:
-    """(n_min, n_max, n_low, n_high) with the defaults filled in: no spread, no schedule."""
-    if allocation == "uniform" and (n_min not in (None, n) or n_max not in (None, n) or schedule_delta != 0):
-        raise ValueError(
-            "allocation 'uniform' gives every prompt rollouts_per_prompt: n_min, n_max and schedule_delta belong to "
-            "allocation 'difficulty'"
-        )
-    if schedule_delta < 0:
-        raise ValueError(f"schedule_delta must be >= 0, got {schedule_delta}")
-    n_min = n if n_min is None else n_min
-    n_max = n if n_max is None else n_max
-    n_low = n_min if n_low is None else n_low
-    n_high = n_max if n_high is None else n_high
-    if not 1 <= n_low <= n_min <= n <= n_max <= n_high:
-        raise ValueError(
-            "need 1 <= n_low <= n_min <= rollouts_per_prompt <= n_max <= n_high, got "
-            f"{n_low}, {n_min}, {n}, {n_max}, {n_high}"
-        )
-    return n_min, n_max, n_low, n_high
-
-
-def filter_groups(rewards_by_prompt: Mapping[str, Sequence[float]]) -> list[str]:
-    """Prompt ids whose rewards are not all equal, in the mapping's order: the groups with a non-zero advantage."""
-    return [prompt_id for prompt_id, rewards in rewards_by_prompt.items() if rewards and min(rewards) != max(rewards)]
-
-
-class DynamicSampling:
-    """DAPO's dynamic sampling for one step: keep groups with signal until `target_groups`, refill a bounded number
-    of times, then go on with what is there.
-
-    After the first batch, at most `max_rounds` refills are asked for. A refill asks for the missing groups divided
-    by the share of groups that had signal so far (`target_groups` when none had), never more than `target_groups`
-    prompts, and never so many that the step's prompts would exceed `max_prompts` (pass the number of training
-    prompts: `RolloutSampler` refuses more). Groups beyond the target are dropped. See the module docstring.
-    """
-
-    def __init__(self, target_groups: int, max_rounds: int, max_prompts: int | None = None):
-        if target_groups < 1 or max_rounds < 0:
-            raise ValueError(f"need target_groups >= 1 and max_rounds >= 0, got {target_groups}, {max_rounds}")
-        self._target = target_groups
-        self._max_rounds = max_rounds
-        self._max_prompts = max_prompts
-        self._batches = 0
-        self._drawn = 0
-        self._with_signal = 0
-        self.kept: list[str] = []
-
-    @property
-    def rounds(self) -> int:
-        """Refill rounds used so far."""
-        return max(self._batches - 1, 0)
-
-    def add(self, rewards_by_prompt: Mapping[str, Sequence[float]]) -> list[str]:
-        """Take one generated batch's rewards; return the ids kept from it."""
-        self._batches += 1
-        self._drawn += len(rewards_by_prompt)
-        signal = filter_groups(rewards_by_prompt)
-        self._with_signal += len(signal)
-        keep = signal[: self._target - len(self.kept)]
-        self.kept += keep
-        return keep
-
-    def refill_size(self) -> int:
-        """Prompts to draw next; 0 when the target is reached or the rounds are spent."""
-        if self._batches == 0:
-            raise RuntimeError("add() the first batch before asking for a refill")
-        missing = self._target - len(self.kept)
-        if missing == 0 or self.rounds >= self._max_rounds:
-            return 0
-        wanted = math.ceil(missing * self._drawn / self._with_signal) if self._with_signal else self._target
-        room = self._target if self._max_prompts is None else self._max_prompts - self._drawn
-        return max(min(wanted, self._target, room), 0)
-
-    def metrics(self) -> dict[str, float]:
-        return {
-            "sampler/kept_groups": float(len(self.kept)),
-            "sampler/refill_rounds": float(self.rounds),
-            "sampler/signal_frac": self._with_signal / self._drawn if self._drawn else 0.0,
-        }

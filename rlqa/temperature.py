@@ -17,7 +17,9 @@ measure entropy on every update, bonus or not: E3's code only did so with a non-
 """
 
 import math
-from typing import Any, Literal
+from typing import Any
+
+from rlqa.config import TemperatureConfig
 
 
 def next_temperature(temperature: float, target_entropy: float, entropy: float, vocab_size: int) -> float:
@@ -42,44 +44,21 @@ class TemperatureController:
     the same bookkeeping (target, annealing, metrics) but never moves T.
     """
 
-    def __init__(
-        self,
-        mode: Literal["fixed", "entropy"] = "entropy",
-        *,
-        initial: float = 1.0,
-        target: float | None = None,
-        warmup_updates: int = 1,
-        vocab_size: int,
-        t_min: float = 0.5,
-        t_max: float = 2.0,
-        anneal_fraction: float = 0.4,
-        total_steps: int,
-    ):
-        if mode not in ("fixed", "entropy"):
-            raise ValueError(f"mode must be 'fixed' or 'entropy', got {mode!r}")
-        if not initial > 0:
-            raise ValueError(f"initial temperature must be > 0, got {initial}")
-        if mode == "entropy" and not 0 < t_min <= initial <= t_max:
-            raise ValueError(f"need 0 < t_min <= initial <= t_max, got {t_min}, {initial}, {t_max}")
-        if target is not None and not target > 0:
-            raise ValueError(f"target entropy must be > 0, got {target}")
-        if warmup_updates < 1:
-            raise ValueError(f"warmup_updates must be >= 1, got {warmup_updates}")
+    def __init__(self, cfg: TemperatureConfig, *, vocab_size: int, total_steps: int):
+        """`cfg` is the recipe's validated temperature section; V = `vocab_size`; `total_steps` places the anneal."""
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
-        if not 0 <= anneal_fraction <= 1:
-            raise ValueError(f"anneal_fraction must be in [0, 1], got {anneal_fraction}")
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        self._mode = mode
-        self._warmup_updates = warmup_updates
+        self._mode = cfg.mode
+        self._warmup_updates = cfg.warmup_updates
         self._vocab_size = vocab_size
-        self._t_min = t_min
-        self._t_max = t_max
-        self._anneal_fraction = anneal_fraction
+        self._t_min = cfg.t_min
+        self._t_max = cfg.t_max
+        self._anneal_fraction = cfg.anneal_fraction
         self._total_steps = total_steps
-        self._temperature = initial
-        self._base_target = target  # H*_0; None until measured
+        self._temperature = cfg.initial
+        self._base_target = cfg.target  # H*_0; None until measured
         self._warmup_entropies: list[float] = []
         self._last_step: int | None = None
 
@@ -114,10 +93,8 @@ class TemperatureController:
         return self._temperature
 
     def metrics(self) -> dict[str, float]:
-        metrics = {"rollout/temperature": self._temperature}
-        if self.target is not None:
-            metrics["policy/target_entropy"] = self.target
-        return metrics
+        """The entropy target, once there is one. (The temperature itself is logged with the rollouts it sampled.)"""
+        return {} if self.target is None else {"policy/target_entropy": self.target}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,83 +1,91 @@
-"""The driver: builds the actors from a recipe, then runs the RL loop of DESIGN.md, one numbered step at a time.
+"""The driver: builds the actors from a recipe, then runs the RL loop of DESIGN.md, one numbered stage at a time.
 
-    1. sampler.next_batch(step)            prompts, each with a rollout count
-    2. rollout workers generate            seeded per (run seed, step, prompt id, sample index)
-    3. reward pipeline                     per-term rewards, total, correctness
-    4. sampler.update, length history      the driver's state advances
-    5. advantages -> learner.update        loss metrics + entropy at the sampling temperature
-    6. temperature.update(entropy)
-    7. weights learner -> rollout workers  (policy version + 1)
+    1. sampler.next_batch(step)            prompts, each with a rollout count          \  stages.generate_batch, run
+    2. rollout workers generate            seeded per (run seed, step, prompt id,      /  by the Schedule
+                                           sample index), at the controller's temperature
+    3. reward pipeline                     per-term rewards, total, correctness           stages.score
+    4. sampler.update, length history      the driver's state advances                    stages.advance_sampler
+    5. advantages -> learner.update        outcome advantages, then the update at the     stages.estimate_advantages,
+                                           sampling temperature: loss metrics + entropy   Schedule.train
+    6. temperature.update(entropy)                                                        stages.update_temperature
+    7. weights learner -> rollout workers  (policy version + 1)                           Schedule.sync
     8. metrics; checkpoint every k steps; periodic held-out evaluation
 
-The driver owns the sampler, the temperature controller and the length history; the learner owns the weights and
-the optimizer; both are saved in every checkpoint, which is all a resumed run needs to continue bit for bit.
+Every stage works on one `StepBatch` and returns its metrics under its own namespace; `metrics.merge` refuses a key
+produced twice. The `Schedule` (sync, async or colocated) decides when generation, training and weight sync happen,
+so `rl_step` reads the same in every mode. The driver owns the sampler, the temperature controller, the length
+history and the policy version; the learner owns the weights and the optimizer; both are saved in every checkpoint,
+which is all a resumed run needs to continue bit for bit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import ray
-import torch
 from ray.exceptions import RayActorError, RayTaskError
 
-from rlqa import checkpoint
+from rlqa import checkpoint, stages
 from rlqa.cluster import ray_session
-from rlqa.algorithms.advantages import get_advantage_estimator
 from rlqa.config import Recipe, to_yaml
 from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
-from rlqa.heldout import evaluate, scorer
-from rlqa.learner.batch import TrainSample
-from rlqa.learner.group import start_learners
-from rlqa.length_history import LengthHistory
-from rlqa.metrics import MetricsWriter, open_sinks
-from rlqa.models import create_model_dir, load_tokenizer, quiet_hf
 from rlqa.errors import UserError
+from rlqa.evaluation import evaluate, scorer
+from rlqa.learner.group import LearnerGroup, start_learners
+from rlqa.length_history import LengthHistory
+from rlqa.metrics import MetricsWriter, merge, open_sinks
+from rlqa.models import create_model_dir, load_tokenizer, quiet_hf
 from rlqa.placement import actor_options, shortfall
 from rlqa.rollout.backends import check_backend
-from rlqa.rollout.direct_sync import DirectSync
 from rlqa.rollout.group import RolloutFailure, RolloutGroup, actor_pid
-from rlqa.rollout.seeding import sample_seed
-from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
+from rlqa.rollout.sync import make_weight_sync
 from rlqa.sampler import RolloutSampler
-from rlqa.scaleout import engines_sleep, engines_wake, staleness
+from rlqa.schedule import Schedule
 from rlqa.temperature import TemperatureController
 from rewards.pipeline import RewardPipeline, RewardTermSpec
 from rewards.registry import function_name, resolve_spec
 
-log = logging.getLogger("rlqa")
 RESOURCE_REPORT_EVERY_S = 30.0
 
 
 @dataclass
-class Components:
+class Driver:
+    """What the driver holds without Ray: the data, and the state that advances step by step."""
+
     recipe: Recipe
-    run_dir: Path
     model_dir: str
     tokenizer: object
     train: dict[str, Example]
     test: list[Example]
     prompt_tokens: dict[str, tuple[int, ...]]
-    learner: object  # Learner actor handle
-    rollouts: RolloutGroup
-    rewards: RewardPipeline
     sampler: RolloutSampler
     temperature: TemperatureController
     history: LengthHistory
-    weight_sync: DirectSync | None = None  # rollout.weight_sync other than object_store
-    prefetch: Future | None = None  # async mode: the next step's generation, running during this step's update
-    executor: ThreadPoolExecutor | None = None
+
+
+@dataclass
+class Components:
+    driver: Driver
+    run_dir: Path
+    learner: LearnerGroup
+    rollout_workers: RolloutGroup
+    rewards: RewardPipeline
+    schedule: Schedule
     learner_pids: list[int] | None = None  # for RUN_DIR/processes.json
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.driver.recipe
 
 
 # -- building ------------------------------------------------------------------------------------------------------
@@ -110,217 +118,97 @@ def reward_pipeline(recipe: Recipe) -> RewardPipeline:
 
 
 def rollout_sampler(recipe: Recipe, train: list[Example]) -> RolloutSampler:
-    s, n = recipe.sampler, recipe.rollout.rollouts_per_prompt
-    priors = None
-    if s.rank_column is not None:
-        priors = {e.prompt_id: float(e.columns[s.rank_column]) for e in train if e.columns.get(s.rank_column) is not None}
+    """The sampler over the training prompts, with the offline ranks of `sampler.rank_column` as priors."""
+    column, priors = recipe.sampler.rank_column, {}
+    for e in train:
+        rank = None if column is None else e.columns.get(column)
+        if rank is None:
+            continue
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not 0 <= rank < 1:
+            raise UserError(f"sampler.rank_column: prompt {e.prompt_id!r} has {column} = {rank!r}, not a rank in [0, 1)")
+        priors[e.prompt_id] = float(rank)
     return RolloutSampler(
         [e.prompt_id for e in train],
+        recipe.sampler,
         prompts_per_step=recipe.rollout.prompts_per_step,
-        rollouts_per_prompt=n,
+        rollouts_per_prompt=recipe.rollout.rollouts_per_prompt,
         seed=recipe.trainer.seed,
-        allocation=s.allocation,
-        estimator=s.estimator,
-        n_min=s.n_min,
-        n_max=s.n_max,
-        schedule_delta=s.schedule_delta,
-        n_low=s.n_low,
-        n_high=s.n_high,
         priors=priors or None,
-        decay=s.decay,
-        prior_strength=s.prior_strength,
-        skip_mastered=s.skip_mastered,
-        revisit_prob=s.revisit_prob,
     )
 
 
-def temperature_controller(recipe: Recipe, vocab_size: int) -> TemperatureController:
-    t = recipe.temperature
-    return TemperatureController(
-        mode=t.mode,
-        initial=t.initial,
-        target=t.target,
-        warmup_updates=t.warmup_updates,
-        vocab_size=vocab_size,
-        t_min=t.t_min,
-        t_max=t.t_max,
-        anneal_fraction=t.anneal_fraction,
-        total_steps=max(recipe.trainer.steps, 1),  # steps=0 is an SFT-only run
-    )
-
-
-def build(recipe: Recipe, run_dir: Path) -> Components:
+def build_driver(recipe: Recipe, run_dir: Path) -> Driver:
+    """The model directory, the data and the driver's state; no Ray. A user mistake raises a one-line UserError."""
     model_dir = str(create_model_dir(recipe.model, run_dir / "init_model", recipe.trainer.seed, recipe.base_dir))
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
     train = build_examples(recipe.data.train, recipe, tokenizer, "data.train")
     test = build_examples(recipe.data.test, recipe, tokenizer, "data.test")
-    prompt_tokens = {e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in train + test}
-    learner_options, worker_options = actor_options(recipe)
-    learner = start_learners(model_dir, recipe, learner_options)
-    return Components(
+    return Driver(
         recipe=recipe,
-        run_dir=run_dir,
         model_dir=model_dir,
         tokenizer=tokenizer,
         train={e.prompt_id: e for e in train},
         test=test,
-        prompt_tokens=prompt_tokens,
-        learner=learner,
-        rollouts=RolloutGroup(model_dir, recipe, worker_options),
-        rewards=reward_pipeline(recipe),
+        prompt_tokens={e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in train + test},
         sampler=rollout_sampler(recipe, train),
-        temperature=temperature_controller(recipe, len(tokenizer)),
+        # steps=0 is an SFT-only run
+        temperature=TemperatureController(recipe.temperature, vocab_size=len(tokenizer), total_steps=max(recipe.trainer.steps, 1)),
         history=LengthHistory(),
-        weight_sync=None if recipe.rollout.weight_sync == "object_store" else DirectSync(recipe.rollout.weight_sync),
-        executor=ThreadPoolExecutor(1, thread_name_prefix="rlqa-prefetch") if recipe.rollout.async_steps else None,
     )
+
+
+def build(recipe: Recipe, run_dir: Path) -> Components:
+    d = build_driver(recipe, run_dir)
+    learner_options, worker_options = actor_options(recipe)
+    learner = start_learners(d.model_dir, recipe, learner_options)
+    workers = RolloutGroup(d.model_dir, recipe, worker_options)
+    generate = partial(stages.generate_batch, sampler=d.sampler, rollout_workers=workers, prompt_tokens=d.prompt_tokens, recipe=recipe)
+    schedule = Schedule(
+        generate, learner, workers, make_weight_sync(recipe.rollout.weight_sync),
+        steps=recipe.trainer.steps, overlap=bool(recipe.rollout.async_steps), colocated=recipe.ray.placement == "colocate",
+    )
+    return Components(d, run_dir, learner, workers, reward_pipeline(recipe), schedule)
 
 
 # -- one RL step ---------------------------------------------------------------------------------------------------
 
 
-def reward_columns(c: Components, rollouts: list[Rollout]) -> dict[str, list]:
-    """The columns every reward function may ask for, aligned with the rollouts."""
-    examples = [c.train[r.prompt_id] for r in rollouts]
-    columns: dict[str, list] = {
-        "answer": [e.answer for e in examples],
-        "prompt_id": [r.prompt_id for r in rollouts],
-        "completion_length": [len(r.completion_tokens) for r in rollouts],
-        "finish_reason": [r.finish_reason for r in rollouts],
-        "max_new_tokens": [c.recipe.rollout.max_new_tokens] * len(rollouts),
-        "history_length": c.history.lengths_for([r.prompt_id for r in rollouts]),
-    }
-    for key in sorted({k for e in examples for k in e.columns}):
-        columns.setdefault(key, [e.columns.get(key) for e in examples])
-    return columns
+class Stopwatch:
+    """time/<name> of each timed part of a step."""
 
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
 
-def group_stats(rollouts: list[Rollout], correct: list[bool | None]) -> dict[str, float]:
-    by_prompt: dict[str, list[bool]] = {}
-    for r, ok in zip(rollouts, correct):
-        by_prompt.setdefault(r.prompt_id, []).append(bool(ok))
-    groups = list(by_prompt.values())
-    return {
-        "sampler/all_correct_frac": sum(all(g) for g in groups) / len(groups),
-        "sampler/all_wrong_frac": sum(not any(g) for g in groups) / len(groups),
-        "sampler/prompts": float(len(groups)),
-    }
-
-
-def generate_step(c: Components, step: int) -> tuple[list[tuple[str, int]], float, list[Rollout]]:
-    """1. the step's prompts and rollout counts; 2. their generation, each sample seeded by (run seed, step,
-    prompt id, sample index), at the controller's current temperature."""
-    recipe, cfg = c.recipe, c.recipe.rollout
-    batch = c.sampler.next_batch(step)
-    requests = [
-        GenerationRequest(pid, j, c.prompt_tokens[pid], sample_seed(recipe.trainer.seed, step, pid, j))
-        for pid, count in batch
-        for j in range(count)
-    ]
-    temperature = c.temperature.temperature
-    params = SamplingParams(temperature, cfg.max_new_tokens, cfg.top_k, cfg.top_p)
-    return batch, temperature, c.rollouts.generate(requests, params)
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.perf_counter()
+        yield
+        self.seconds[f"time/{name}"] = time.perf_counter() - started
 
 
 def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
-    recipe = c.recipe
-    timings: dict[str, float] = {}
-    step_start = time.perf_counter()
-
-    # 1-2. prompts and their rollout counts, then generation (async mode: it ran during the previous update)
+    """One step of DESIGN.md: the numbered stages over one StepBatch; returns its metrics and sample rows."""
+    d, recipe, clock = c.driver, c.recipe, Stopwatch()
     started = time.perf_counter()
-    batch, temperature, rollouts = c.prefetch.result() if c.prefetch is not None else generate_step(c, step)
-    c.prefetch = None
-    timings["time/generate"] = time.perf_counter() - started
-
-    # 3. rewards
-    started = time.perf_counter()
-    scored = c.rewards([r.text for r in rollouts], [c.train[r.prompt_id].prompt for r in rollouts], reward_columns(c, rollouts))
-    timings["time/reward"] = time.perf_counter() - started
-
-    # 4. driver state advances: difficulty estimates and length history
-    outcomes: dict[str, list[bool]] = {}
-    for r, ok in zip(rollouts, scored.correct):
-        if ok is not None:
-            outcomes.setdefault(r.prompt_id, []).append(ok)
-    c.sampler.update(outcomes)
-    c.history.update([r.prompt_id for r in rollouts], [len(r.completion_tokens) for r in rollouts], scored.correct)
-
-    # 5. advantages, then the update at the sampling temperature
-    kept = [i for i, dropped in enumerate(scored.dropped) if not dropped]
-    group_index = {pid: g for g, (pid, _) in enumerate(batch)}
-    rewards = torch.tensor([scored.total[i] for i in kept], dtype=torch.float32)
-    groups = torch.tensor([group_index[rollouts[i].prompt_id] for i in kept])
-    if recipe.algorithm.advantage == "gae":  # GAE needs the critic's values: the learner turns rewards into advantages
-        advantages = torch.zeros_like(rewards)
-    else:
-        advantages = get_advantage_estimator(recipe.algorithm.advantage)(rewards, groups)
-    samples = [
-        TrainSample(rollouts[i].prompt_tokens, rollouts[i].completion_tokens, rollouts[i].logprobs, float(a), reward=float(r))
-        for i, a, r in zip(kept, advantages.tolist(), rewards.tolist())
-    ]
-    started = time.perf_counter()
-    update = c.learner.update.remote(samples, temperature, step)
-    if c.executor is not None and step + 1 < recipe.trainer.steps:  # step t+1 generates while step t trains
-        c.prefetch = c.executor.submit(generate_step, c, step + 1)
-    elif recipe.ray.placement == "colocate":  # the engines give the shared GPUs to the learners meanwhile
-        engines_sleep(c.rollouts)
-    train_metrics = ray.get(update)
-    timings["time/train"] = time.perf_counter() - started
-
-    # 6. temperature follows the entropy just measured
-    c.temperature.update(train_metrics["policy/entropy"], step + 1)
-
-    # 7. new weights to every rollout worker
-    started = time.perf_counter()
-    if recipe.ray.placement == "colocate" and c.prefetch is None:
-        engines_wake(c.rollouts)
-    version = sync_weights(c)
-    timings["time/sync"] = time.perf_counter() - started
-
-    # 8. metrics
-    lengths = [len(r.completion_tokens) for r in rollouts]
-    correct_lengths = [n for n, ok in zip(lengths, scored.correct) if ok]
-    timings["time/step"] = time.perf_counter() - step_start
-    metrics = {
-        **scored.metrics,
-        **train_metrics,
-        **timings,
-        **group_stats(rollouts, scored.correct),
-        **c.sampler.metrics(),
-        **c.temperature.metrics(),
-        "reward/mean": float(rewards.mean()) if len(kept) else float("nan"),
-        "correct/mean": sum(bool(ok) for ok in scored.correct) / len(rollouts),
-        "rollout/temperature": temperature,
-        "rollout/count": float(len(rollouts)),
-        "rollout/tokens": float(sum(lengths)),
-        "rollout/length_mean": sum(lengths) / len(lengths),
-        "rollout/length_correct_mean": sum(correct_lengths) / len(correct_lengths) if correct_lengths else float("nan"),
-        "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
-        "rollout/dropped": float(len(rollouts) - len(kept)),
-        "rollout/worker_restarts": float(c.rollouts.restarts),
-        "advantage/nonzero_frac": train_metrics.get(
-            "advantage/nonzero_frac", float((advantages.abs() > 1e-8).float().mean()) if len(kept) else 0.0
-        ),
-        "throughput/tokens_per_s": sum(lengths) / timings["time/step"],
-        "policy/version": float(version),
-        "rollout/staleness": staleness(version - 1, rollouts),
-    }
-    samples_out = [
-        {"prompt_id": r.prompt_id, "sample_index": r.sample_index, "policy_version": r.policy_version,
-         "prompt": c.train[r.prompt_id].prompt, "completion": r.text, "reward": scored.total[i], "correct": scored.correct[i]}
-        for i, r in enumerate(rollouts[: recipe.logging.samples_per_step])
-    ]
-    return metrics, samples_out
-
-
-def sync_weights(c: Components) -> int:
-    version = ray.get(c.learner.get_version.remote())
-    if c.weight_sync is not None:
-        c.weight_sync.sync(c.learner, c.rollouts, version)
-    else:
-        c.rollouts.sync(c.learner.weights.remote(), version)
-    return version
+    with clock("generate"):  # 1-2
+        batch = c.schedule.generation(step, d.temperature.temperature)
+    with clock("reward"):  # 3
+        reward_metrics = stages.score(batch, c.rewards, d.train, d.history, recipe.rollout.max_new_tokens)
+    sampler_metrics = stages.advance_sampler(batch, d.sampler, d.history)  # 4
+    advantage_metrics = stages.estimate_advantages(batch, recipe.algorithm.advantage)  # 5
+    with clock("train"):
+        train_metrics = c.schedule.train(batch.train_samples(), batch.temperature, step)
+    temperature_metrics = stages.update_temperature(d.temperature, train_metrics, step)  # 6
+    with clock("sync"):  # 7
+        version = c.schedule.sync()
+    clock.seconds["time/step"] = time.perf_counter() - started
+    rollout_metrics = stages.rollout_metrics(batch, version, c.rollout_workers.restarts)  # 8
+    metrics = merge(
+        rollout_metrics, reward_metrics, sampler_metrics, advantage_metrics, train_metrics, temperature_metrics,
+        clock.seconds,
+        {"throughput/tokens_per_s": rollout_metrics["rollout/tokens"] / clock.seconds["time/step"], "policy/version": float(version)},
+    )
+    return metrics, stages.sample_rows(batch, d.train, recipe.logging.samples_per_step)
 
 
 # -- evaluation, checkpoints, the whole run --------------------------------------------------------------------------
@@ -329,8 +217,8 @@ def sync_weights(c: Components) -> int:
 def run_eval(c: Components) -> dict[str, float]:
     t = c.recipe.trainer
     return evaluate(
-        c.rollouts, c.test, c.prompt_tokens, scorer(c.rewards),
-        seed=t.seed, k=t.eval_k, temperature=t.eval_temperature, max_new_tokens=c.recipe.rollout.max_new_tokens,
+        c.rollout_workers, c.driver.test, c.driver.prompt_tokens, scorer(c.rewards), seed=t.seed, k=t.eval_k,
+        temperature=t.eval_temperature, max_new_tokens=c.recipe.rollout.max_new_tokens, version=c.schedule.version,
     )
 
 
@@ -338,17 +226,18 @@ def save_checkpoint(c: Components, step: int, summary: dict, metrics: dict | Non
     """Everything the next step depends on. `step` is the number of completed RL steps; `metrics` those of the last
     one, which decide whether this is the best checkpoint so far (`checkpoint.best_metric`)."""
     tmp = checkpoint.begin(c.run_dir, step)
-    ray.get(c.learner.save_state.remote(str(tmp)))
+    ray.get(c.learner.save_state(str(tmp)))
     (tmp / checkpoint.RECIPE).write_text(to_yaml(c.recipe, with_base_dir=True))
-    checkpoint.copy_model_files(Path(c.model_dir), tmp / checkpoint.HF_FILES)
+    checkpoint.copy_model_files(Path(c.driver.model_dir), tmp / checkpoint.HF_FILES)
     best = track_best(c.recipe, summary, step, metrics or {})
     driver_state = {
         "step": step,
-        "sampler": c.sampler.state_dict(),
-        "temperature": c.temperature.state_dict(),
-        "length_history": c.history.state_dict(),
+        "policy_version": c.schedule.version,
+        "sampler": c.driver.sampler.state_dict(),
+        "temperature": c.driver.temperature.state_dict(),
+        "length_history": c.driver.history.state_dict(),
         "rng": checkpoint.rng_state(),
-        "rollout_worker_restarts": c.rollouts.restarts,
+        "rollout_worker_restarts": c.rollout_workers.restarts,
         "summary": summary,
     }
     final = checkpoint.commit(tmp, checkpoint.step_dir(c.run_dir, step), driver_state)
@@ -374,14 +263,18 @@ def restore(c: Components, ckpt: Path) -> tuple[int, dict]:
     checkpoint.verify(ckpt)
     state = checkpoint.read_driver_state(ckpt)
     try:
-        ray.get(c.learner.load_state.remote(str(ckpt)))
+        ray.get(c.learner.load_state(str(ckpt)))
     except RayTaskError as err:  # it verified, so it was written by a different recipe (another model, no critic, ...)
         raise checkpoint.CheckpointError(f"{ckpt}: the learner cannot load it ({err.cause!r})") from None
-    c.sampler.load_state_dict(state["sampler"])
-    c.temperature.load_state_dict(state["temperature"])
-    c.history.load_state_dict(state["length_history"])
+    if "policy_version" in state:
+        c.schedule.version = state["policy_version"]
+    else:  # a checkpoint from before the driver owned the policy version: the learner kept it
+        c.schedule.version = json.loads((ckpt / "learner.json").read_text())["version"]
+    c.driver.sampler.load_state_dict(state["sampler"])
+    c.driver.temperature.load_state_dict(state["temperature"])
+    c.driver.history.load_state_dict(state["length_history"])
     checkpoint.set_rng_state(state["rng"])
-    c.rollouts.restarts = state["rollout_worker_restarts"]
+    c.rollout_workers.restarts = state["rollout_worker_restarts"]
     return state["step"], state["summary"]
 
 
@@ -398,9 +291,8 @@ def write_processes(c: Components) -> None:
     """RUN_DIR/processes.json: which process is which, for operators (and the fault tests) that need to find one.
     Process ids are asked once (a dead or stopped actor would not answer); replacements update them."""
     if c.learner_pids is None:
-        learners = getattr(c.learner, "actors", [c.learner])  # a DeepSpeed LearnerGroup holds one actor per rank
-        c.learner_pids = [actor_pid(a) for a in learners]
-    pids = {"driver": os.getpid(), "learners": c.learner_pids, "rollout_workers": c.rollouts.pids()}
+        c.learner_pids = [actor_pid(a) for a in c.learner.actors]
+    pids = {"driver": os.getpid(), "learners": c.learner_pids, "rollout_workers": c.rollout_workers.pids()}
     (c.run_dir / "processes.json").write_text(json.dumps(pids))
 
 
@@ -481,17 +373,18 @@ def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
         start_step, summary = restore(c, resume_from)
         checkpoint.discard_after(c.run_dir, start_step)
         print(f"resumed from {resume_from} (step {start_step})", flush=True)
-        sync_weights(c)
+        c.schedule.sync()
         return start_step, summary
     summary: dict = {"eval": {}}
     if recipe.sft is not None:
         spec = recipe.sft.data or recipe.data.train
-        pairs = [(e.prompt, e.solution) for e in build_examples(spec, recipe, c.tokenizer, "sft.data") if e.solution]
-        summary["sft"] = ray.get(c.learner.sft.remote(pairs, str(c.run_dir / "sft_tmp")))
+        pairs = [(e.prompt, e.solution) for e in build_examples(spec, recipe, c.driver.tokenizer, "sft.data") if e.solution]
+        summary["sft"] = ray.get(c.learner.sft(pairs, str(c.run_dir / "sft_tmp")))
         shutil.rmtree(c.run_dir / "sft_tmp", ignore_errors=True)  # TRL's output directory; the weights live on
+        c.schedule.version += 1  # the warm-up changed the weights: the workers get version 1
         print(f"SFT warm-up: {summary['sft']['sft/steps']} steps in {summary['sft']['time/sft']:.0f}s", flush=True)
-    ray.get(c.learner.start_rl.remote())
-    sync_weights(c)
+    ray.get(c.learner.start_rl())
+    c.schedule.sync()
     if recipe.trainer.eval_before:
         summary["eval"]["before"] = run_eval(c)
         print(f"held-out before RL: {json.dumps(summary['eval']['before'])}", flush=True)
@@ -509,13 +402,13 @@ def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_st
     try:
         with interrupt.step():  # a first Ctrl-C / SIGTERM from here: finish the step, save, stop
             while step < steps and not interrupt.requested:
-                restarts = c.rollouts.restarts
+                restarts = c.rollout_workers.restarts
                 metrics, samples = rl_step(c, step)
                 if recipe.trainer.eval_every and (step + 1) % recipe.trainer.eval_every == 0:
-                    metrics.update({f"eval/{k}": v for k, v in run_eval(c).items()})
+                    metrics = merge(metrics, {f"eval/{k}": v for k, v in run_eval(c).items()})
                 writer.log(step, metrics, samples)
                 step += 1
-                if c.rollouts.restarts != restarts:
+                if c.rollout_workers.restarts != restarts:
                     write_processes(c)
                 if every and step % every == 0:
                     save_checkpoint(c, step, summary, metrics)
@@ -542,7 +435,7 @@ def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_st
     if recipe.trainer.eval_after:
         summary["eval"]["after"] = run_eval(c)
         print(f"held-out after RL: {json.dumps(summary['eval']['after'])}", flush=True)
-    ray.get(c.learner.save_pretrained.remote(str(c.run_dir / "final")))
+    ray.get(c.learner.save_pretrained(str(c.run_dir / "final")))
     summary["steps"] = step
     summary["wall_seconds"] = time.perf_counter() - wall_start
     (c.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

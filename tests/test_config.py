@@ -106,3 +106,16 @@ def test_docs_recipe_reference_is_up_to_date():
     """docs/recipe.md is generated; a key added to the schema without regenerating it fails here."""
     docs = Path(__file__).resolve().parents[1] / "docs" / "recipe.md"
     assert docs.read_text() == reference_markdown() + "\n", "regenerate: python -m rlqa.config > docs/recipe.md"
+
+
+def test_overrides_are_accepted_anywhere_on_the_command_line(capsys):
+    from rlqa.cli import _parse
+
+    args = _parse(["train", "r.yaml", "a.b=1", "--run-dir", "D", "trainer.steps=1", "--resume", "c=[1, 2]"])
+    assert args.overrides == ["a.b=1", "trainer.steps=1", "c=[1, 2]"] and str(args.run_dir) == "D" and args.resume
+    assert _parse(["check", str(QUICKSTART), "trainer.steps=3"]).overrides == ["trainer.steps=3"]
+    with pytest.raises(SystemExit) as exit_:
+        _parse(["train", "r.yaml", "--run-dir", "D", "--bogus", "x=1"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse(["report", "D", "x=1"])  # report takes no overrides

@@ -14,7 +14,7 @@ import yaml
 from rlqa.cli import main
 from rlqa.config import validate_recipe
 from rlqa.learner.batch import TrainSample
-from rlqa.learner.group import LearnerGroup, start_learners
+from rlqa.learner.group import start_learners
 from rlqa.learner.plan import plan_micro_batches
 from rlqa.models import create_model_dir
 
@@ -61,11 +61,11 @@ def model_dir(tmp_path_factory):
 
 def first_update(model_dir: str, learner: dict, algorithm: dict, batch: list[TrainSample]) -> tuple[dict, dict]:
     """Metrics and weights after one update from the same initial policy."""
-    handle = start_learners(model_dir, recipe(learner, algorithm))
-    ray.get(handle.start_rl.remote())
-    metrics = ray.get(handle.update.remote(batch, 0.9, 0))
-    weights = ray.get(handle.weights.remote())
-    handle.shutdown() if isinstance(handle, LearnerGroup) else ray.kill(handle)
+    group = start_learners(model_dir, recipe(learner, algorithm))  # one learner, or a DeepSpeed group
+    ray.get(group.start_rl())
+    metrics = ray.get(group.update(batch, 0.9, 0))
+    weights = ray.get(group.weights())
+    group.shutdown()
     return metrics, weights
 
 

@@ -1,6 +1,6 @@
 """The micro-batch plan of a learner group: shares balanced by tokens, a token budget, equal counts per rank."""
 
-from rlqa.learner.group import deepspeed_config
+from rlqa.learner.deepspeed_engine import deepspeed_config
 from rlqa.learner.plan import equalize, pack_by_tokens, plan_micro_batches, shard_by_tokens
 from rlqa.config import LearnerConfig
 

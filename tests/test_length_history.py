@@ -46,17 +46,6 @@ def test_two_steps_use_history_from_before_each_step():
     assert history.get("p") == 50
 
 
-def test_merge_takes_the_minimum_per_prompt():
-    rank0, rank1 = LengthHistory(), LengthHistory()
-    rank0.update(["a", "b"], [100, 40], [True, True])
-    rank1.update(["a", "c"], [70, 55], [True, True])
-    rank0.merge(rank1)
-    # a: min(100, 70) = 70; b only on rank 0: 40; c only on rank 1: 55.
-    assert rank0.lengths_for(["a", "b", "c"]) == [70, 40, 55]
-    # The other side is left as it was.
-    assert rank1.lengths_for(["a", "b", "c"]) == [70, None, 55]
-
-
 def test_state_round_trips_through_json_keeping_id_types():
     history = LengthHistory()
     history.update(["a", 7, "7"], [12, 34, 56], [True, True, True])

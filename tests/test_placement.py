@@ -11,7 +11,7 @@ from rlqa.errors import UserError
 from rlqa.placement import layout, shortfall
 from rlqa.rollout.backends import check_backend
 from rlqa.rollout.types import Rollout
-from rlqa.scaleout import staleness
+from rlqa.stages import staleness
 
 
 def recipe(**sections):

@@ -43,7 +43,7 @@ def test_gpu_recipes_name_real_data_and_say_which_model_path_is_missing(path, tm
         if not file.is_file():
             pytest.skip(f"{file}: the shared benchmark data is not in this checkout's neighbourhood")
         # the loader reads the first rows in the recipe's format (chat templating needs the real tokenizer)
-        examples = load_examples(file, format=spec.format, limit=3, prompt_key=spec.prompt_key, answer_key=spec.answer_key)
+        examples = load_examples(file, spec.model_copy(update={"limit": 3, "chat_template": False, "system_prompt": None}))
         assert len(examples) == 3 and all(e.answer for e in examples)
     if Path(recipe.model.path).is_dir():
         pytest.skip(f"{recipe.model.path} exists here")

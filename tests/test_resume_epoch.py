@@ -5,15 +5,15 @@ import json
 
 import numpy as np
 
+from rlqa.config import SamplerConfig
 from rlqa.sampler import RolloutSampler
 
 IDS = [f"p{i}" for i in range(8)]
 
 
 def sampler() -> RolloutSampler:
-    return RolloutSampler(
-        IDS, prompts_per_step=4, rollouts_per_prompt=4, seed=3, n_min=2, n_max=6, schedule_delta=1, n_low=1, n_high=7
-    )
+    cfg = SamplerConfig(n_min=2, n_max=6, schedule_delta=1, n_low=1, n_high=7)
+    return RolloutSampler(IDS, cfg, prompts_per_step=4, rollouts_per_prompt=4, seed=3)
 
 
 def test_resume_at_the_end_of_an_epoch_starts_the_next_epoch():

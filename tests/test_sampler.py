@@ -7,15 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlqa.config import SamplerConfig
 from rlqa.errors import UserError
-from rlqa.sampler import (
-    BetaEstimator,
-    DynamicSampling,
-    RankEstimator,
-    RolloutSampler,
-    allocate,
-    filter_groups,
-)
+from rlqa.sampler import BetaEstimator, RankEstimator, RolloutSampler, allocate
 
 # ------------------------------------------------------------------------------------------------------------ allocate
 
@@ -189,9 +183,10 @@ def test_rank_estimator_state_round_trip():
 IDS = [f"q{i}" for i in range(10)]
 
 
-def make_sampler(ids=IDS, **overrides) -> RolloutSampler:
-    options = {"prompts_per_step": 4, "rollouts_per_prompt": 8, "seed": 7} | overrides
-    return RolloutSampler(ids, **options)
+def make_sampler(ids=IDS, prompts_per_step=4, seed=7, priors=None, **section) -> RolloutSampler:
+    """A sampler over `ids` with 8 rollouts per prompt; `section` holds the recipe's sampler keys."""
+    cfg = SamplerConfig(**section)
+    return RolloutSampler(ids, cfg, prompts_per_step=prompts_per_step, rollouts_per_prompt=8, seed=seed, priors=priors)
 
 
 def fake_outcomes(batch: list[tuple[str, int]], step: int) -> dict[str, list[bool]]:
@@ -408,72 +403,21 @@ def test_config_errors():
     with pytest.raises(ValueError):
         make_sampler(ids=["a", "a", "b", "c"])
     with pytest.raises(ValueError):
-        make_sampler(n_min=9)  # above rollouts_per_prompt
-    with pytest.raises(ValueError):
-        make_sampler(schedule_delta=2, n_low=0)
+        make_sampler(n_min=9)  # above rollouts_per_prompt: the schema's bounds refuse it
 
 
-# ---------------------------------------------------------------------------------------------------- dynamic sampling
+# -------------------------------------------------------------------------------------------------------------- refills
 
 
-def test_filter_groups_keeps_groups_with_signal():
-    rewards = {"a": [1.0, 1.0], "b": [0.0, 1.0], "c": [0.0, 0.0, 0.0], "d": [0.5], "e": [0.2, 0.2, 0.3]}
-    assert filter_groups(rewards) == ["b", "e"]
-
-
-def test_dynamic_sampling_refill_size_follows_the_signal_rate():
-    groups = DynamicSampling(target_groups=8, max_rounds=3)
-    first = {f"p{i}": [0.0, 1.0] if i < 6 else [1.0, 1.0] for i in range(8)}
-    assert groups.add(first) == [f"p{i}" for i in range(6)]
-    # 2 groups missing, 6 of 8 had signal → ceil(2 · 8 / 6) = ceil(2.67) = 3 prompts
-    assert groups.refill_size() == 3
-    assert groups.add({"x": [0.0, 1.0], "y": [0.0, 1.0], "z": [0.0, 1.0]}) == ["x", "y"]  # z is beyond the target
-    assert groups.kept == [f"p{i}" for i in range(6)] + ["x", "y"]
-    assert groups.refill_size() == 0
-    assert groups.metrics() == {"sampler/kept_groups": 8.0, "sampler/refill_rounds": 1.0,
-                                "sampler/signal_frac": 9 / 11}
-
-
-def test_dynamic_sampling_never_exceeds_its_rounds():
-    groups = DynamicSampling(target_groups=4, max_rounds=2)
-    no_signal = {f"p{i}": [1.0, 1.0] for i in range(4)}
-    groups.add(no_signal)
-    # No signal seen yet: a full batch of the target each time, twice, then stop.
-    assert groups.refill_size() == 4
-    groups.add(no_signal)
-    assert groups.refill_size() == 4
-    groups.add(no_signal)
-    assert groups.refill_size() == 0
-    assert groups.rounds == 2 and groups.kept == []
-
-
-def test_dynamic_sampling_respects_max_prompts():
-    groups = DynamicSampling(target_groups=4, max_rounds=5, max_prompts=10)
-    groups.add({f"p{i}": [1.0] for i in range(4)})
-    assert groups.refill_size() == 4
-    groups.add({f"r{i}": [1.0] for i in range(4)})
-    assert groups.refill_size() == 2  # 10 - 8 drawn
-    groups.add({f"s{i}": [1.0] for i in range(2)})
-    assert groups.refill_size() == 0
-
-
-def test_trainer_loop_with_dynamic_sampling_stays_within_caps():
+def test_refilled_steps_never_hold_a_prompt_twice():
     sampler = make_sampler(prompts_per_step=3, skip_mastered=0.95, revisit_prob=0.2)
     for step in range(12):
-        groups = DynamicSampling(target_groups=3, max_rounds=2, max_prompts=10)
-        batch = sampler.next_batch(step)
-        drawn, rounds = [], 0
-        while batch:
+        drawn = []
+        for size in (3, 2, 3):  # the first batch, then two refills (dynamic sampling)
+            batch = sampler.next_batch(step, num_prompts=size)
             drawn += [prompt_id for prompt_id, _ in batch]
-            outcomes = fake_outcomes(batch, step)
-            sampler.update(outcomes)
-            groups.add({prompt_id: [float(c) for c in correct] for prompt_id, correct in outcomes.items()})
-            refill = groups.refill_size()
-            batch = sampler.next_batch(step, num_prompts=refill) if refill else []
-            rounds += bool(batch)
-        assert rounds <= 2 and len(drawn) <= 3 * 3
-        assert len(set(drawn)) == len(drawn)  # no prompt twice within a step, even across an epoch boundary
-        assert len(groups.kept) <= 3
+            sampler.update(fake_outcomes(batch, step))
+        assert len(set(drawn)) == len(drawn) == 8  # no prompt twice within a step, even across an epoch boundary
 
 
 def test_a_step_cannot_draw_more_prompts_than_the_data_holds():

@@ -5,15 +5,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pydantic import ValidationError
+
+from rlqa.config import TemperatureConfig
 from rlqa.temperature import TemperatureController, annealed_target, next_temperature
 
 # V = 100: ln V = 4.605170, ln ln V = ln 4.605170 = 1.527180, so the denominator is 6.132350.
 DENOMINATOR_V100 = 6.132350
 
 
-def controller(**overrides) -> TemperatureController:
-    options = {"vocab_size": 100, "total_steps": 100, "anneal_fraction": 0.0} | overrides
-    return TemperatureController(**options)
+def controller(vocab_size=100, total_steps=100, **section) -> TemperatureController:
+    """A controller for V = 100 over 100 steps; `section` holds the recipe's temperature keys (no anneal unless set)."""
+    cfg = TemperatureConfig(**{"anneal_fraction": 0.0} | section)
+    return TemperatureController(cfg, vocab_size=vocab_size, total_steps=total_steps)
 
 
 def test_one_step_by_hand_rises_below_target():
@@ -57,9 +61,8 @@ def test_clipped_to_bounds():
     st.integers(2, 200_000),
 )
 def test_never_leaves_bounds(t_min, t_max, target, entropies, vocab_size):
-    temperature = TemperatureController(
-        initial=1.0, target=target, vocab_size=vocab_size, t_min=t_min, t_max=t_max, total_steps=40
-    )
+    cfg = TemperatureConfig(initial=1.0, target=target, t_min=t_min, t_max=t_max)
+    temperature = TemperatureController(cfg, vocab_size=vocab_size, total_steps=40)
     for step, entropy in enumerate(entropies, start=1):
         assert t_min <= temperature.update(entropy, step) <= t_max
 
@@ -69,7 +72,7 @@ def test_fixed_mode_never_moves_but_keeps_the_books():
     for step, entropy in enumerate([3.0, 0.1, 5.0, 0.01], start=1):
         assert temperature.update(entropy, step) == 0.7
     assert temperature.target == 3.0  # measured on the first update, reported for comparison
-    assert temperature.metrics() == {"rollout/temperature": 0.7, "policy/target_entropy": 3.0}
+    assert temperature.metrics() == {"policy/target_entropy": 3.0}
 
 
 def test_target_measured_over_warmup_while_temperature_holds():
@@ -78,7 +81,7 @@ def test_target_measured_over_warmup_while_temperature_holds():
     assert temperature.update(1.0, step=1) == 1.0
     assert temperature.update(2.0, step=2) == 1.0  # far off any target, yet T holds while measuring
     assert temperature.target is None
-    assert temperature.metrics() == {"rollout/temperature": 1.0}  # no target to report yet
+    assert temperature.metrics() == {}  # no target to report yet
     assert temperature.update(3.0, step=3) == 1.0
     assert temperature.target == 2.0  # (1 + 2 + 3) / 3
     # Now the rule: H* = 2, H = 1 → 1.113031
@@ -129,9 +132,9 @@ def test_rejects_entropy_that_was_not_measured(entropy):
 
 
 def test_rejects_bad_config():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError, match="need t_min <= initial <= t_max"):  # the schema's rule
         controller(initial=3.0)  # above t_max = 2
+    with pytest.raises(ValidationError):
+        controller(target=0.0)
     with pytest.raises(ValueError):
         controller(vocab_size=1)
-    with pytest.raises(ValueError):
-        controller(target=0.0)

@@ -8,17 +8,19 @@ A group whose rewards are all equal gets advantage exactly 0. This is forced, no
 eight rewards of 0.1 have a mean that differs from 0.1 by one ulp, and dividing that by (std + ε) with std ≈ 0
 turns it into an advantage of ≈ -0.0075 on every sample, i.e. a spurious push on a group that carries no signal.
 
-PPO's GAE needs a critic's values, so it lives in `gae.py` and is computed by the learner (recipe: `algorithm.name:
-ppo`, `advantage: gae`), not through this registry.
+The registry holds both kinds of estimator. "outcome" ones (above) need only the rewards and the groups, so the driver
+computes them; "token" ones need a critic's values per token, so the learner computes them: PPO's GAE (`gae.py`;
+recipe `algorithm.name: ppo`, `advantage: gae`).
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from rlqa.algorithms.gae import whiten
+from rlqa.algorithms.gae import gae_advantages, whiten
 
 
 def _group_sum(values: Tensor, dense_ids: Tensor, num_groups: int) -> Tensor:
@@ -98,20 +100,33 @@ def reinforce_pp_advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-
     return whiten(centered, torch.ones_like(centered, dtype=torch.bool), eps=eps)
 
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "grpo": grpo_advantages,
-    "dr_grpo": dr_grpo_advantages,
-    "rloo": rloo_advantages,
-    "reinforce_pp": reinforce_pp_advantages,
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """A registered estimator; calling it calls `compute`.
+
+    level "outcome": (rewards (N,), group_ids (N,)) -> advantages (N,), one per response; the driver computes it.
+    level "token": (token rewards (B, T), values (B, T), mask (B, T), gamma, lam) -> (advantages, returns), both
+    (B, T); the learner computes it from its critic's values.
+    """
+
+    compute: Callable
+    level: Literal["outcome", "token"]
+
+    def __call__(self, *args, **kwargs):
+        return self.compute(*args, **kwargs)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "grpo": AdvantageEstimator(grpo_advantages, "outcome"),
+    "dr_grpo": AdvantageEstimator(dr_grpo_advantages, "outcome"),
+    "rloo": AdvantageEstimator(rloo_advantages, "outcome"),
+    "reinforce_pp": AdvantageEstimator(reinforce_pp_advantages, "outcome"),
+    "gae": AdvantageEstimator(gae_advantages, "token"),
 }
 
 
-def get_advantage_estimator(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """The estimator `(rewards (N,), group_ids (N,)) -> advantages (N,)` registered under `name`."""
+def get_advantage_estimator(name: str) -> AdvantageEstimator:
+    """The estimator registered under `name`; an unknown name lists the supported ones."""
     if name not in ADVANTAGE_ESTIMATORS:
-        supported = ", ".join(sorted(ADVANTAGE_ESTIMATORS))
-        raise ValueError(
-            f"unknown advantage estimator {name!r}; supported: {supported} "
-            "(gae needs a critic: the learner computes it when the recipe says algorithm.name: ppo)"
-        )
+        raise ValueError(f"unknown advantage estimator {name!r}; supported: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}")
     return ADVANTAGE_ESTIMATORS[name]

@@ -1,4 +1,5 @@
-"""Prompt datasets: JSONL, Parquet, verl-style chat Parquet and GSM8K files, loaded as `Example`s."""
+"""Prompt datasets: JSONL, Parquet, verl-style chat Parquet, GSM8K and Hugging Face `datasets` directories, loaded as
+`Example`s."""
 
 from rlqa.data.example import Example
 from rlqa.data.loaders import load_examples

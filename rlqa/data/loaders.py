@@ -1,6 +1,8 @@
-"""Load prompt datasets from the file shapes users bring.
+"""Load prompt datasets from the file shapes users bring: JSONL, Parquet, or a Hugging Face `datasets` directory.
 
-Row styles (the `format` argument):
+Where the rows come from: a `.jsonl` (or .ndjson, ...) file, a `.parquet` file, or a directory written by
+`datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk` (read with `datasets.load_from_disk`; a DatasetDict
+gives its `split`). How they are read, the row style (the dataset section's `format`):
 - "jsonl" / "parquet": one column holds the prompt text, another the gold answer.
 - "verl": verl-style chat rows; `prompt` is a list of `{role, content}` messages and the gold answer sits at
   `reward_model.ground_truth`. Without a chat template the prompt text is the last user message.
@@ -24,10 +26,10 @@ from typing import Any
 import pyarrow
 import pyarrow.parquet
 
+from rlqa.config import DatasetConfig
 from rlqa.data.example import Example
 from rlqa.errors import UserError
 
-FORMATS = ("auto", "jsonl", "parquet", "verl", "gsm8k")
 JSONL_SUFFIXES = (".jsonl", ".json-lines", ".jsonlines", ".ndjson")
 
 # Keys used when the caller leaves prompt_key / answer_key as None.
@@ -37,46 +39,30 @@ _DEFAULT_ANSWER_KEY = {"jsonl": "answer", "parquet": "answer", "verl": "reward_m
 _GSM8K_CALCULATION = re.compile(r"<<.*?>>")
 
 
-def load_examples(
-    path: str | Path,
-    *,
-    format: str = "auto",
-    prompt_key: str | None = None,
-    answer_key: str | None = None,
-    solution_key: str | None = None,
-    id_key: str | None = None,
-    prompt_template: str = "{prompt}",
-    chat_template: bool = False,
-    tokenizer: Any = None,
-    system_prompt: str | None = None,
-    limit: int | None = None,
-) -> list[Example]:
-    """Read a dataset file into `Example`s, in file order.
+def load_examples(path: str | Path, spec: DatasetConfig | None = None, tokenizer: Any = None) -> list[Example]:
+    """Read a dataset file or directory into `Example`s, in its order, as the recipe's dataset section `spec` says
+    (default: every key at its default).
 
     prompt_key / answer_key default to the format's own columns ("prompt" / "answer"; verl: "prompt" /
     "reward_model.ground_truth"; gsm8k: "question" / "answer"). answer_key, solution_key and id_key may be dotted
     paths into nested dicts. prompt_template is a `str.format` template over the row's columns, where `{prompt}` is
-    the prompt text. With chat_template=True the templated text becomes the user message (after `system_prompt`, if
+    the prompt text. With chat_template the templated text becomes the user message (after `system_prompt`, if
     given; verl rows keep their own messages) rendered by `tokenizer.apply_chat_template(...,
     add_generation_prompt=True)`. prompt_id is the id_key column if given, else f"{file stem}-{row number - 1}".
     `columns` keeps every top-level column except those holding the prompt, answer and solution.
     """
     path = Path(path)
-    if format not in FORMATS:
-        raise UserError(f"{path}: unknown data format {format!r} (supported: {', '.join(FORMATS)})")
-    if limit is not None and limit < 1:
-        raise UserError(f"{path}: limit must be at least 1, got {limit}")
-    if system_prompt is not None and not chat_template:
-        raise UserError(f"{path}: a system prompt needs chat_template=True (it is only sent as a chat message)")
-    if chat_template:
+    spec = spec or DatasetConfig(path=str(path))
+    if spec.chat_template:
         _check_chat_template(path, tokenizer)
 
-    rows = list(_read_rows(path, format, limit))
+    rows = list(_read_rows(path, spec))
     if not rows:
         raise UserError(f"{path}: no rows")
-    style = _detect_style(rows[0][1], prompt_key or "prompt") if format == "auto" else format
-    prompt_key = prompt_key or _DEFAULT_PROMPT_KEY[style]
-    answer_key = answer_key or _DEFAULT_ANSWER_KEY[style]
+    style = _detect_style(rows[0][1], spec.prompt_key or "prompt") if spec.format == "auto" else spec.format
+    prompt_key = spec.prompt_key or _DEFAULT_PROMPT_KEY[style]
+    answer_key = spec.answer_key or _DEFAULT_ANSWER_KEY[style]
+    solution_key, id_key = spec.solution_key, spec.id_key
     consumed = {key.split(".")[0] for key in (prompt_key, answer_key, solution_key) if key is not None}
 
     examples = []
@@ -92,8 +78,8 @@ def load_examples(
         solution = _optional_text(row, solution_key, where) if solution_key else None
         if style == "gsm8k":
             answer, solution = _parse_gsm8k(answer, answer_key, where)
-        messages = _templated_messages(row, style, prompt_key, prompt_template, where)
-        text = _apply_chat_template(tokenizer, messages, system_prompt) if chat_template else messages[-1]["content"]
+        messages = _templated_messages(row, style, prompt_key, spec.prompt_template, where)
+        text = _apply_chat_template(tokenizer, messages, spec.system_prompt) if spec.chat_template else messages[-1]["content"]
         prompt_id = _required_text(row, id_key, where) if id_key else f"{path.stem}-{row_number - 1}"
         if prompt_id in seen_ids:
             raise UserError(f"{where}: duplicate id {prompt_id!r} in column {id_key!r}")
@@ -109,8 +95,11 @@ def load_examples(
     return examples
 
 
-def _read_rows(path: Path, format: str, limit: int | None) -> Iterator[tuple[int, dict]]:
+def _read_rows(path: Path, spec: DatasetConfig) -> Iterator[tuple[int, dict]]:
     """(1-based row number, row) pairs; JSONL rows are numbered by line, blank lines skipped."""
+    format, limit = spec.format, spec.limit
+    if path.is_dir():
+        return _read_dataset_dir(path, spec.split, limit)
     if not path.is_file():
         raise UserError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     suffix = path.suffix.lower()
@@ -151,6 +140,24 @@ def _read_parquet(path: Path, limit: int | None) -> Iterator[tuple[int, dict]]:
     if limit is not None:
         table = table.slice(0, limit)
     return enumerate(table.to_pylist(), start=1)
+
+
+def _read_dataset_dir(path: Path, split: str, limit: int | None) -> Iterator[tuple[int, dict]]:
+    """A directory `save_to_disk` wrote: a Dataset, or a DatasetDict whose `split` is taken."""
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{path}: not a saved Hugging Face dataset ({first_line})") from None
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise UserError(f"{path}: the dataset has no split {split!r} (it has {', '.join(data)}); set split")
+        data = data[split]
+    if limit is not None:
+        data = data.select(range(min(limit, len(data))))
+    return enumerate(data.to_list(), start=1)
 
 
 def _detect_style(first_row: dict, prompt_key: str) -> str:

@@ -1,4 +1,4 @@
-"""Build the examples a recipe's dataset section describes: a file, or a built-in generated task."""
+"""Build the examples a recipe's dataset section describes: a file or dataset directory, or a built-in generated task."""
 
 from __future__ import annotations
 
@@ -11,26 +11,12 @@ from rlqa.tasks.arithmetic import make_examples
 
 def build_examples(spec: DatasetConfig, recipe: Recipe, tokenizer, where: str) -> list[Example]:
     if spec.task == "arithmetic":
-        examples = make_examples(
-            spec.split, spec.size, seed=spec.seed, levels=spec.levels, verbose_fraction=spec.verbose_fraction, worked_fraction=spec.worked_fraction
-        )
+        examples = make_examples(spec)
     else:
         path = resolve_path(recipe, spec.path)
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"{where}.path: file not found: {path}")
-        examples = load_examples(
-            path,
-            format=spec.format,
-            prompt_key=spec.prompt_key,
-            answer_key=spec.answer_key,
-            solution_key=spec.solution_key,
-            id_key=spec.id_key,
-            prompt_template=spec.prompt_template,
-            chat_template=spec.chat_template,
-            tokenizer=tokenizer,
-            system_prompt=spec.system_prompt,
-            limit=spec.limit,
-        )
+        examples = load_examples(path, spec, tokenizer)
     if spec.limit is not None:
         examples = examples[: spec.limit]
     ids = [e.prompt_id for e in examples]

@@ -17,6 +17,7 @@ import copy
 import torch
 from transformers import AutoModel
 
+from rlqa.algorithms.losses import value_loss
 from rlqa.config import CriticConfig
 from rlqa.learner.batch import TensorBatch
 
@@ -30,6 +31,7 @@ class Critic(torch.nn.Module):
     def __init__(self, cfg: CriticConfig, policy: torch.nn.Module, dtype: torch.dtype, trust_remote_code: bool = False):
         super().__init__()
         self.kind = cfg.kind
+        self.value_clip = cfg.value_clip
         self.backbone = None
         if cfg.kind == "separate":
             if cfg.path is None:
@@ -53,3 +55,8 @@ class Critic(torch.nn.Module):
         else:
             hidden = self.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         return self.head(hidden[:, :-1].float()).squeeze(-1)  # (B, L-1)
+
+    def loss(self, batch: TensorBatch, policy_hidden: torch.Tensor | None, aggregation: str, max_len: int | None) -> torch.Tensor:
+        """The clipped value loss against the batch's returns, around its old values (`value_loss`). Returns ()."""
+        values = self.values(batch, policy_hidden)  # (B, L-1)
+        return value_loss(values, batch.old_values, batch.returns, batch.mask, self.value_clip, aggregation, max_len)

@@ -15,11 +15,10 @@ from typing import Protocol
 
 import torch
 
+from rlqa.config import ModelConfig, RolloutConfig
 from rlqa.errors import UserError
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 from rlqa.rollout.weight_sync import WeightSpec
-
-BACKENDS = ("hf", "vllm")
 
 
 class GenerationBackend(Protocol):
@@ -44,9 +43,8 @@ class GenerationBackend(Protocol):
 
 
 def check_backend(backend: str, gpus_available: float) -> None:
-    """A user error (exit 2, one line) when the recipe asks for a backend this installation or cluster cannot run."""
-    if backend not in BACKENDS:
-        raise UserError(f"rollout.backend: unknown backend {backend!r}; supported: {', '.join(BACKENDS)}")
+    """A user error (exit 2, one line) when the recipe asks for a backend this installation or cluster cannot run
+    (the schema has checked the name)."""
     if backend == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise UserError("rollout.backend: vllm is not installed; pip install 'rlqa[vllm]' or use backend: hf")
@@ -54,15 +52,16 @@ def check_backend(backend: str, gpus_available: float) -> None:
             raise UserError("rollout.backend: vllm needs a GPU and the Ray cluster has none; use backend: hf")
 
 
-def make_backend(name: str, model_dir: str, dtype: str, micro_batch_size: int, trust_remote_code: bool, gpu_memory: float):
-    if name == "vllm":
+def make_backend(model_dir: str, model: ModelConfig, rollout: RolloutConfig) -> GenerationBackend:
+    """The engine `rollout.backend` names, holding the policy in `model_dir` (the recipe's validated sections)."""
+    if rollout.backend == "vllm":
         from rlqa.rollout.vllm_backend import VLLMBackend
 
-        return VLLMBackend(model_dir, dtype, gpu_memory, trust_remote_code)
+        return VLLMBackend(model_dir, model.dtype, rollout.vllm_gpu_memory, model.trust_remote_code)
     from rlqa.models import load_model, load_tokenizer
     from rlqa.rollout.hf_backend import HFBackend
 
-    model = load_model(model_dir, dtype, trust_remote_code)
+    policy = load_model(model_dir, model.dtype, model.trust_remote_code)
     if torch.cuda.is_available():  # Ray shows a worker its GPU only when it asked for one
-        model = model.to("cuda")
-    return HFBackend(model, load_tokenizer(model_dir, trust_remote_code), micro_batch_size)
+        policy = policy.to("cuda")
+    return HFBackend(policy, load_tokenizer(model_dir, model.trust_remote_code), rollout.micro_batch_size)

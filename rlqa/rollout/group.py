@@ -52,17 +52,12 @@ class RolloutGroup:
         self.max_retries = recipe.rollout.max_retries
         self.workers = [self._start_worker(i) for i in range(recipe.rollout.workers)]
         self._pids: list[int] | None = None  # asked once, while every worker is healthy; a replacement updates its slot
-        self.weights_ref = None
-        self.version = 0
+        self.weights_ref = None  # the weights last loaded through the object store, for a replacement worker
         self.restarts = 0  # over the whole run; the trainer keeps it in the checkpoint
 
     def _start_worker(self, index: int):
-        cfg = self.recipe.rollout
         actor = ray.remote(RolloutWorker).options(**self.actor_options[index])
-        return actor.remote(
-            self.model_dir, self.recipe.model.dtype, cfg.micro_batch_size, cfg.torch_threads, self.recipe.model.trust_remote_code,
-            backend=cfg.backend, gpu_memory=cfg.vllm_gpu_memory,
-        )
+        return actor.remote(self.model_dir, self.recipe.model, self.recipe.rollout)
 
     def pids(self) -> list[int]:
         """The workers' process ids, without asking a worker that may hang now."""
@@ -70,12 +65,11 @@ class RolloutGroup:
             self._pids = [actor_pid(w) for w in self.workers]
         return list(self._pids)
 
-    def sync(self, weights, version: int) -> None:
-        """Send new weights to every worker through the object store (one copy, read by all). A worker that died
+    def load_weights(self, weights) -> None:
+        """New weights into every worker through the object store (one copy, read by all). A worker that died
         since the last step is replaced here, and the replacement gets these weights."""
         self.weights_ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
-        self.version = version
-        loads = [w.load_weights.remote(self.weights_ref, version) for w in self.workers]
+        loads = [w.load_weights.remote(self.weights_ref) for w in self.workers]
         for index, ref in enumerate(loads):
             try:
                 ray.get(ref, timeout=self.deadline_s)
@@ -91,25 +85,23 @@ class RolloutGroup:
             pass
         self.workers[index] = self._start_worker(index)
         if self.weights_ref is not None:
-            ray.get(self.workers[index].load_weights.remote(self.weights_ref, self.version))
+            ray.get(self.workers[index].load_weights.remote(self.weights_ref))
         self.restarts += 1
         pid = actor_pid(self.workers[index])
         if self._pids is not None:
             self._pids[index] = pid
-        log.warning(
-            "rollout worker %d replaced in %.1fs (pid %d, policy version %d)",
-            index, time.perf_counter() - started, pid, self.version,
-        )
+        log.warning("rollout worker %d replaced in %.1fs (pid %d)", index, time.perf_counter() - started, pid)
 
-    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
-        """All requests' rollouts, in request order. A dead or hung worker is replaced and its share redone."""
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]:
+        """All requests' rollouts, in request order, tagged with policy `version`. A dead or hung worker is replaced
+        and its share redone."""
         shares = split_evenly(requests, len(self.workers))
         pending: dict = {}  # ObjectRef -> (worker index, deadline)
         results: dict[int, list[Rollout]] = {}
         failures = [0] * len(shares)
 
         def send(index: int) -> None:
-            ref = self.workers[index].generate.remote(shares[index], params)
+            ref = self.workers[index].generate.remote(shares[index], params, version)
             pending[ref] = (index, time.monotonic() + self.deadline_s)
 
         for index, share in enumerate(shares):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -31,4 +31,3 @@ class Rollout:
     finish_reason: str  # "stop" | "length"
     policy_version: int
     text: str = ""  # the decoded completion, without special tokens
-    extras: dict = field(default_factory=dict)

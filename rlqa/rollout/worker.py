@@ -4,49 +4,38 @@ from __future__ import annotations
 
 import torch
 
+from rlqa.config import ModelConfig, RolloutConfig
 from rlqa.models import quiet_hf
 from rlqa.rollout.backends import make_backend
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 
 
 class RolloutWorker:
-    def __init__(
-        self, model_dir: str, dtype: str, micro_batch_size: int, torch_threads: int, trust_remote_code=False,
-        backend: str = "hf", gpu_memory: float = 0.4,
-    ):
+    def __init__(self, model_dir: str, model: ModelConfig, rollout: RolloutConfig):
         quiet_hf()
-        torch.set_num_threads(torch_threads)
-        self.backend = make_backend(backend, model_dir, dtype, micro_batch_size, trust_remote_code, gpu_memory)
-        self.version = 0
+        torch.set_num_threads(rollout.torch_threads)
+        self.backend = make_backend(model_dir, model, rollout)
 
-    def load_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.backend.load_weights(weights.items())
-        self.version = version
-        return version
 
     def join_channel(self, host: str, port: int, rank: int, world_size: int) -> None:
         self.backend.join_channel(host, port, rank, world_size)
 
-    def receive_weights(self, spec, version: int) -> int:
-        """Weights over the broadcast channel (rlqa.rollout.direct_sync), straight into the engine."""
+    def receive_weights(self, spec) -> None:
+        """Weights over the broadcast channel (rlqa.rollout.sync), straight into the engine."""
         self.backend.receive(spec)
-        self.version = version
-        return version
 
-    def load_ipc_weights(self, handles: dict, version: int) -> int:
+    def load_ipc_weights(self, handles: dict) -> None:
         """Weights from CUDA IPC handles of the colocated learner's tensors."""
         self.backend.load_ipc(handles)
-        self.version = version
-        return version
 
-    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
-        return self.backend.generate(requests, params, self.version)
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]:
+        """Rollouts tagged with `version`, the driver's count of the weights this worker was last sent."""
+        return self.backend.generate(requests, params, version)
 
     def sleep(self) -> None:
         self.backend.sleep()
 
     def wake(self) -> None:
         self.backend.wake()
-
-    def ping(self) -> int:
-        return self.version

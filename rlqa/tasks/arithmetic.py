@@ -27,10 +27,13 @@ import operator
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from rlqa.data.example import Example
 from rlqa.errors import UserError
+
+if TYPE_CHECKING:
+    from rlqa.config import DatasetConfig
 
 
 @dataclass(frozen=True)
@@ -72,34 +75,18 @@ class _Problem:
         return "".join(pieces)
 
 
-def make_examples(
-    split: Literal["train", "test"],
-    n: int,
-    *,
-    seed: int,
-    levels: Sequence[int] = (1, 2, 3, 4),
-    verbose_fraction: float = 0.5,
-    worked_fraction: float = 0.5,
-) -> list[Example]:
-    """n distinct problems of `split`, spread evenly over `levels`, in a seeded random order.
+def make_examples(spec: "DatasetConfig") -> list[Example]:
+    """The recipe's dataset section `spec` (task: arithmetic, validated): n = `size` distinct problems of `split`,
+    spread evenly over `levels`, in an order seeded by `seed`.
 
     A level with fewer distinct problems than its even share (level 1 has 100 in all) gives all it has and the
     other levels share the rest. Each solution shows place-value work with probability worked_fraction and is
     verbose with probability verbose_fraction.
     columns = {"level": level, "rank": (level - 1) / len(LEVELS)}, an offline difficulty prior in [0, 1).
-    Same arguments -> the same list.
+    Same section -> the same list.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    unknown = sorted(set(levels) - set(LEVELS))
-    if unknown or not levels or len(set(levels)) != len(levels):
-        raise UserError(f"arithmetic task: levels must be distinct values among {sorted(LEVELS)}, got {list(levels)}")
-    for name, fraction in (("verbose_fraction", verbose_fraction), ("worked_fraction", worked_fraction)):
-        if not 0.0 <= fraction <= 1.0:
-            raise UserError(f"arithmetic task: {name} must be in [0, 1], got {fraction}")
-    if n < 1:
-        raise UserError(f"arithmetic task: the number of examples must be at least 1, got {n}")
-
+    split, n, seed, levels = spec.split, spec.size, spec.seed, spec.levels
+    verbose_fraction, worked_fraction = spec.verbose_fraction, spec.worked_fraction
     rng = random.Random(f"arithmetic-{split}-{seed}")
     pools = {level: _listed_pool(level, split) for level in levels}
     capacities = [math.inf if pools[level] is None else len(pools[level]) for level in levels]

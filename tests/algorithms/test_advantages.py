@@ -61,7 +61,10 @@ def test_reinforce_pp_whitens_over_the_batch():
     assert advantages.std().item() == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(ADVANTAGE_ESTIMATORS))
+OUTCOME_ESTIMATORS = sorted(name for name, e in ADVANTAGE_ESTIMATORS.items() if e.level == "outcome")
+
+
+@pytest.mark.parametrize("name", OUTCOME_ESTIMATORS)
 def test_all_equal_group_gets_exactly_zero(name):
     # Eight float32 rewards of 0.1: their mean is one ulp off 0.1, which naive (r - mean) / (std + eps) turns into
     # ≈ -0.0075. The estimators must give exactly 0 for that group; the other group (0, 1) still gets signal.
@@ -72,7 +75,7 @@ def test_all_equal_group_gets_exactly_zero(name):
     assert advantages[9] > 0 > advantages[8]
 
 
-@pytest.mark.parametrize("name", sorted(ADVANTAGE_ESTIMATORS))
+@pytest.mark.parametrize("name", OUTCOME_ESTIMATORS)
 def test_singleton_groups_get_zero(name):
     advantages = get_advantage_estimator(name)(torch.tensor([3.0, -1.0]), torch.tensor([0, 1]))
     assert torch.equal(advantages, torch.zeros(2))
@@ -87,8 +90,18 @@ def test_group_stats_per_sample():
 
 
 def test_unknown_estimator_lists_the_supported_ones():
-    with pytest.raises(ValueError, match="dr_grpo, grpo, reinforce_pp, rloo.*critic"):
-        get_advantage_estimator("gae")
+    with pytest.raises(ValueError, match="dr_grpo, gae, grpo, reinforce_pp, rloo"):
+        get_advantage_estimator("ppo")
+
+
+def test_gae_is_registered_as_the_learners_token_level_estimator():
+    # the driver computes outcome advantages from rewards and groups; GAE needs the critic, so the learner does
+    assert OUTCOME_ESTIMATORS == ["dr_grpo", "grpo", "reinforce_pp", "rloo"]
+    gae = get_advantage_estimator("gae")
+    assert gae.level == "token"
+    advantages, returns = gae(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 0.5]]), torch.ones(1, 2), 1.0, 1.0)
+    # δ1 = 1 - 0.5 = 0.5 = A1; δ0 = 0.5 - 0.5 = 0, A0 = 0 + 0.5 = 0.5; returns = A + V = 1, 1
+    assert torch.allclose(advantages, torch.tensor([[0.5, 0.5]])) and torch.allclose(returns, torch.ones(1, 2))
 
 
 def test_rejects_integer_rewards_and_mismatched_shapes():

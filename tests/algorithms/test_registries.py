@@ -9,6 +9,7 @@ import yaml
 from rlqa.algorithms.advantages import ADVANTAGE_ESTIMATORS
 from rlqa.algorithms.kl import KL_ESTIMATORS
 from rlqa.algorithms.losses import AGGREGATIONS
+from rlqa.algorithms.policy_losses import POLICY_LOSSES
 from rlqa.cli import main
 from rlqa.config import AlgorithmConfig
 
@@ -18,7 +19,8 @@ def _choices(field: str) -> set[str]:
 
 
 def test_recipe_choices_are_the_registered_names():
-    assert _choices("advantage") == set(ADVANTAGE_ESTIMATORS) | {"gae"}  # gae: the learner's, from the critic
+    assert _choices("advantage") == set(ADVANTAGE_ESTIMATORS)
+    assert _choices("policy_loss") == set(POLICY_LOSSES)
     assert _choices("kl_estimator") == set(KL_ESTIMATORS)
     assert _choices("loss_aggregation") == set(AGGREGATIONS)
 
@@ -32,11 +34,13 @@ def test_recipe_choices_are_the_registered_names():
         ("algorithm.critic.kind=shared", "algorithm.critic.kind: Input should be 'head' or 'separate'"),
         ("algorithm.advantage=gae", "algorithm: name 'ppo' goes with advantage 'gae'"),
         ("algorithm.kl_in_reward=true", "algorithm: kl_in_reward is PPO's token-level reward"),
+        ("algorithm.policy_loss=ppo", "algorithm.policy_loss: Input should be 'clip', 'gspo' or 'cispo'"),
+        ("algorithm.dual_clip=3", "algorithm: dual_clip belongs to the clipped surrogate"),
     ],
 )
 def test_bad_algorithm_names_exit_2_naming_the_key(tmp_path, capsys, override, named):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"algorithm": {"kl_coef": 0.01}}))
+    recipe.write_text(yaml.safe_dump({"algorithm": {"kl_coef": 0.01, "policy_loss": "cispo"}}))
     assert main(["check", str(recipe), override]) == 2
     err = capsys.readouterr().err.strip()
     assert named in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -5,8 +5,15 @@ import statistics
 import math_verify
 import pytest
 
+from rlqa.config import DatasetConfig, validate_recipe
 from rlqa.errors import UserError
-from rlqa.tasks.arithmetic import LEVELS, _Problem, _solution, make_examples, split_of
+from rlqa.tasks.arithmetic import LEVELS, _Problem, _solution, split_of
+from rlqa.tasks.arithmetic import make_examples as make_from_section
+
+
+def make_examples(split: str, n: int, *, seed: int, **section) -> list:
+    """The task's examples for a data section holding `split`, `size: n`, `seed` and `section`."""
+    return make_from_section(DatasetConfig(task="arithmetic", split=split, size=n, seed=seed, **section))
 
 PROMPT = re.compile(r"(\d+(?:[-+*]\d+)+)=\?\n")
 STEP = re.compile(r"(-?\d+)([-+*])(\d+)=(?:.*=)?(-?\d+)")  # a step line; worked steps have parts in between
@@ -178,18 +185,20 @@ def test_text_is_printable_ascii_or_newline():
         assert PROMPT.fullmatch(example.prompt)
 
 
-def test_bad_arguments():
-    with pytest.raises(UserError, match=r"levels must be distinct values among \[1, 2, 3, 4, 5\], got \[1, 9\]"):
-        make_examples("train", 10, seed=0, levels=(1, 9))
-    with pytest.raises(UserError, match=r"got \[2, 2\]"):
-        make_examples("train", 10, seed=0, levels=(2, 2))
-    with pytest.raises(UserError, match=r"verbose_fraction must be in \[0, 1\], got 1.5"):
-        make_examples("train", 10, seed=0, verbose_fraction=1.5)
-    with pytest.raises(UserError, match=r"worked_fraction must be in \[0, 1\], got -0.1"):
-        make_examples("train", 10, seed=0, worked_fraction=-0.1)
-    with pytest.raises(UserError, match="at least 1, got 0"):
-        make_examples("train", 0, seed=0)
+def test_bad_sections_are_refused_by_the_schema():
+    def message(section: dict) -> str:
+        with pytest.raises(UserError) as err:
+            validate_recipe({"data": {"train": {"task": "arithmetic", **section}}}, source="r.yaml", base_dir=".")
+        return str(err.value)
+
+    assert message({"levels": [1, 9]}) == "r.yaml: data.train: levels must be distinct values among [1, 2, 3, 4, 5], got [1, 9]"
+    assert message({"levels": [2, 2]}).endswith("got [2, 2]")
+    assert message({"levels": []}).endswith("got []")
+    assert message({"verbose_fraction": 1.5}) == "r.yaml: data.train.verbose_fraction: Input should be less than or equal to 1"
+    assert message({"size": 0}) == "r.yaml: data.train.size: Input should be greater than 0"
+    assert message({"split": "valid"}) == "r.yaml: data.train.split: Input should be 'train' or 'test'"
+
+
+def test_asking_for_more_problems_than_the_levels_have():
     with pytest.raises(UserError, match="asked for 22 test examples but these levels have 21"):
         make_examples("test", 22, seed=0, levels=(1,))
-    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
-        make_examples("valid", 10, seed=0)

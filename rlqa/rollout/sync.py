@@ -1,0 +1,92 @@
+"""How new policy weights reach the rollout workers after an update (`rollout.weight_sync`): one interface, three
+transports.
+
+- `object_store`: the learner's weights go into Ray's object store once and every worker reads that copy (what a CPU
+  run needs anyway). A worker replaced after a failure loads the same copy.
+- `broadcast`: the learner (rank 0 of the learner group) and every worker form one BroadcastChannel (NCCL on GPUs,
+  gloo on CPU); each update is one broadcast per tensor, received in place by each engine.
+- `ipc`: learner and workers share a GPU (ray.placement: colocate); the learner exports CUDA IPC handles of its
+  parameters and each engine copies from that memory.
+
+The learner side of the direct transports runs through Ray's `__ray_call__`, so the Learner class needs no transport
+code. Under ZeRO-3 the parameters are partitioned across learner ranks; recipes using it keep `object_store` (the
+config says so). A worker replaced after a failure could not rejoin a formed NCCL group mid-step, so the direct
+modes stop the run on a worker failure instead (`rollout.max_retries: 0`); the channel is formed again if the worker
+list changes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import ray
+
+from rlqa.rollout.weight_sync import BroadcastChannel, ipc_handles, rendezvous_address, weight_spec
+
+
+class WeightSync(Protocol):
+    def sync(self, learner, group) -> None:
+        """The learner group's current policy weights into every worker of the RolloutGroup `group`."""
+
+
+class ObjectStoreSync:
+    def sync(self, learner, group) -> None:
+        group.load_weights(learner.weights())
+
+
+def _learner_address(learner) -> tuple[str, int]:
+    return rendezvous_address()
+
+
+def _learner_join(learner, host: str, port: int, world_size: int) -> list:
+    model = learner.policy.model
+    learner.weight_channel = BroadcastChannel(host, port, 0, world_size, next(model.parameters()).device)
+    return weight_spec(model.state_dict())
+
+
+def _learner_send(learner) -> None:
+    learner.weight_channel.send(learner.policy.model.state_dict())
+
+
+def _learner_export(learner) -> dict:
+    state = {k: v.detach().contiguous() for k, v in learner.policy.model.state_dict().items()}
+    learner.exported = state  # alive until the workers have copied from it
+    return ipc_handles(state)
+
+
+def _learner_release(learner) -> None:
+    learner.exported = None
+
+
+class BroadcastSync:
+    def __init__(self):
+        self.members: list = []
+        self.spec = None
+
+    def sync(self, learner, group) -> None:
+        sender = learner.leader
+        if self.members != group.workers:
+            self._form(sender, group.workers)
+        sending = sender.__ray_call__.remote(_learner_send)
+        ray.get([w.receive_weights.remote(self.spec) for w in group.workers] + [sending])
+
+    def _form(self, sender, workers: list) -> None:
+        """Rendezvous: the learner hosts the store, every worker joins (all block until the group is complete)."""
+        host, port = ray.get(sender.__ray_call__.remote(_learner_address))
+        world = 1 + len(workers)
+        joined = [w.join_channel.remote(host, port, rank, world) for rank, w in enumerate(workers, start=1)]
+        self.spec = ray.get(sender.__ray_call__.remote(_learner_join, host, port, world))
+        ray.get(joined)
+        self.members = list(workers)
+
+
+class IpcSync:
+    def sync(self, learner, group) -> None:
+        sender = learner.leader
+        handles = ray.get(sender.__ray_call__.remote(_learner_export))
+        ray.get([w.load_ipc_weights.remote(handles) for w in group.workers])
+        ray.get(sender.__ray_call__.remote(_learner_release))
+
+
+def make_weight_sync(mode: str) -> WeightSync:
+    return {"object_store": ObjectStoreSync, "broadcast": BroadcastSync, "ipc": IpcSync}[mode]()

@@ -1,0 +1,212 @@
+"""The stages of one RL step (DESIGN.md "One step"), as functions over one typed `StepBatch`.
+
+Each stage reads what earlier stages put into the batch, adds its own part, and returns its metrics under its own
+namespace; the trainer merges them and refuses a key produced twice (`rlqa.metrics.merge`). The batch computes each
+grouping of rollouts by prompt once (`group_ids`, `groups`), and every stage uses those.
+
+    generate_batch         1-2   prompts and rollout counts from the sampler, then generation      rollout/*
+    score                  3     rewards, correctness                                              reward/*, correct/*
+    advance_sampler        4     difficulty estimates and the length history                       sampler/*
+    estimate_advantages    5     outcome advantages (token-level ones, GAE, are the learner's)     advantage/*
+    (the Schedule trains: 5, the learner's update; and syncs the weights: 7)                      policy/*, critic/*
+    update_temperature     6     the controller follows the entropy just measured                  policy/target_entropy
+
+Later stages slot in the same way: DAPO's dynamic sampling is a refill loop around stages 1-3 that extends the
+batch; the learner-vs-sampler log-prob gap reads the batch's sampling log-probs after the update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from rlqa.algorithms.advantages import get_advantage_estimator
+from rlqa.config import Recipe
+from rlqa.data.example import Example
+from rlqa.learner.batch import TrainSample
+from rlqa.length_history import LengthHistory
+from rlqa.rollout.group import RolloutGroup
+from rlqa.rollout.seeding import sample_seed
+from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
+from rlqa.sampler import RolloutSampler
+from rlqa.temperature import TemperatureController
+from rewards.pipeline import RewardPipeline
+
+
+@dataclass
+class StepBatch:
+    """One step's data. `rollouts` are in request order: prompt by prompt as the sampler drew them, then by sample
+    index. Stages fill the later fields; N = number of rollouts, K = those kept (not dropped by a reward failure)."""
+
+    step: int
+    temperature: float  # the temperature the rollouts were sampled at (and the update's forward uses)
+    prompts: list[tuple[str, int]]  # (prompt id, rollout count) in the sampler's order
+    rollouts: list[Rollout]  # (N,)
+    rewards: list[float] = field(default_factory=list)  # (N,) total reward; NaN where dropped          (stage 3)
+    correct: list[bool | None] = field(default_factory=list)  # (N,) None: no verdict                 (stage 3)
+    dropped: list[bool] = field(default_factory=list)  # (N,)                                           (stage 3)
+    advantages: torch.Tensor | None = None  # (K,) outcome advantages; None when the learner computes them (stage 5)
+
+    @cached_property
+    def group_ids(self) -> torch.Tensor:
+        """(N,) long: the position of each rollout's prompt in `prompts`."""
+        index = {prompt_id: g for g, (prompt_id, _) in enumerate(self.prompts)}
+        return torch.tensor([index[r.prompt_id] for r in self.rollouts], dtype=torch.long)
+
+    @cached_property
+    def groups(self) -> list[list[int]]:
+        """The rollout indices of each prompt, in `prompts` order."""
+        members: list[list[int]] = [[] for _ in self.prompts]
+        for i, g in enumerate(self.group_ids.tolist()):
+            members[g].append(i)
+        return members
+
+    @property
+    def kept(self) -> list[int]:
+        """Indices of the rollouts a reward failure did not drop."""
+        return [i for i, dropped in enumerate(self.dropped) if not dropped]
+
+    def kept_rewards(self) -> torch.Tensor:
+        """(K,) float32 total rewards of the kept rollouts."""
+        return torch.tensor([self.rewards[i] for i in self.kept], dtype=torch.float32)
+
+    def train_samples(self) -> list[TrainSample]:
+        """What the learner trains on: the kept rollouts with their advantage (0 when the learner computes its own)
+        and reward."""
+        kept, rewards = self.kept, self.kept_rewards()
+        advantages = torch.zeros_like(rewards) if self.advantages is None else self.advantages
+        return [
+            TrainSample(self.rollouts[i].prompt_tokens, self.rollouts[i].completion_tokens, self.rollouts[i].logprobs, a, reward=r)
+            for i, a, r in zip(kept, advantages.tolist(), rewards.tolist())
+        ]
+
+
+# -- 1-2. prompts, then their rollouts ---------------------------------------------------------------------------------
+
+
+def generate_batch(
+    step: int, temperature: float, version: int, *,
+    sampler: RolloutSampler, rollout_workers: RolloutGroup, prompt_tokens: dict[str, tuple[int, ...]], recipe: Recipe,
+) -> StepBatch:
+    """The step's prompts and rollout counts, then their generation by the workers holding policy `version`, each
+    sample seeded by (run seed, step, prompt id, sample index)."""
+    cfg = recipe.rollout
+    prompts = sampler.next_batch(step)
+    requests = [
+        GenerationRequest(pid, j, prompt_tokens[pid], sample_seed(recipe.trainer.seed, step, pid, j))
+        for pid, count in prompts
+        for j in range(count)
+    ]
+    params = SamplingParams(temperature, cfg.max_new_tokens, cfg.top_k, cfg.top_p)
+    return StepBatch(step, temperature, prompts, rollout_workers.generate(requests, params, version))
+
+
+def rollout_metrics(batch: StepBatch, version: int, worker_restarts: int) -> dict[str, float]:
+    """What was generated, and how many policy versions behind `version` (the policy the update started from + 1)."""
+    rollouts = batch.rollouts
+    lengths = [len(r.completion_tokens) for r in rollouts]
+    correct_lengths = [n for n, ok in zip(lengths, batch.correct) if ok]
+    return {
+        "rollout/temperature": batch.temperature,
+        "rollout/count": float(len(rollouts)),
+        "rollout/tokens": float(sum(lengths)),
+        "rollout/length_mean": sum(lengths) / len(lengths),
+        "rollout/length_correct_mean": sum(correct_lengths) / len(correct_lengths) if correct_lengths else math.nan,
+        "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
+        "rollout/dropped": float(len(rollouts) - len(batch.kept)),
+        "rollout/worker_restarts": float(worker_restarts),
+        "rollout/staleness": staleness(version - 1, rollouts),
+    }
+
+
+def staleness(trained_version: int, rollouts: list[Rollout]) -> float:
+    """Policy versions between the weights an update starts from and those that sampled its rollouts (mean):
+    0 when synchronous, 1 in async mode (generated during the previous update)."""
+    return trained_version - sum(r.policy_version for r in rollouts) / len(rollouts)
+
+
+# -- 3. rewards ----------------------------------------------------------------------------------------------------------
+
+
+def reward_columns(batch: StepBatch, examples: dict[str, Example], history: LengthHistory, max_new_tokens: int) -> dict[str, list]:
+    """The columns every reward function may ask for, aligned with the rollouts."""
+    rollouts = batch.rollouts
+    rows = [examples[r.prompt_id] for r in rollouts]
+    columns: dict[str, list] = {
+        "answer": [e.answer for e in rows],
+        "prompt_id": [r.prompt_id for r in rollouts],
+        "completion_length": [len(r.completion_tokens) for r in rollouts],
+        "finish_reason": [r.finish_reason for r in rollouts],
+        "max_new_tokens": [max_new_tokens] * len(rollouts),
+        "history_length": history.lengths_for([r.prompt_id for r in rollouts]),
+    }
+    for key in sorted({k for e in rows for k in e.columns}):
+        columns.setdefault(key, [e.columns.get(key) for e in rows])
+    return columns
+
+
+def score(
+    batch: StepBatch, pipeline: RewardPipeline, examples: dict[str, Example], history: LengthHistory, max_new_tokens: int
+) -> dict[str, float]:
+    """Per-term rewards, their total and correctness per rollout; the pipeline's metrics (reward/*, correct/*)."""
+    prompts = [examples[r.prompt_id].prompt for r in batch.rollouts]
+    scored = pipeline(
+        [r.text for r in batch.rollouts], prompts, reward_columns(batch, examples, history, max_new_tokens),
+        completion_ids=[list(r.completion_tokens) for r in batch.rollouts],
+    )
+    batch.rewards, batch.correct, batch.dropped = scored.total, scored.correct, scored.dropped
+    return scored.metrics
+
+
+# -- 4. the driver's state advances ----------------------------------------------------------------------------------
+
+
+def advance_sampler(batch: StepBatch, sampler: RolloutSampler, history: LengthHistory) -> dict[str, float]:
+    """Difficulty estimates from the verdicts (None: left out), the length history from the correct lengths; the
+    allocation of this step and the share of groups that were all right or all wrong (no verdict counts as wrong)."""
+    groups = batch.groups
+    sampler.update({pid: [batch.correct[i] for i in groups[g]] for g, (pid, _) in enumerate(batch.prompts)})
+    history.update([r.prompt_id for r in batch.rollouts], [len(r.completion_tokens) for r in batch.rollouts], batch.correct)
+    verdicts = [[bool(batch.correct[i]) for i in members] for members in groups]
+    return {
+        **sampler.metrics(),
+        "sampler/all_correct_frac": sum(all(g) for g in verdicts) / len(verdicts),
+        "sampler/all_wrong_frac": sum(not any(g) for g in verdicts) / len(verdicts),
+        "sampler/prompts": float(len(verdicts)),
+    }
+
+
+# -- 5. advantages -------------------------------------------------------------------------------------------------------
+
+
+def estimate_advantages(batch: StepBatch, estimator_name: str) -> dict[str, float]:
+    """Outcome advantages of the kept rollouts within their groups. A token-level estimator (GAE) needs the critic's
+    values: the learner computes it, and reports its own advantage/nonzero_frac."""
+    estimator = get_advantage_estimator(estimator_name)
+    if estimator.level == "token":
+        batch.advantages = None
+        return {}
+    kept = batch.kept
+    batch.advantages = estimator(batch.kept_rewards(), batch.group_ids[kept])  # (K,)
+    return {"advantage/nonzero_frac": float((batch.advantages.abs() > 1e-8).float().mean()) if kept else 0.0}
+
+
+# -- 6. temperature ------------------------------------------------------------------------------------------------------
+
+
+def update_temperature(temperature: TemperatureController, train_metrics: dict[str, float], step: int) -> dict[str, float]:
+    """E3's controller takes the entropy the learner measured at the sampling temperature on update `step` + 1."""
+    temperature.update(train_metrics["policy/entropy"], step + 1)
+    return temperature.metrics()
+
+
+def sample_rows(batch: StepBatch, examples: dict[str, Example], count: int) -> list[dict]:
+    """The first `count` rollouts for samples.jsonl."""
+    return [
+        {"prompt_id": r.prompt_id, "sample_index": r.sample_index, "policy_version": r.policy_version,
+         "prompt": examples[r.prompt_id].prompt, "completion": r.text, "reward": batch.rewards[i], "correct": batch.correct[i]}
+        for i, r in enumerate(batch.rollouts[:count])
+    ]

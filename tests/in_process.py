@@ -1,0 +1,55 @@
+"""One process runs `rl_step` with every real stage: the recipe's driver state, a real Learner, a real HF generation
+backend and the reward pipeline, with no Ray. The Schedule and the rollout group are the two parts replaced (by
+their sync-mode behaviour), so a step costs about a second on the tiny model."""
+
+from functools import partial
+from pathlib import Path
+
+from rlqa import stages
+from rlqa.config import Recipe
+from rlqa.learner.learner import Learner
+from rlqa.rollout.backends import make_backend
+from rlqa.trainer import Components, build_driver
+from rewards.pipeline import RewardPipeline
+
+
+class RolloutWorkers:
+    """A RolloutGroup of one in-process engine."""
+
+    restarts = 0
+
+    def __init__(self, model_dir: str, recipe: Recipe):
+        self.backend = make_backend(model_dir, recipe.model, recipe.rollout)
+
+    def generate(self, requests, params, version):
+        return self.backend.generate(requests, params, version)
+
+
+class Schedule:
+    """The sync Schedule without Ray: generate, train, load the new weights into the engine."""
+
+    def __init__(self, generate, learner: Learner, workers: RolloutWorkers):
+        self.version = 0
+        self.generate, self.learner, self.workers = generate, learner, workers
+
+    def generation(self, step, temperature):
+        return self.generate(step, temperature, self.version)
+
+    def train(self, samples, temperature, step):
+        metrics = self.learner.update(samples, temperature, step)
+        self.version += 1
+        return metrics
+
+    def sync(self):
+        self.workers.backend.load_weights(self.learner.weights().items())
+        return self.version
+
+
+def components(recipe: Recipe, run_dir: Path, rewards: RewardPipeline) -> Components:
+    driver = build_driver(recipe, run_dir)
+    learner = Learner(driver.model_dir, recipe, recipe.trainer.steps)
+    learner.start_rl()
+    workers = RolloutWorkers(driver.model_dir, recipe)
+    generate = partial(stages.generate_batch, sampler=driver.sampler, rollout_workers=workers, prompt_tokens=driver.prompt_tokens, recipe=recipe)
+    schedule = Schedule(generate, learner, workers)
+    return Components(driver, run_dir, learner=None, rollout_workers=workers, rewards=rewards, schedule=schedule)
