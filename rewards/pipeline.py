@@ -32,7 +32,6 @@ from typing import Any, Literal
 from rewards.registry import PER_SAMPLE, check_call, load_reward_fn, resolve_spec
 from rewards.verify import prepare_verifier
 from rewards.workers import Outcome, WorkerPool
-from rlqa.errors import UserError
 
 logger = logging.getLogger("rlqa.rewards")
 
@@ -104,7 +103,8 @@ class _Call:
 
 
 class RewardPipeline:
-    """Reward terms run in `workers` processes, started here, which import every function once.
+    """Reward terms run in `workers` processes, started here, which import every function once. Term names are
+    distinct (the recipe schema checks it; `from_config` builds a pipeline from that validated section).
 
     correctness: spec of the function whose value >= 0.5 makes a sample correct (None: `correct` stays None).
     strict: raise `RewardError` on any failure instead of counting it.
@@ -122,12 +122,6 @@ class RewardPipeline:
         workers: int = 1,
         base_dir: Path | None = None,
     ):
-        names = [term.name for term in terms]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise UserError(f"rewards.terms: more than one term is named {duplicates[0]!r}; give each a distinct name")
-        if failure_value not in ("zero", "drop"):
-            raise UserError(f"rewards.failure_value: {failure_value!r} is not one of 'zero', 'drop'")
         self.terms = list(terms)
         self.strict = strict
         self.failure_value = failure_value
@@ -157,6 +151,18 @@ class RewardPipeline:
             _call_reward, initializer=_load_functions, initargs=(loaded, checks), processes=workers, name="rlqa-reward"
         )
         self._pool.start()
+
+    @classmethod
+    def from_config(cls, config, base_dir: Path) -> "RewardPipeline":
+        """The pipeline of a recipe's validated `rewards` section (`rlqa.config.RewardsConfig`)."""
+        terms = [
+            RewardTermSpec(name=name, fn=t.fn, weight=t.weight, kwargs=t.kwargs, deadline_s=t.deadline_s)
+            for name, t in zip(config.term_names(), config.terms)
+        ]
+        return cls(
+            terms, correctness=config.correctness, strict=config.strict, failure_value=config.failure_value,
+            workers=config.workers, base_dir=base_dir,
+        )
 
     def __call__(
         self, completions: list, prompts: list, columns: dict[str, list], completion_ids: list | None = None

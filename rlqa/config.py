@@ -197,6 +197,20 @@ class RewardsConfig(Section):
     failure_value: Literal["zero", "drop"] = Field("zero", description="what a failed sample gets")
     workers: int = Field(1, ge=1, description="reward worker processes")
 
+    def term_names(self) -> list[str]:
+        """Each term's metric name: its `name`, else its function's own name."""
+        from rewards.registry import function_name
+
+        return [t.name or function_name(t.fn) for t in self.terms]
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> RewardsConfig:
+        names = self.term_names()
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"terms: more than one term is named {duplicates[0]!r}; give each a distinct name")
+        return self
+
 
 class RolloutBounds(NamedTuple):
     n_min: int  # fewest rollouts per prompt now

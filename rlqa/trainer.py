@@ -1,4 +1,4 @@
-"""The driver: builds the actors from a recipe, then runs the RL loop of DESIGN.md, one numbered stage at a time.
+r"""The driver: builds the actors from a recipe, then runs the RL loop of DESIGN.md, one numbered stage at a time.
 
     1. sampler.next_batch(step)            prompts, each with a rollout count          \  stages.generate_batch, run
     2. rollout workers generate            seeded per (run seed, step, prompt id,      /  by the Schedule
@@ -52,8 +52,7 @@ from rlqa.rollout.sync import make_weight_sync
 from rlqa.sampler import RolloutSampler
 from rlqa.schedule import Schedule
 from rlqa.temperature import TemperatureController
-from rewards.pipeline import RewardPipeline, RewardTermSpec
-from rewards.registry import function_name, resolve_spec
+from rewards.pipeline import RewardPipeline
 
 RESOURCE_REPORT_EVERY_S = 30.0
 
@@ -100,21 +99,6 @@ def ray_resources(recipe: Recipe) -> dict:
         "configure_logging": False,
         "runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}},
     }
-
-
-def reward_pipeline(recipe: Recipe) -> RewardPipeline:
-    terms = [
-        RewardTermSpec(name=t.name or function_name(resolve_spec(t.fn)), fn=t.fn, weight=t.weight, kwargs=t.kwargs, deadline_s=t.deadline_s)
-        for t in recipe.rewards.terms
-    ]
-    return RewardPipeline(
-        terms,
-        correctness=recipe.rewards.correctness,
-        strict=recipe.rewards.strict,
-        failure_value=recipe.rewards.failure_value,
-        workers=recipe.rewards.workers,
-        base_dir=Path(recipe.base_dir),
-    )
 
 
 def rollout_sampler(recipe: Recipe, train: list[Example]) -> RolloutSampler:
@@ -167,7 +151,7 @@ def build(recipe: Recipe, run_dir: Path) -> Components:
         generate, learner, workers, make_weight_sync(recipe.rollout.weight_sync),
         steps=recipe.trainer.steps, overlap=bool(recipe.rollout.async_steps), colocated=recipe.ray.placement == "colocate",
     )
-    return Components(d, run_dir, learner, workers, reward_pipeline(recipe), schedule)
+    return Components(d, run_dir, learner, workers, RewardPipeline.from_config(recipe.rewards, Path(recipe.base_dir)), schedule)
 
 
 # -- one RL step ---------------------------------------------------------------------------------------------------

@@ -119,3 +119,12 @@ def test_overrides_are_accepted_anywhere_on_the_command_line(capsys):
     assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _parse(["report", "D", "x=1"])  # report takes no overrides
+
+
+def test_reward_terms_need_distinct_names(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rewards: {terms: [{fn: accuracy}, {fn: 'my.py:accuracy'}]}\n")
+    with pytest.raises(UserError, match="rewards: .*more than one term is named 'accuracy'; give each a distinct name"):
+        load_recipe(recipe)
+    recipe.write_text("rewards: {terms: [{fn: accuracy}, {fn: 'my.py:accuracy', name: mine}]}\n")
+    assert load_recipe(recipe).rewards.term_names() == ["accuracy", "mine"]

@@ -158,11 +158,6 @@ def test_a_spec_that_does_not_load_is_a_user_error_at_construction():
         RewardPipeline([term("x", "missing")], correctness=None, base_dir=HERE)
 
 
-def test_duplicate_term_names_are_a_user_error():
-    with pytest.raises(UserError, match="more than one term is named 'length'"):
-        RewardPipeline([term("length", "length"), term("length", "async_length")], correctness=None, base_dir=HERE)
-
-
 def test_call_reward_calls_by_keyword_and_returns_plain_floats():
     def array_reward(completions, prompts, *, offset, **_):
         return np.arange(len(completions)) + offset
