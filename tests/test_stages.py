@@ -165,16 +165,21 @@ def rewards():
         yield pipeline
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_no_metric_key_is_produced_twice_in_a_step(family, tmp_path, rewards, monkeypatch):
+def tiny_step(run_dir, rewards, sections: dict):
+    """In-process components of a two-step run on the tiny model, 2 prompts × 2 rollouts a step."""
     raw = {
         "model": {"tiny": TINY},
         "data": {"train": {"task": "arithmetic", "size": 8, "levels": [1]}},
         "rollout": {"prompts_per_step": 2, "rollouts_per_prompt": 2, "max_new_tokens": 6},
         "trainer": {"steps": 2},
-        **FAMILIES[family][0],
+        **sections,
     }
-    c = in_process.components(validate_recipe(raw, source="test", base_dir=tmp_path), tmp_path, rewards)
+    return in_process.components(validate_recipe(raw, source="test", base_dir=run_dir), run_dir, rewards)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_metric_key_is_produced_twice_in_a_step(family, tmp_path, rewards, monkeypatch):
+    c = tiny_step(tmp_path, rewards, FAMILIES[family][0])
     produced = []
     monkeypatch.setattr(trainer, "merge", lambda *parts: produced.append(parts) or merge(*parts))
     for step in range(2):
@@ -188,3 +193,18 @@ def test_no_metric_key_is_produced_twice_in_a_step(family, tmp_path, rewards, mo
     assert own is None or own in metrics
     on = FAMILIES[family][0].get("sampler", {}).get("dynamic_sampling", False)
     assert [key in metrics for key in DYNAMIC_SAMPLING] == [on] * 3  # dynamic sampling off: nothing of it
+
+
+def test_dynamic_sampling_in_a_real_step_is_seeded_and_its_draws_are_in_the_samplers_state(tmp_path, rewards):
+    runs = []
+    for name in ("first", "again"):
+        c = tiny_step(tmp_path / name, rewards, FAMILIES["dapo dynamic sampling"][0])
+        metrics, _ = trainer.rl_step(c, 0)
+        runs.append(({k: v for k, v in metrics.items() if k.startswith(("sampler/", "reward/", "rollout/count"))}, c.driver.sampler.state_dict()))
+    (metrics, state), (again, state_again) = runs
+    assert metrics == again and state == state_again  # extra rounds are seeded like the first one
+    # the untrained tiny model gets every group wrong and truncated: constant, so it draws to the cap, then trains on all
+    assert metrics["sampler/extra_rounds"] == 2 and metrics["sampler/prompts_generated"] == 6
+    # every prompt the rounds drew is in the checkpointed state, so a resumed run draws what follows them
+    assert len(state["step_prompts"]) == metrics["sampler/prompts_generated"]
+    assert metrics["rollout/count"] == 2 * metrics["sampler/prompts"]  # what trains: 2 rollouts per kept prompt
