@@ -232,8 +232,8 @@ class SamplerConfig(Section):
     rank_column: str | None = Field("rank", description="dataset column with an offline difficulty in [0, 1)")
     skip_mastered: float | None = Field(None, gt=0, lt=1, description="skip prompts whose pass rate is above this")
     revisit_prob: float = Field(0.1, ge=0, le=1, description="chance a mastered prompt is visited anyway")
-    dynamic_sampling: bool = Field(False, description="DAPO: drop zero-variance groups and draw more prompts")
-    max_extra_rounds: int = Field(3, ge=0, description="cap on extra generation rounds of dynamic sampling")
+    dynamic_sampling: bool = Field(False, description="DAPO: leave constant-reward groups out of the update; generate more prompts until rollout.prompts_per_step groups have signal")
+    max_extra_rounds: int = Field(3, ge=0, description="cap on dynamic sampling's extra rounds of generation per step")
 
     def bounds(self, rollouts_per_prompt: int) -> RolloutBounds:
         """The n_min/n_max bounds with their defaults filled in (no spread, no schedule); a ValueError when they do

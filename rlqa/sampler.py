@@ -295,6 +295,11 @@ class RolloutSampler:
     def n_max(self) -> int:
         return self._n_max
 
+    @property
+    def prompts_left_in_step(self) -> int:
+        """How many more prompts refills of the last step may draw: a step draws at most N."""
+        return len(self._prompt_ids) - len(self._step_prompts)
+
     def next_batch(self, step: int, num_prompts: int | None = None) -> list[tuple[str, int]]:
         """(prompt id, rollout count) for `num_prompts` prompts (default prompts_per_step), Σ counts = k·n.
 

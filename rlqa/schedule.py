@@ -23,7 +23,8 @@ from rlqa.rollout.group import RolloutGroup
 from rlqa.rollout.sync import WeightSync
 from rlqa.stages import StepBatch
 
-Generate = Callable[[int, float, int], StepBatch]  # (step, temperature, policy version) -> the step's rollouts
+# (step, temperature, policy version[, number of prompts]) -> the step's rollouts
+Generate = Callable[..., StepBatch]
 
 
 class Schedule:
@@ -48,6 +49,11 @@ class Schedule:
             batch, self._next = self._next.result(), None
             return batch
         return self._generate(step, temperature, self.version)
+
+    def extra_round(self, step: int, temperature: float, num_prompts: int) -> StepBatch:
+        """Dynamic sampling: `num_prompts` more prompts of `step`, generated now by the policy the workers hold (in
+        async mode one version newer than the step's first round; each rollout records its own)."""
+        return self._generate(step, temperature, self.version, num_prompts=num_prompts)
 
     def train(self, samples: list[TrainSample], temperature: float, step: int) -> dict[str, float]:
         """Stage 5's update; meanwhile the next step generates (async, at the same temperature: the controller moves

@@ -6,24 +6,27 @@ grouping of rollouts by prompt once (`group_ids`, `groups`), and every stage use
 
     generate_batch         1-2   prompts and rollout counts from the sampler, then generation      rollout/*
     score                  3     rewards, correctness                                              reward/*, correct/*
+    dynamic_sampling       2-3   DAPO: constant groups out, extra rounds of 1-3 until enough remain sampler/filtered_groups,
+                                 (only with `sampler.dynamic_sampling`)                             extra_rounds, prompts_generated
     advance_sampler        4     difficulty estimates and the length history                       sampler/*
     estimate_advantages    5     outcome advantages (token-level ones, GAE, are the learner's)     advantage/*
     (the Schedule trains: 5, the learner's update; and syncs the weights: 7)                      policy/*, critic/*
     update_temperature     6     the controller follows the entropy just measured                  policy/target_entropy
 
-Later stages slot in the same way: DAPO's dynamic sampling is a refill loop around stages 1-3 that extends the
-batch; the learner-vs-sampler log-prob gap reads the batch's sampling log-probs after the update.
+Later stages slot in the same way: the learner-vs-sampler log-prob gap reads the batch's sampling log-probs after the
+update.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 
-from rlqa.algorithms.advantages import get_advantage_estimator
+from rlqa.algorithms.advantages import get_advantage_estimator, group_stats
 from rlqa.config import Recipe
 from rlqa.data.example import Example
 from rlqa.learner.batch import TrainSample
@@ -38,8 +41,9 @@ from rewards.pipeline import RewardPipeline
 
 @dataclass
 class StepBatch:
-    """One step's data. `rollouts` are in request order: prompt by prompt as the sampler drew them, then by sample
-    index. Stages fill the later fields; N = number of rollouts, K = those kept (not dropped by a reward failure)."""
+    """One step's data. `rollouts` are in request order: prompt by prompt as the sampler drew them (dynamic sampling's
+    extra rounds after the first), then by sample index. Stages fill the later fields; N = number of rollouts, G of
+    groups (prompts), K = those kept: in a group the update trains on, and not dropped by a reward failure."""
 
     step: int
     temperature: float  # the temperature the rollouts were sampled at (and the update's forward uses)
@@ -49,6 +53,7 @@ class StepBatch:
     correct: list[bool | None] = field(default_factory=list)  # (N,) None: no verdict                 (stage 3)
     dropped: list[bool] = field(default_factory=list)  # (N,)                                           (stage 3)
     advantages: torch.Tensor | None = None  # (K,) outcome advantages; None when the learner computes them (stage 5)
+    filtered: list[bool] = field(default_factory=list)  # (G,) left out of the update; empty: none   (dynamic sampling)
 
     @cached_property
     def group_ids(self) -> torch.Tensor:
@@ -65,9 +70,39 @@ class StepBatch:
         return members
 
     @property
+    def trained(self) -> list[int]:
+        """Indices of the rollouts in the groups the update trains on (all, unless dynamic sampling filtered some)."""
+        if not self.filtered:
+            return list(range(len(self.rollouts)))
+        return [i for i, g in enumerate(self.group_ids.tolist()) if not self.filtered[g]]
+
+    @property
     def kept(self) -> list[int]:
-        """Indices of the rollouts a reward failure did not drop."""
-        return [i for i, dropped in enumerate(self.dropped) if not dropped]
+        """Indices of the trained rollouts a reward failure did not drop."""
+        return [i for i in self.trained if not self.dropped[i]]
+
+    def informative(self) -> list[bool]:
+        """(G,) whether the rewards of a group's rollouts (those not dropped) differ. A constant group's advantages
+        are all 0: it teaches the policy nothing."""
+        flags = [False] * len(self.prompts)
+        scored = [i for i, dropped in enumerate(self.dropped) if not dropped]
+        if scored:
+            ids = self.group_ids[scored]  # (S,)
+            rewards = torch.tensor([self.rewards[i] for i in scored], dtype=torch.float32)
+            for g, constant in zip(ids.tolist(), group_stats(rewards, ids).constant.tolist()):
+                flags[g] = not constant
+        return flags
+
+    def generated_tokens(self) -> int:
+        """Completion tokens of every rollout generated, filtered groups included."""
+        return sum(len(r.completion_tokens) for r in self.rollouts)
+
+    def extended(self, more: StepBatch) -> StepBatch:
+        """This scored batch followed by `more`, a scored extra round of the same step (its groupings recomputed)."""
+        return StepBatch(
+            self.step, self.temperature, self.prompts + more.prompts, self.rollouts + more.rollouts,
+            self.rewards + more.rewards, self.correct + more.correct, self.dropped + more.dropped,
+        )
 
     def kept_rewards(self) -> torch.Tensor:
         """(K,) float32 total rewards of the kept rollouts."""
@@ -90,11 +125,13 @@ class StepBatch:
 def generate_batch(
     step: int, temperature: float, version: int, *,
     sampler: RolloutSampler, rollout_workers: RolloutGroup, prompt_tokens: dict[str, tuple[int, ...]], recipe: Recipe,
+    num_prompts: int | None = None,
 ) -> StepBatch:
     """The step's prompts and rollout counts, then their generation by the workers holding policy `version`, each
-    sample seeded by (run seed, step, prompt id, sample index)."""
+    sample seeded by (run seed, step, prompt id, sample index). `num_prompts` (default: the step's count) more prompts
+    of the same step make an extra round of dynamic sampling."""
     cfg = recipe.rollout
-    prompts = sampler.next_batch(step)
+    prompts = sampler.next_batch(step, num_prompts)
     requests = [
         GenerationRequest(pid, j, prompt_tokens[pid], sample_seed(recipe.trainer.seed, step, pid, j))
         for pid, count in prompts
@@ -105,10 +142,12 @@ def generate_batch(
 
 
 def rollout_metrics(batch: StepBatch, version: int, worker_restarts: int) -> dict[str, float]:
-    """What was generated, and how many policy versions behind `version` (the policy the update started from + 1)."""
-    rollouts = batch.rollouts
+    """The rollouts the update trains on (dynamic sampling: `sampler/prompts_generated` says what was generated), and
+    how many policy versions behind `version` (the policy the update started from + 1) they are."""
+    trained = batch.trained
+    rollouts = [batch.rollouts[i] for i in trained]
     lengths = [len(r.completion_tokens) for r in rollouts]
-    correct_lengths = [n for n, ok in zip(lengths, batch.correct) if ok]
+    correct_lengths = [n for n, i in zip(lengths, trained) if batch.correct[i]]
     return {
         "rollout/temperature": batch.temperature,
         "rollout/count": float(len(rollouts)),
@@ -161,12 +200,48 @@ def score(
     return scored.metrics
 
 
+# -- 2-3 again. dynamic sampling (DAPO) ------------------------------------------------------------------------------
+
+
+def dynamic_sampling(
+    batch: StepBatch, extra_round: Callable[[int], StepBatch], sampler: RolloutSampler, *, target: int, max_extra_rounds: int,
+) -> tuple[StepBatch, dict[str, float]]:
+    """DAPO (ALGORITHMS.md §3): groups whose rewards are all equal are left out of the update; while fewer than
+    `target` informative groups remain, `extra_round(k)` generates and scores k more prompts of the step, at most
+    `max_extra_rounds` times, with
+
+        k = min(target, ⌈shortfall · G / informative⌉, prompts the step may still draw)    (target if none informative)
+
+    the shortfall over the informative share so far. The update takes the first `target` informative groups; every
+    group still informs the sampler (stage 4). A step left with no informative group trains on all of them (all
+    advantages 0) rather than on nothing. Returns the extended batch and its metrics."""
+    rounds = 0
+    while rounds < max_extra_rounds:
+        informative = sum(batch.informative())
+        shortfall = target - informative
+        k = min(target, sampler.prompts_left_in_step, -(-shortfall * len(batch.prompts) // informative) if informative else target)
+        if shortfall <= 0 or k <= 0:
+            break
+        batch = batch.extended(extra_round(k))
+        rounds += 1
+    informative = batch.informative()
+    trained = set([g for g, ok in enumerate(informative) if ok][:target])
+    if trained:
+        batch.filtered = [g not in trained for g in range(len(informative))]
+    return batch, {
+        "sampler/filtered_groups": float(informative.count(False)),
+        "sampler/extra_rounds": float(rounds),
+        "sampler/prompts_generated": float(len(batch.prompts)),
+    }
+
+
 # -- 4. the driver's state advances ----------------------------------------------------------------------------------
 
 
 def advance_sampler(batch: StepBatch, sampler: RolloutSampler, history: LengthHistory) -> dict[str, float]:
-    """Difficulty estimates from the verdicts (None: left out), the length history from the correct lengths; the
-    allocation of this step and the share of groups that were all right or all wrong (no verdict counts as wrong)."""
+    """Difficulty estimates from the verdicts (None: left out), the length history from the correct lengths, both from
+    every group generated; the allocation of this step, the share of groups that were all right or all wrong (no
+    verdict counts as wrong), and the number of prompts the update trains on."""
     groups = batch.groups
     sampler.update({pid: [batch.correct[i] for i in groups[g]] for g, (pid, _) in enumerate(batch.prompts)})
     history.update([r.prompt_id for r in batch.rollouts], [len(r.completion_tokens) for r in batch.rollouts], batch.correct)
@@ -175,7 +250,7 @@ def advance_sampler(batch: StepBatch, sampler: RolloutSampler, history: LengthHi
         **sampler.metrics(),
         "sampler/all_correct_frac": sum(all(g) for g in verdicts) / len(verdicts),
         "sampler/all_wrong_frac": sum(not any(g) for g in verdicts) / len(verdicts),
-        "sampler/prompts": float(len(verdicts)),
+        "sampler/prompts": float(len(verdicts) - sum(batch.filtered)),
     }
 
 

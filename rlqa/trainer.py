@@ -4,6 +4,7 @@ r"""The driver: builds the actors from a recipe, then runs the RL loop of DESIGN
     2. rollout workers generate            seeded per (run seed, step, prompt id,      /  by the Schedule
                                            sample index), at the controller's temperature
     3. reward pipeline                     per-term rewards, total, correctness           stages.score
+       (DAPO) drop constant groups, more rounds of 1-3 until enough remain                  stages.dynamic_sampling
     4. sampler.update, length history      the driver's state advances                    stages.advance_sampler
     5. advantages -> learner.update        outcome advantages, then the update at the     stages.estimate_advantages,
                                            sampling temperature: loss metrics + entropy   Schedule.train
@@ -158,7 +159,7 @@ def build(recipe: Recipe, run_dir: Path) -> Components:
 
 
 class Stopwatch:
-    """time/<name> of each timed part of a step."""
+    """time/<name> of each timed part of a step, summed over its rounds (dynamic sampling)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -167,7 +168,8 @@ class Stopwatch:
     def __call__(self, name: str):
         started = time.perf_counter()
         yield
-        self.seconds[f"time/{name}"] = time.perf_counter() - started
+        key = f"time/{name}"
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
 
 
 def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
@@ -178,6 +180,12 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
         batch = c.schedule.generation(step, d.temperature.temperature)
     with clock("reward"):  # 3
         reward_metrics = stages.score(batch, c.rewards, d.train, d.history, recipe.rollout.max_new_tokens)
+    dynamic_metrics: dict[str, float] = {}
+    if recipe.sampler.dynamic_sampling:  # 1-3 again, until enough groups have signal
+        batch, dynamic_metrics = stages.dynamic_sampling(
+            batch, partial(extra_round, c, step, batch.temperature, clock), d.sampler,
+            target=recipe.rollout.prompts_per_step, max_extra_rounds=recipe.sampler.max_extra_rounds,
+        )
     sampler_metrics = stages.advance_sampler(batch, d.sampler, d.history)  # 4
     advantage_metrics = stages.estimate_advantages(batch, recipe.algorithm.advantage)  # 5
     with clock("train"):
@@ -188,11 +196,21 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     clock.seconds["time/step"] = time.perf_counter() - started
     rollout_metrics = stages.rollout_metrics(batch, version, c.rollout_workers.restarts)  # 8
     metrics = merge(
-        rollout_metrics, reward_metrics, sampler_metrics, advantage_metrics, train_metrics, temperature_metrics,
+        rollout_metrics, reward_metrics, dynamic_metrics, sampler_metrics, advantage_metrics, train_metrics, temperature_metrics,
         clock.seconds,
-        {"throughput/tokens_per_s": rollout_metrics["rollout/tokens"] / clock.seconds["time/step"], "policy/version": float(version)},
+        {"throughput/tokens_per_s": batch.generated_tokens() / clock.seconds["time/step"], "policy/version": float(version)},
     )
     return metrics, stages.sample_rows(batch, d.train, recipe.logging.samples_per_step)
+
+
+def extra_round(c: Components, step: int, temperature: float, clock: Stopwatch, num_prompts: int) -> stages.StepBatch:
+    """Dynamic sampling's extra round of `step`: stages 1-3 for `num_prompts` more prompts. Its reward metrics are
+    left out: reward/* describe the step's first round, as without dynamic sampling."""
+    with clock("generate"):
+        batch = c.schedule.extra_round(step, temperature, num_prompts)
+    with clock("reward"):
+        stages.score(batch, c.rewards, c.driver.train, c.driver.history, c.recipe.rollout.max_new_tokens)
+    return batch
 
 
 # -- evaluation, checkpoints, the whole run --------------------------------------------------------------------------

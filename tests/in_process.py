@@ -35,6 +35,9 @@ class Schedule:
     def generation(self, step, temperature):
         return self.generate(step, temperature, self.version)
 
+    def extra_round(self, step, temperature, num_prompts):
+        return self.generate(step, temperature, self.version, num_prompts=num_prompts)
+
     def train(self, samples, temperature, step):
         metrics = self.learner.update(samples, temperature, step)
         self.version += 1

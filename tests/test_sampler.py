@@ -397,6 +397,16 @@ def test_steps_must_follow_each_other():
         sampler.next_batch(6)
 
 
+def test_prompts_left_in_step_counts_the_refills():
+    sampler = make_sampler()  # 10 prompts
+    sampler.next_batch(0, num_prompts=3)
+    sampler.next_batch(0, num_prompts=2)
+    assert sampler.prompts_left_in_step == 5
+    restored = make_sampler()
+    restored.load_state_dict(sampler.state_dict())
+    assert restored.prompts_left_in_step == 5 and restored.next_batch(1) == sampler.next_batch(1)
+
+
 def test_config_errors():
     with pytest.raises(UserError, match="prompts per step"):
         make_sampler(prompts_per_step=11)

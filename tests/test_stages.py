@@ -2,6 +2,7 @@
 which no metric key is produced twice."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -80,6 +81,61 @@ def test_rollout_metrics_and_staleness():
     assert metrics["rollout/temperature"] == 0.9
 
 
+def scored(step: int, rewards: dict[str, list[float]]) -> stages.StepBatch:
+    """A scored batch with one group per prompt, holding `rewards`; verdict: reward 1."""
+    b = stages.StepBatch(
+        step, 0.9, [(pid, len(r)) for pid, r in rewards.items()], [rollout(pid, j) for pid, r in rewards.items() for j in range(len(r))]
+    )
+    b.rewards = [x for r in rewards.values() for x in r]
+    b.correct = [x == 1.0 for x in b.rewards]
+    b.dropped = [False] * len(b.rewards)
+    return b
+
+
+def test_dynamic_sampling_drops_constant_groups_and_refills_up_to_the_target():
+    # a, c informative; b, d constant → shortfall 2 at an informative share 2/4 → one round of ⌈2 · 4 / 2⌉ = 4 prompts
+    first = scored(0, {"a": [1.0, 0.0], "b": [1.0, 1.0], "c": [0.0, 0.5], "d": [0.0, 0.0]})
+    more = scored(0, {"e": [1.0, 0.0], "f": [0.0, 0.0], "g": [0.2, 0.1], "h": [1.0, 0.5]})
+    asked = []
+    batch, metrics = stages.dynamic_sampling(
+        first, lambda k: asked.append(k) or more, SimpleNamespace(prompts_left_in_step=4), target=4, max_extra_rounds=3
+    )
+    assert asked == [4]
+    assert metrics == {"sampler/filtered_groups": 3.0, "sampler/extra_rounds": 1.0, "sampler/prompts_generated": 8.0}
+    # the first 4 informative groups train: a, c, e, g; h is surplus; b, d, f constant
+    assert batch.filtered == [False, True, False, True, False, True, False, True]
+    assert [batch.rollouts[i].prompt_id for i in batch.kept] == ["a", "a", "c", "c", "e", "e", "g", "g"]
+    stages.estimate_advantages(batch, "grpo")
+    assert [s.reward for s in batch.train_samples()] == pytest.approx([1.0, 0.0, 0.0, 0.5, 1.0, 0.0, 0.2, 0.1])
+    assert torch.allclose(batch.advantages, torch.tensor([1.0, -1, -1, 1, 1, -1, 1, -1]) * 0.707107, atol=1e-5)
+    # the rollout metrics count what trains; the sampler learns from every group, and counts the trained prompts
+    assert stages.rollout_metrics(batch, version=4, worker_restarts=0)["rollout/count"] == 8
+    sampler = RolloutSampler(list("abcdefgh"), SamplerConfig(), prompts_per_step=4, rollouts_per_prompt=2, seed=0)
+    sampler.next_batch(0)
+    sampler_metrics = stages.advance_sampler(batch, sampler, LengthHistory())
+    assert sampler_metrics["sampler/prompts"] == 4.0 and sampler_metrics["sampler/all_wrong_frac"] == 4 / 8  # c, d, f, g
+    assert sampler.pass_rate("f") == pytest.approx(0.9 / 3.8)  # f trained on nothing, yet its two wrongs count
+
+
+def test_dynamic_sampling_stops_at_the_round_cap_and_at_the_end_of_the_data():
+    first = scored(0, {"a": [1.0, 0.0], "b": [1.0, 1.0]})
+    rounds = iter(range(10))
+    constant = lambda k: scored(0, {f"x{next(rounds)}": [0.0, 0.0] for _ in range(k)})  # noqa: E731
+    batch, metrics = stages.dynamic_sampling(first, constant, SimpleNamespace(prompts_left_in_step=9), target=2, max_extra_rounds=2)
+    # each round: shortfall 1 over a share 1/G → ⌈1 · 2 / 1⌉ = 2, then ⌈1 · 4 / 1⌉ = 4, at most the target: 2; the cap
+    assert metrics == {"sampler/filtered_groups": 5.0, "sampler/extra_rounds": 2.0, "sampler/prompts_generated": 6.0}
+    assert [batch.rollouts[i].prompt_id for i in batch.kept] == ["a", "a"]
+    # no prompt left to draw this step: no round
+    _, metrics = stages.dynamic_sampling(first, constant, SimpleNamespace(prompts_left_in_step=0), target=2, max_extra_rounds=2)
+    assert metrics["sampler/extra_rounds"] == 0.0
+
+
+def test_a_step_with_no_informative_group_trains_on_all_of_them():
+    first = scored(0, {"a": [1.0, 1.0], "b": [0.0, 0.0]})
+    batch, metrics = stages.dynamic_sampling(first, None, SimpleNamespace(prompts_left_in_step=6), target=2, max_extra_rounds=0)
+    assert metrics["sampler/filtered_groups"] == 2.0 and batch.kept == [0, 1, 2, 3]
+
+
 def test_merge_refuses_a_key_produced_twice():
     assert merge({"a/x": 1.0}, {"b/y": 2.0}) == {"a/x": 1.0, "b/y": 2.0}
     with pytest.raises(ValueError, match="produced twice in one step: reward/mean"):
@@ -98,7 +154,9 @@ FAMILIES = {  # recipe's algorithm (and learner) sections, and a key only that f
         {"algorithm": {"name": "ppo", "advantage": "gae", "kl_coef": 0.05, "kl_in_reward": True, "critic": {}}},
         "critic/value_loss",
     ),
+    "dapo dynamic sampling": ({"sampler": {"dynamic_sampling": True, "max_extra_rounds": 2}}, "sampler/prompts_generated"),
 }
+DYNAMIC_SAMPLING = ["sampler/filtered_groups", "sampler/extra_rounds", "sampler/prompts_generated"]
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +165,21 @@ def rewards():
         yield pipeline
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_no_metric_key_is_produced_twice_in_a_step(family, tmp_path, rewards, monkeypatch):
+def tiny_step(run_dir, rewards, sections: dict):
+    """In-process components of a two-step run on the tiny model, 2 prompts × 2 rollouts a step."""
     raw = {
         "model": {"tiny": TINY},
         "data": {"train": {"task": "arithmetic", "size": 8, "levels": [1]}},
         "rollout": {"prompts_per_step": 2, "rollouts_per_prompt": 2, "max_new_tokens": 6},
         "trainer": {"steps": 2},
-        **FAMILIES[family][0],
+        **sections,
     }
-    c = in_process.components(validate_recipe(raw, source="test", base_dir=tmp_path), tmp_path, rewards)
+    return in_process.components(validate_recipe(raw, source="test", base_dir=run_dir), run_dir, rewards)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_metric_key_is_produced_twice_in_a_step(family, tmp_path, rewards, monkeypatch):
+    c = tiny_step(tmp_path, rewards, FAMILIES[family][0])
     produced = []
     monkeypatch.setattr(trainer, "merge", lambda *parts: produced.append(parts) or merge(*parts))
     for step in range(2):
@@ -128,3 +191,20 @@ def test_no_metric_key_is_produced_twice_in_a_step(family, tmp_path, rewards, mo
         assert metrics["policy/version"] == step + 1 and len(samples) == 4
     own = FAMILIES[family][1]
     assert own is None or own in metrics
+    on = FAMILIES[family][0].get("sampler", {}).get("dynamic_sampling", False)
+    assert [key in metrics for key in DYNAMIC_SAMPLING] == [on] * 3  # dynamic sampling off: nothing of it
+
+
+def test_dynamic_sampling_in_a_real_step_is_seeded_and_its_draws_are_in_the_samplers_state(tmp_path, rewards):
+    runs = []
+    for name in ("first", "again"):
+        c = tiny_step(tmp_path / name, rewards, FAMILIES["dapo dynamic sampling"][0])
+        metrics, _ = trainer.rl_step(c, 0)
+        runs.append(({k: v for k, v in metrics.items() if k.startswith(("sampler/", "reward/", "rollout/count"))}, c.driver.sampler.state_dict()))
+    (metrics, state), (again, state_again) = runs
+    assert metrics == again and state == state_again  # extra rounds are seeded like the first one
+    # the untrained tiny model gets every group wrong and truncated: constant, so it draws to the cap, then trains on all
+    assert metrics["sampler/extra_rounds"] == 2 and metrics["sampler/prompts_generated"] == 6
+    # every prompt the rounds drew is in the checkpointed state, so a resumed run draws what follows them
+    assert len(state["step_prompts"]) == metrics["sampler/prompts_generated"]
+    assert metrics["rollout/count"] == 2 * metrics["sampler/prompts"]  # what trains: 2 rollouts per kept prompt
