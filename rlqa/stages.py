@@ -8,11 +8,12 @@ grouping of rollouts by prompt once (`group_ids`, `groups`), and every stage use
     score                  3     rewards, correctness                                              reward/*, correct/*
     advance_sampler        4     difficulty estimates and the length history                       sampler/*
     estimate_advantages    5     outcome advantages (token-level ones, GAE, are the learner's)     advantage/*
-    (the Schedule trains: 5, the learner's update; and syncs the weights: 7)                      policy/*, critic/*
+    (the Schedule trains: 5, the learner's update; and syncs the weights: 7)                      policy/*, critic/*,
+                                 the learner's log-prob gap to the sampler before it updates   rollout/logprob_diff_*
     update_temperature     6     the controller follows the entropy just measured                  policy/target_entropy
 
 Later stages slot in the same way: DAPO's dynamic sampling is a refill loop around stages 1-3 that extends the
-batch; the learner-vs-sampler log-prob gap reads the batch's sampling log-probs after the update.
+batch.
 """
 
 from __future__ import annotations
