@@ -163,6 +163,9 @@ class AlgorithmConfig(Section):
     old_logprobs: Literal["sampling", "recompute"] = Field(
         "sampling", description="pi_old for the ratio: the rollout workers' log-probs, or a learner forward pass before the update"
     )
+    tis_cap: float | None = Field(
+        None, ge=1, description="truncated importance sampling: weigh each token's policy loss by min(pi_learner/pi_sampler, this) for the engine/learner mismatch (null: off)"
+    )
     critic: CriticConfig | None = Field(None, description="the learned value function (required by ppo)")
 
     @model_validator(mode="after")

@@ -10,11 +10,11 @@ grouping of rollouts by prompt once (`group_ids`, `groups`), and every stage use
                                  (only with `sampler.dynamic_sampling`)                             extra_rounds, prompts_generated
     advance_sampler        4     difficulty estimates and the length history                       sampler/*
     estimate_advantages    5     outcome advantages (token-level ones, GAE, are the learner's)     advantage/*
-    (the Schedule trains: 5, the learner's update; and syncs the weights: 7)                      policy/*, critic/*
+    (the Schedule trains: 5, the learner's update; and syncs the weights: 7)                      policy/*, critic/*,
+                                 the learner's log-prob gap to the sampler before it updates   rollout/logprob_diff_*
     update_temperature     6     the controller follows the entropy just measured                  policy/target_entropy
 
-Later stages slot in the same way: the learner-vs-sampler log-prob gap reads the batch's sampling log-probs after the
-update.
+A new stage slots in the same way: a function over the batch that returns its own metrics.
 """
 
 from __future__ import annotations

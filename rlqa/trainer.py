@@ -42,7 +42,7 @@ from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
 from rlqa.errors import UserError
 from rlqa.evaluation import evaluate, scorer
-from rlqa.learner.group import LearnerGroup, start_learners
+from rlqa.learner.group import LearnerGroup, check_learner_gpus, start_learners
 from rlqa.length_history import LengthHistory
 from rlqa.metrics import MetricsWriter, merge, open_sinks
 from rlqa.models import create_model_dir, load_tokenizer, quiet_hf
@@ -342,7 +342,9 @@ def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, add
     address = address or recipe.ray.address or os.environ.get("RAY_ADDRESS")
     # Ctrl-C / SIGTERM once Ray is up (ray.init sets its own SIGTERM handler): at once, unless RL steps are running
     with ray_session(address, **ray_resources(recipe)), _Interrupt() as interrupt:
-        check_backend(recipe.rollout.backend, ray.cluster_resources().get("GPU", 0))  # the clearer message first
+        gpus = ray.cluster_resources().get("GPU", 0)
+        check_backend(recipe.rollout.backend, gpus)  # the clearer message first
+        check_learner_gpus(recipe.learner, gpus)
         wait_for_resources(recipe)
         wall_start = time.perf_counter()
         c = build(recipe, run_dir)

@@ -32,6 +32,7 @@ TINY = {
 DESIGN_METRICS = [
     "reward/mean", "reward/accuracy", "correct/mean", "policy/entropy", "policy/kl", "policy/clip_frac",
     "policy/grad_norm", "rollout/temperature", "rollout/count", "rollout/tokens", "rollout/length_mean",
+    "rollout/logprob_diff_mean", "rollout/logprob_diff_max",
     "rollout/length_correct_mean", "sampler/all_correct_frac", "sampler/all_wrong_frac", "time/generate",
     "time/reward", "time/train", "time/sync", "time/step", "throughput/tokens_per_s", "policy/version",
 ]

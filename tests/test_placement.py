@@ -66,23 +66,31 @@ def test_vllm_without_vllm_or_gpu_is_a_user_error():
 
 
 @pytest.mark.integration
-def test_rlqa_train_with_vllm_on_this_machine_exits_2_with_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"rollout": {"workers": 1, "backend": "vllm", "gpus_per_worker": 1}}, "rollout.backend: vllm"),
+        ({"learner": {"gpus": 1}}, "learner.gpus: 1 asks for a GPU"),
+    ],
+    ids=["vllm", "learner on a GPU"],
+)
+def test_rlqa_train_needing_a_gpu_on_a_cluster_without_one_exits_2_with_one_line(sections, message, tmp_path, capsys):
     from rlqa.cli import main
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"tiny": {"hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32}},
         "data": {"train": {"task": "arithmetic", "size": 4}, "test": {"task": "arithmetic", "split": "test", "size": 2}},
-        "rollout": {"workers": 1, "backend": "vllm", "gpus_per_worker": 1},
         "ray": {"num_gpus": 0},
+        **sections,
     }))
     try:
         assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
     finally:
-        ray.shutdown()  # the check runs once Ray is up (it asks the cluster for GPUs)
+        ray.shutdown()  # the check runs once Ray is up (it asks the cluster for GPUs), before any actor starts
     # Ray's own notice (printed when ~/.ray/auth_token exists, e.g. after a `ray start --head`) is not ours
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("Token authentication")]
-    assert len(err) == 1 and err[0].startswith("rlqa: error: rollout.backend: vllm")
+    assert len(err) == 1 and err[0].startswith(f"rlqa: error: {message}")
 
 
 def test_recipe_rules_of_the_scale_out_modes():

@@ -149,7 +149,10 @@ FAMILIES = {  # recipe's algorithm (and learner) sections, and a key only that f
         {"algorithm": {"policy_loss": "gspo", "loss_aggregation": "seq-mean-token-mean", "kl_coef": 0.02, "kl_ratio_weighted": True}},
         "policy/kl_sampled",
     ),
-    "cispo": ({"algorithm": {"policy_loss": "cispo", "old_logprobs": "recompute"}, "learner": {"mini_batches": 2}}, None),
+    "cispo with TIS": (
+        {"algorithm": {"policy_loss": "cispo", "old_logprobs": "recompute", "tis_cap": 2.0}, "learner": {"mini_batches": 2}},
+        "policy/tis_weight_mean",
+    ),
     "ppo": (
         {"algorithm": {"name": "ppo", "advantage": "gae", "kl_coef": 0.05, "kl_in_reward": True, "critic": {}}},
         "critic/value_loss",

@@ -7,6 +7,7 @@
 - losses: aggregation modes, clipped value loss
 - kl: k1 / k2 / k3 per-token KL estimators, the adaptive KL coefficient
 - entropy: sampled-token log-probs and entropy from logits
+- mismatch: the learner-vs-sampler log-prob gap, truncated importance sampling (TIS) weights
 """
 
 from rlqa.algorithms.advantages import (
@@ -21,6 +22,7 @@ from rlqa.algorithms.entropy import entropy_from_logits, token_logprobs
 from rlqa.algorithms.gae import gae_advantages, token_level_rewards, whiten
 from rlqa.algorithms.kl import AdaptiveKLController, kl_penalty
 from rlqa.algorithms.losses import aggregate, masked_mean, value_loss
+from rlqa.algorithms.mismatch import logprob_gap, tis_weights
 from rlqa.algorithms.policy_losses import (
     POLICY_LOSSES,
     cispo_policy_loss,
@@ -44,11 +46,13 @@ __all__ = [
     "get_policy_loss",
     "grpo_advantages",
     "kl_penalty",
+    "logprob_gap",
     "masked_mean",
     "policy_objective",
     "register_policy_loss",
     "reinforce_pp_advantages",
     "rloo_advantages",
+    "tis_weights",
     "token_level_rewards",
     "token_logprobs",
     "value_loss",

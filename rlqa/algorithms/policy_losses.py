@@ -198,6 +198,7 @@ def policy_objective(
     ref_logprobs: Tensor | None = None,
     kl_coef: float | None = None,
     entropy: Tensor | None = None,
+    tis_weights: Tensor | None = None,
     max_len: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The whole policy loss the learner minimises for one (micro-)batch, as the `algorithm` section `cfg` says:
@@ -215,11 +216,18 @@ def policy_objective(
     reverse KL (DeepSeek-V3.2; TRL's default, `use_bias_correction_kl`). Without it (verl, the GRPO paper) the two
     coincide only on-policy.
 
+    `tis_weights` (B, T), detached and > 0 (`rlqa.algorithms.mismatch.tis_weights`), multiply each token's
+    policy-gradient loss L_t, not the KL or entropy terms. They are applied to the advantage, w_t · A: every
+    registered loss is positively homogeneous in A per token (min/max/clip of terms linear in A, and the clip
+    conditions depend on A's sign only), so L_t(w_t A) = w_t L_t(A) exactly.
+
     logprobs: (B, T) with gradient; old_logprobs, ref_logprobs, entropy, mask: (B, T); advantages: (B,) or (B, T).
     Returns J () and the detached stats of the policy loss plus "pg_loss" and, when given, "kl" (token mean of the
     KL estimate) and "entropy" (token mean).
     """
     policy_loss = get_policy_loss(cfg.policy_loss)
+    if tis_weights is not None:
+        advantages = _per_response(advantages) * tis_weights  # (B, T)
     loss, stats = policy_loss.fn(logprobs, old_logprobs, advantages, mask, cfg, max_len)
     stats["pg_loss"] = loss.detach()
     kl_coef = cfg.kl_coef if kl_coef is None else kl_coef

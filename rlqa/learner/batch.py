@@ -7,7 +7,7 @@ into any mini- or micro-batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,9 +26,10 @@ class TrainSample:
     old_values: list[float] | None = None
     token_advantages: list[float] | None = None
     returns: list[float] | None = None
+    tis_weights: list[float] | None = None  # algorithm.tis_cap only
 
 
-PER_TOKEN_FIELDS = ("old_logprobs", "ref_logprobs", "old_values", "token_advantages", "returns")
+PER_TOKEN_FIELDS = ("old_logprobs", "ref_logprobs", "old_values", "token_advantages", "returns", "tis_weights")
 
 
 @dataclass
@@ -45,6 +46,11 @@ class TensorBatch:
     old_values: torch.Tensor | None = None
     token_advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    tis_weights: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> TensorBatch:
+        """The same batch on `device` (itself when already there)."""
+        return replace(self, **{k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
 
 
 def collate(samples: list[TrainSample], pad_token_id: int) -> TensorBatch:

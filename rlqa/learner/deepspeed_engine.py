@@ -107,8 +107,7 @@ class DeepSpeedEngine:
         return own, total, tokens
 
     def collate(self, samples: list[TrainSample], pad_token_id: int) -> TensorBatch:
-        batch = collate(samples, pad_token_id)
-        return replace(batch, **{k: v.to(self.device) for k, v in vars(batch).items() if isinstance(v, torch.Tensor)})
+        return collate(samples, pad_token_id).to(self.device)
 
     def _filler(self, sample: TrainSample, pad_token_id: int) -> TensorBatch:
         """A real forward/backward (so every ZeRO hook fires) with an empty loss mask: zero loss and gradient."""

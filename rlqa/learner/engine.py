@@ -61,7 +61,7 @@ class TrainEngine(Protocol):
 
 
 class LocalEngine:
-    """One learner process: plain torch on the device the policy was loaded on (the CPU)."""
+    """One learner process: plain torch on the device the policy lives on (the CPU, or the GPU Ray assigned)."""
 
     leads = True
 
@@ -82,7 +82,7 @@ class LocalEngine:
         return batches, sum(normaliser_count(b.mask, aggregation) for b in batches), sum(float(b.mask.sum()) for b in batches)
 
     def collate(self, samples: list[TrainSample], pad_token_id: int) -> TensorBatch:
-        return collate(samples, pad_token_id)
+        return collate(samples, pad_token_id).to(self.device)
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         loss.backward()

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import ray
 
-from rlqa.config import Recipe
+from rlqa.config import LearnerConfig, Recipe
+from rlqa.errors import UserError
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.deepspeed_engine import DeepSpeedEngine
 from rlqa.learner.learner import Learner
 from rlqa.rollout.weight_sync import rendezvous_address
+
+
+def check_learner_gpus(cfg: LearnerConfig, gpus_available: float) -> None:
+    """A user error (exit 2, one line), before any actor starts, when the recipe puts the learner on a GPU the Ray
+    cluster does not have (Ray would otherwise wait for it forever)."""
+    if cfg.gpus > 0 and gpus_available <= 0:
+        raise UserError(f"learner.gpus: {cfg.gpus:g} asks for a GPU and the Ray cluster has none; use learner.gpus: 0")
 
 
 class LearnerGroup:

@@ -6,9 +6,10 @@ pass at the sampling temperature (logits / T), and steps AdamW. Each model has o
 a DeepSpeed group, is the `TrainEngine` it is given (rlqa.learner.engine). It also runs the SFT warm-up, so the
 policy that RL starts from never leaves the process that trains it.
 
-An update first makes one gradient-free pass over the rollout batch when it needs anything besides the sampling
-log-probs (`_prepare`): reference log-probs, π_old's log-probs recomputed by the learner, and for PPO the critic's
-values, from which the token-level rewards, the token-level advantages (the registry's GAE) and returns follow. Then
+An update first makes one gradient-free pass over the rollout batch (`_prepare`): the learner's own log-probs of the
+sampled tokens, whose gap to the sampler's it reports (and, with `algorithm.tis_cap`, turns into TIS weights), π_old's
+log-probs when recomputed, reference log-probs, and for PPO the critic's values, from which the token-level rewards,
+the token-level advantages (the registry's GAE) and returns follow. Then
 `epochs` passes of `mini_batches` optimizer steps run on those fixed targets, so every ratio is against π_old, not
 the moving policy.
 
@@ -30,6 +31,7 @@ from rlqa.algorithms.advantages import get_advantage_estimator
 from rlqa.algorithms.gae import token_level_rewards, whiten
 from rlqa.algorithms.kl import AdaptiveKLController, kl_penalty
 from rlqa.algorithms.losses import masked_mean
+from rlqa.algorithms.mismatch import logprob_gap, tis_weights
 from rlqa.algorithms.policy_losses import policy_objective
 from rlqa.checkpoint import rng_state, set_rng_state
 from rlqa.config import Recipe
@@ -52,6 +54,8 @@ class Learner:
         self.total_steps = total_steps
         self.engine = engine or LocalEngine(recipe.learner)
         self.policy = Policy(model_dir, recipe.model)
+        if recipe.learner.gpus > 0 and torch.cuda.is_available():  # Ray shows an actor only the GPU it assigned
+            self.policy.model.to(torch.device("cuda"))
         self.reference: Reference | None = None  # β > 0 only
         self.critic: Critic | None = None  # PPO only
         self.critic_optimizer = None  # a separate critic only; a value head trains with the policy's optimizer
@@ -192,32 +196,36 @@ class Learner:
 
     @torch.no_grad()
     def _prepare(self, samples: list[TrainSample], temperature: float) -> tuple[list[TrainSample], dict[str, float]]:
-        """What stays fixed during the update, per sample: reference log-probs (β > 0), π_old's log-probs
-        (`old_logprobs: recompute`), and for PPO the critic's values, token-level advantages and returns."""
-        recompute = self.algo.old_logprobs == "recompute"
-        if self.reference is None and self.critic is None and not recompute:
-            return samples, {}
+        """What stays fixed during the update, per sample: π_old's log-probs (`old_logprobs: recompute`), TIS weights
+        (`tis_cap`), reference log-probs (β > 0), and for PPO the critic's values, token-level advantages and
+        returns. Also the gap between the learner's and the sampler's log-probs before any update."""
+        recompute, tis_cap = self.algo.old_logprobs == "recompute", self.algo.tis_cap
         self.policy.model.eval()  # π_old, V_old and π_ref as functions, without dropout noise
         if self.critic is not None:
             self.critic.eval()
         head = self.critic is not None and self.critic.backbone is None
         pad = self.policy.pad_token_id
         prepared: list[TrainSample] = []
+        gap = _TokenStats()
         micro = self.cfg.micro_batch_size
         for chunk in (samples[i : i + micro] for i in range(0, len(samples), micro)):
-            batch = self.engine.collate(chunk, pad)
+            batch = self.engine.collate(chunk, pad)  # batch.old_logprobs: the sampler's
             fields: dict[str, list[list[float]]] = {}
-            if recompute or head:
-                out = self.policy.forward(batch, temperature, hidden=head)
-                if recompute:
-                    fields["old_logprobs"] = per_sample(out.logprobs, chunk)
+            out = self.policy.forward(batch, temperature, hidden=head)
+            gap.add(batch.mask, *logprob_gap(out.logprobs, batch.old_logprobs, batch.mask))
+            if recompute:
+                fields["old_logprobs"] = per_sample(out.logprobs, chunk)
+            if tis_cap is not None:
+                weights = tis_weights(out.logprobs, batch.old_logprobs, tis_cap)  # (B, L-1)
+                gap.add_tis(batch.mask, weights, tis_cap)
+                fields["tis_weights"] = per_sample(weights, chunk)
             if self.reference is not None:
                 fields["ref_logprobs"] = per_sample(self.reference.logprobs(batch, temperature), chunk)
             if self.critic is not None:
                 values = self.critic.values(batch, out.hidden if head else None)  # (B, L-1)
                 fields["old_values"] = per_sample(values, chunk)
             prepared.extend(replace(s, **{name: rows[i] for name, rows in fields.items()}) for i, s in enumerate(chunk))
-        metrics = {}
+        metrics = gap.metrics()
         if self.reference is not None:
             whole = collate(prepared, pad)
             metrics["policy/kl_sampled"] = float(masked_mean(self._reference_kl(whole), whole.mask))
@@ -273,6 +281,7 @@ class Learner:
                 ref_logprobs=batch.ref_logprobs,
                 kl_coef=0.0 if self.algo.kl_in_reward else kl_coef,
                 entropy=out.entropy,
+                tis_weights=batch.tis_weights,
                 max_len=max_len,
             )
             if batch.ref_logprobs is None:  # no reference loaded: report the divergence from the sampling policy
@@ -295,3 +304,33 @@ class Learner:
             self.critic_optimizer.step()
             self.critic_scheduler.step()
         return stats
+
+
+class _TokenStats:
+    """The learner-vs-sampler gap (and TIS weights) of a batch, accumulated over the micro-batches of `_prepare`."""
+
+    def __init__(self):
+        self.tokens = 0.0
+        self.gap_sum, self.gap_max = 0.0, 0.0
+        self.weight_sum, self.capped = 0.0, 0.0
+        self.tis = False
+
+    def add(self, mask: torch.Tensor, gap_mean: torch.Tensor, gap_max: torch.Tensor) -> None:
+        tokens = float(mask.sum())
+        self.tokens += tokens
+        self.gap_sum += float(gap_mean) * tokens
+        self.gap_max = max(self.gap_max, float(gap_max))
+
+    def add_tis(self, mask: torch.Tensor, weights: torch.Tensor, cap: float) -> None:
+        self.tis = True
+        tokens = float(mask.sum())
+        self.weight_sum += float(masked_mean(weights, mask)) * tokens
+        self.capped += float(masked_mean((weights >= cap).float(), mask)) * tokens
+
+    def metrics(self) -> dict[str, float]:
+        tokens = max(self.tokens, 1.0)
+        metrics = {"rollout/logprob_diff_mean": self.gap_sum / tokens, "rollout/logprob_diff_max": self.gap_max}
+        if self.tis:
+            metrics["policy/tis_weight_mean"] = self.weight_sum / tokens
+            metrics["policy/tis_capped_frac"] = self.capped / tokens
+        return metrics

@@ -104,3 +104,16 @@ def test_old_logprobs_are_pi_old_not_the_moving_policy(tmp_path):
     # With two epochs the second pass measures its ratio against π_old, from which the first pass has moved.
     two_epochs = _learner(tmp_path, {**grpo, "old_logprobs": "recompute"}, {"epochs": 2, "lr": 1e-2}).update(_samples(), 1.0, 0)
     assert two_epochs["policy/approx_kl_old"] > 1e-5
+
+
+def test_prepare_reports_the_gap_to_the_sampler_and_caps_the_tis_weights(tmp_path):
+    # The sampling log-probs are a deliberately wrong -4: the gap is |log π_learner + 4| and w = min(e^(log π + 4), 2)
+    learner = _learner(tmp_path, {"old_logprobs": "recompute", "tis_cap": 2.0})
+    prepared, metrics = learner._prepare(_samples(), 1.0)
+    learned = torch.tensor([lp for s in prepared for lp in s.old_logprobs])  # the learner's π_old, recomputed
+    weights = torch.tensor([w for s in prepared for w in s.tis_weights])
+    assert torch.allclose(weights, (learned + 4).exp().clamp(max=2.0))
+    assert metrics["rollout/logprob_diff_mean"] == pytest.approx(float((learned + 4).abs().mean()), rel=1e-5)
+    assert metrics["rollout/logprob_diff_max"] == pytest.approx(float((learned + 4).abs().max()), rel=1e-5)
+    assert metrics["policy/tis_weight_mean"] == pytest.approx(float(weights.mean()), rel=1e-5)
+    assert metrics["policy/tis_capped_frac"] == pytest.approx(float((weights >= 2.0).float().mean()))
