@@ -66,10 +66,7 @@ def load_examples(
         raise UserError(f"{path}: unknown data format {format!r} (supported: {', '.join(FORMATS)})")
     if limit is not None and limit < 1:
         raise UserError(f"{path}: limit must be at least 1, got {limit}")
-    if system_prompt is not None and not chat_template:
-        raise UserError(f"{path}: a system prompt needs chat_template=True (it is only sent as a chat message)")
-    if chat_template:
-        _check_chat_template(path, tokenizer)
+    check_prompt_options(str(path), chat_template, tokenizer, system_prompt)
 
     rows = list(_read_rows(path, format, limit))
     if not rows:
@@ -92,8 +89,7 @@ def load_examples(
         solution = _optional_text(row, solution_key, where) if solution_key else None
         if style == "gsm8k":
             answer, solution = _parse_gsm8k(answer, answer_key, where)
-        messages = _templated_messages(row, style, prompt_key, prompt_template, where)
-        text = _apply_chat_template(tokenizer, messages, system_prompt) if chat_template else messages[-1]["content"]
+        text = render_prompt(row, style, prompt_key, prompt_template, chat_template, tokenizer, system_prompt, where)
         prompt_id = _required_text(row, id_key, where) if id_key else f"{path.stem}-{row_number - 1}"
         if prompt_id in seen_ids:
             raise UserError(f"{where}: duplicate id {prompt_id!r} in column {id_key!r}")
@@ -238,12 +234,26 @@ def _render_template(template: str, row: Mapping, prompt_text: str, where: str) 
         raise UserError(f"{where}: prompt_template {template!r} cannot be rendered ({error})")
 
 
-def _check_chat_template(path: Path, tokenizer: Any) -> None:
+def check_prompt_options(where: str, chat_template: bool, tokenizer: Any, system_prompt: str | None) -> None:
+    """A system prompt needs the chat template, and the chat template needs a tokenizer that has one."""
+    if system_prompt is not None and not chat_template:
+        raise UserError(f"{where}: a system prompt needs chat_template=True (it is only sent as a chat message)")
+    if not chat_template:
+        return
     if tokenizer is None:
         raise ValueError("chat_template=True needs a tokenizer")
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise UserError(f"{path}: chat_template is on but the tokenizer {name!r} has no chat template")
+        raise UserError(f"{where}: chat_template is on but the tokenizer {name!r} has no chat template")
+
+
+def render_prompt(
+    row: Mapping, style: str, prompt_key: str, template: str, chat_template: bool, tokenizer: Any, system_prompt: str | None, where: str
+) -> str:
+    """What the model sees: the row's messages with `template` over the last user message, rendered by the chat
+    template when it is on, else that message's text."""
+    messages = _templated_messages(row, style, prompt_key, template, where)
+    return _apply_chat_template(tokenizer, messages, system_prompt) if chat_template else messages[-1]["content"]
 
 
 def _apply_chat_template(tokenizer: Any, messages: list[dict[str, str]], system_prompt: str | None) -> str:

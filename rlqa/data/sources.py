@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rlqa.config import DatasetConfig, Recipe, resolve_path
 from rlqa.data.example import Example
-from rlqa.data.loaders import load_examples
+from rlqa.data.loaders import check_prompt_options, load_examples, render_prompt
 from rlqa.errors import UserError
 from rlqa.tasks.arithmetic import make_examples
 
@@ -14,6 +16,7 @@ def build_examples(spec: DatasetConfig, recipe: Recipe, tokenizer, where: str) -
         examples = make_examples(
             spec.split, spec.size, seed=spec.seed, levels=spec.levels, verbose_fraction=spec.verbose_fraction, worked_fraction=spec.worked_fraction
         )
+        examples = _templated(examples, spec, tokenizer, where)
     else:
         path = resolve_path(recipe, spec.path)
         if not path.is_file():
@@ -37,3 +40,15 @@ def build_examples(spec: DatasetConfig, recipe: Recipe, tokenizer, where: str) -
     if len(set(ids)) != len(ids):
         raise UserError(f"{where}: prompt ids are not unique (set {where}.id_key to a column with unique values)")
     return examples
+
+
+def _templated(examples: list[Example], spec: DatasetConfig, tokenizer, where: str) -> list[Example]:
+    """A built-in task's prompts through prompt_template (over the example's columns) and, if on, the chat template."""
+    check_prompt_options(f"{where}.chat_template", spec.chat_template, tokenizer, spec.system_prompt)
+    return [
+        replace(e, prompt=render_prompt(
+            {**e.columns, "prompt": e.prompt}, "jsonl", "prompt", spec.prompt_template, spec.chat_template, tokenizer,
+            spec.system_prompt, where,
+        ))
+        for e in examples
+    ]
