@@ -9,6 +9,7 @@ x 2 rollouts x 12 tokens, 2 steps, one rollout worker, so the file takes a few m
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_resume import Train, reproducible, rows
+from test_resume import Train, processes, reproducible, rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlqa import checkpoint
@@ -74,14 +75,21 @@ def leaves_nothing_behind():
     token = uuid.uuid4().hex
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(MARKER, token)
-        yield
+        yield token
     deadline = time.monotonic() + 20  # Ray's shutdown takes a moment
     while marked(token) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = marked(token)
+    left = {pid: command_line(pid) for pid in marked(token)}
     for pid in left:
-        os.kill(pid, 9)
-    assert not left, f"processes left behind: {[(Path(f'/proc/{p}/cmdline').read_bytes()[:120]) for p in left]}"
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left behind: {left}"
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"
 
 
 def rlqa(*args: str) -> subprocess.CompletedProcess:
@@ -129,9 +137,11 @@ def test_grpo_trains_the_real_model_through_ray_on_its_chat_template(reference, 
 
 def test_sigkill_then_resume_ends_exactly_where_the_uninterrupted_run_ends(recipe, reference, tmp_path):
     run_dir = tmp_path / "run"
-    with leaves_nothing_behind():
+    with leaves_nothing_behind() as token:
         run = Train(recipe, run_dir)
         run.wait_for(checkpoint.step_dir(run_dir, 1).exists, timeout=600)
+        pids = processes(run_dir)
+        assert {pids["driver"], *pids["learners"], *pids["rollout_workers"]} <= set(marked(token))  # the mark reaches them
         run.kill_tree()  # the whole process tree, as when the node goes away
     resumed = train(run_dir / "recipe.yaml", run_dir, "--resume")
     assert f"resumed from {checkpoint.step_dir(run_dir, 1)} (step 1)" in resumed.out
