@@ -6,8 +6,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 CACHE = Path(__file__).resolve().parent / ".cache"  # ignored by git; kept between sessions
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Generate in this process the way a rollout worker does (rollout.torch_threads: 1). On a busy 2-core machine
+    two intra-op threads wait on each other and a 135M-parameter model runs tens of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

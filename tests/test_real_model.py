@@ -28,7 +28,7 @@ from rlqa import checkpoint
 from rlqa.rollout.backends import make_backend
 from rlqa.rollout.types import GenerationRequest, SamplingParams
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 STEPS = 2
 MARKER = "RLQA_TEST_PROCESS_MARK"

@@ -16,6 +16,8 @@ from rlqa.rollout.backends import make_backend
 from rlqa.rollout.seeding import gumbel_noise, sample_seed
 from rlqa.rollout.types import GenerationRequest, SamplingParams
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = {"sum": "What is 17 + 25?", "story": "Write one sentence about the sea."}
 PARAMS = SamplingParams(temperature=0.8, max_new_tokens=24)
 IM_END, ENDOFTEXT = 2, 0  # SmolLM2's <|im_end|> and <|endoftext|>
