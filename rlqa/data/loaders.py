@@ -53,8 +53,7 @@ def load_examples(path: str | Path, spec: DatasetConfig | None = None, tokenizer
     """
     path = Path(path)
     spec = spec or DatasetConfig(path=str(path))
-    if spec.chat_template:
-        _check_chat_template(path, tokenizer)
+    check_prompt_options(str(path), spec.chat_template, tokenizer)
 
     rows = list(_read_rows(path, spec))
     if not rows:
@@ -78,8 +77,7 @@ def load_examples(path: str | Path, spec: DatasetConfig | None = None, tokenizer
         solution = _optional_text(row, solution_key, where) if solution_key else None
         if style == "gsm8k":
             answer, solution = _parse_gsm8k(answer, answer_key, where)
-        messages = _templated_messages(row, style, prompt_key, spec.prompt_template, where)
-        text = _apply_chat_template(tokenizer, messages, spec.system_prompt) if spec.chat_template else messages[-1]["content"]
+        text = render_prompt(row, style, prompt_key, spec.prompt_template, spec.chat_template, tokenizer, spec.system_prompt, where)
         prompt_id = _required_text(row, id_key, where) if id_key else f"{path.stem}-{row_number - 1}"
         if prompt_id in seen_ids:
             raise UserError(f"{where}: duplicate id {prompt_id!r} in column {id_key!r}")
@@ -245,12 +243,24 @@ def _render_template(template: str, row: Mapping, prompt_text: str, where: str) 
         raise UserError(f"{where}: prompt_template {template!r} cannot be rendered ({error})")
 
 
-def _check_chat_template(path: Path, tokenizer: Any) -> None:
+def check_prompt_options(where: str, chat_template: bool, tokenizer: Any) -> None:
+    """The chat template needs a tokenizer that has one (a system prompt needs the chat template: the schema says so)."""
+    if not chat_template:
+        return
     if tokenizer is None:
         raise ValueError("chat_template=True needs a tokenizer")
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise UserError(f"{path}: chat_template is on but the tokenizer {name!r} has no chat template")
+        raise UserError(f"{where}: chat_template is on but the tokenizer {name!r} has no chat template")
+
+
+def render_prompt(
+    row: Mapping, style: str, prompt_key: str, template: str, chat_template: bool, tokenizer: Any, system_prompt: str | None, where: str
+) -> str:
+    """What the model sees: the row's messages with `template` over the last user message, rendered by the chat
+    template when it is on, else that message's text."""
+    messages = _templated_messages(row, style, prompt_key, template, where)
+    return _apply_chat_template(tokenizer, messages, system_prompt) if chat_template else messages[-1]["content"]
 
 
 def _apply_chat_template(tokenizer: Any, messages: list[dict[str, str]], system_prompt: str | None) -> str:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rlqa.config import DatasetConfig, Recipe, resolve_path
 from rlqa.data.example import Example
-from rlqa.data.loaders import load_examples
+from rlqa.data.loaders import check_prompt_options, load_examples, render_prompt
 from rlqa.errors import UserError
 from rlqa.tasks.arithmetic import make_examples
 
 
 def build_examples(spec: DatasetConfig, recipe: Recipe, tokenizer, where: str) -> list[Example]:
     if spec.task == "arithmetic":
-        examples = make_examples(spec)
+        examples = _templated(make_examples(spec), spec, tokenizer, where)
     else:
         path = resolve_path(recipe, spec.path)
         if not path.exists():
@@ -23,3 +25,15 @@ def build_examples(spec: DatasetConfig, recipe: Recipe, tokenizer, where: str) -
     if len(set(ids)) != len(ids):
         raise UserError(f"{where}: prompt ids are not unique (set {where}.id_key to a column with unique values)")
     return examples
+
+
+def _templated(examples: list[Example], spec: DatasetConfig, tokenizer, where: str) -> list[Example]:
+    """A built-in task's prompts through prompt_template (over the example's columns) and, if on, the chat template."""
+    check_prompt_options(f"{where}.chat_template", spec.chat_template, tokenizer)
+    return [
+        replace(e, prompt=render_prompt(
+            {**e.columns, "prompt": e.prompt}, "jsonl", "prompt", spec.prompt_template, spec.chat_template, tokenizer,
+            spec.system_prompt, where,
+        ))
+        for e in examples
+    ]

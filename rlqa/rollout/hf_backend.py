@@ -1,15 +1,37 @@
-"""Generation with Hugging Face `generate` (KV cache), sampling through the seeded Gumbel-max processor."""
+"""Generation with Hugging Face `generate` (KV cache), sampling through the seeded Gumbel-max processor.
+
+The tokens must come from exactly the distribution whose log-probs are recorded (softmax of logits / T), since
+those log-probs are π_old and feed the entropy the temperature controller holds. So `generate` runs greedy
+decoding under a generation config built from scratch: a checkpoint's own `generation_config.json` (a repetition
+penalty, forced or suppressed tokens, a minimum length, sampling defaults) never reaches it. The one thing kept
+from it is the full list of EOS ids (Qwen2.5 and Llama 3 stop on several).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList
 
 from rlqa.rollout.seeding import SeededSampler
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 from rlqa.rollout.weight_sync import BroadcastChannel, WeightSpec, open_ipc_handles
+
+
+def eos_token_ids(generation_config: GenerationConfig, tokenizer) -> list[int]:
+    """Every token that ends a completion: the checkpoint's EOS list (an int or a list in generation_config.json),
+    then the tokenizer's EOS if the list lacks it."""
+    ids = generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def first_stop(tokens: list[int], stop_ids: list[int]) -> int | None:
+    """Index of the first stop token in `tokens`, or None."""
+    return next((i for i, token in enumerate(tokens) if token in stop_ids), None)
 
 
 class HFBackend:
@@ -18,6 +40,21 @@ class HFBackend:
         self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.micro_batch_size = micro_batch_size
+        self.eos_ids = eos_token_ids(model.generation_config, tokenizer)
+        # generate() fills every unset field from model.generation_config: leave nothing of the checkpoint's there
+        self.model.generation_config = GenerationConfig(eos_token_id=self.eos_ids, pad_token_id=tokenizer.pad_token_id)
+
+    def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
+        """Greedy decoding and nothing else: the seeded sampler is the only processor between logits and token."""
+        return GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            use_cache=True,
+        )
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -51,7 +88,7 @@ class HFBackend:
         return rollouts
 
     def _generate_batch(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]:
-        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
         width = max(len(r.prompt_tokens) for r in requests)
         input_ids = torch.full((len(requests), width), pad, dtype=torch.long)  # (B, P), left-padded
         attention_mask = torch.zeros_like(input_ids)
@@ -67,18 +104,8 @@ class HFBackend:
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            do_sample=False,
-            max_new_tokens=params.max_new_tokens,
+            generation_config=self._generation_config(params.max_new_tokens),
             logits_processor=processors,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            return_dict_in_generate=True,
-            output_logits=True,
-            use_cache=True,
-            # the processor does the sampling: keep generation_config from adding warpers or penalties
-            temperature=None,
-            top_k=None,
-            top_p=None,
         )
         completions = out.sequences[:, width:]  # (B, N)
         logits = torch.stack(out.logits, dim=1).float()  # (B, N, V) raw
@@ -89,10 +116,9 @@ class HFBackend:
         rollouts = []
         for row, request in enumerate(requests):
             tokens = completions[row].tolist()
-            finish = "length"
-            if eos in tokens:
-                tokens = tokens[: tokens.index(eos) + 1]
-                finish = "stop"
+            stop = first_stop(tokens, self.eos_ids)
+            finish = "length" if stop is None else "stop"
+            tokens = tokens if stop is None else tokens[: stop + 1]
             rollouts.append(
                 Rollout(
                     prompt_id=request.prompt_id,
