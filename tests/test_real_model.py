@@ -25,6 +25,7 @@ from test_resume import Train, processes, reproducible, rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlqa import checkpoint
+from rlqa.config import ModelConfig, RolloutConfig
 from rlqa.rollout.backends import make_backend
 from rlqa.rollout.types import GenerationRequest, SamplingParams
 
@@ -170,7 +171,8 @@ def test_export_loads_in_transformers_and_generates_what_the_policy_generates(re
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
     plain = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12)[0, ids.shape[1] :]
 
-    policy = make_backend("hf", str(reference / "final"), "float32", 1, trust_remote_code=False, gpu_memory=0.0)
+    final = str(reference / "final")
+    policy = make_backend(final, ModelConfig(path=final), RolloutConfig(backend="hf", micro_batch_size=1))
     (greedy,) = policy.generate([GenerationRequest("p", 0, tuple(ids[0].tolist()), 0)], SamplingParams(0.0, 12), version=0)
     assert plain.tolist()[: len(greedy.completion_tokens)] == greedy.completion_tokens
 
