@@ -259,7 +259,8 @@ class RolloutSampler:
                 f"prompts per step ({prompts_per_step}) must be between 1 and the number of training prompts "
                 f"({len(self._prompt_ids)})"
             )
-        self._n_min, self._n_max, self._n_low, self._n_high = cfg.bounds(rollouts_per_prompt)
+        bounds = cfg.bounds(rollouts_per_prompt)  # validated against rollouts_per_prompt
+        self._n_min, self._n_max, self._n_low, self._n_high = bounds.n_min, bounds.n_max, bounds.n_low, bounds.n_high
         self._prompts_per_step = prompts_per_step
         self._rollouts_per_prompt = rollouts_per_prompt
         self._seed = seed
