@@ -49,7 +49,7 @@ class DatasetConfig(Section):
     task: Literal["arithmetic"] | None = Field(None, description="a built-in generated task instead of a file")
     split: Literal["train", "test"] = Field("train", description="which split of the built-in task, or of a saved DatasetDict")
     size: int = Field(1000, gt=0, description="number of examples generated for a built-in task")
-    levels: list[int] = Field([1, 2, 3, 4], description="difficulty levels of the built-in task (distinct, among 1-5)")
+    levels: list[int] = Field([1, 2, 3, 4], description="difficulty levels of the built-in task (distinct, from one family: 1-5 mixed +-*, 6-8 sums of 2-4 numbers in 1-30)")
     verbose_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions padded with restating and re-checking (built-in task)")
     worked_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions showing place-value work (built-in task)")
     seed: int = Field(0, description="seed of the built-in task generator")
@@ -70,10 +70,12 @@ class DatasetConfig(Section):
         if self.system_prompt is not None and not self.chat_template:
             raise ValueError("system_prompt needs chat_template: true (it is only sent as a chat message)")
         if self.task == "arithmetic":
-            from rlqa.tasks.arithmetic import LEVELS
+            from rlqa.tasks.arithmetic import LEVELS, family_levels
 
             if not self.levels or len(set(self.levels)) != len(self.levels) or not set(self.levels) <= set(LEVELS):
                 raise ValueError(f"levels must be distinct values among {sorted(LEVELS)}, got {self.levels}")
+            if not set(self.levels) <= set(family_levels(self.levels[0])):
+                raise ValueError(f"levels must come from one family (1-5 mixed, 6-8 sums of small numbers), got {self.levels}")
         return self
 
 

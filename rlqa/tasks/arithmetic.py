@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LevelSpec:
-    """Problems of one level: operand count, operands drawn uniformly from 0..max_operand, operators from `operators`.
+    """Problems of one level: operand count, operands drawn uniformly from min_operand..max_operand, operators from
+    `operators`. Levels come in families; a recipe draws its levels from one family, and within a family a problem
+    belongs to the easiest level that can produce it.
 
     Solutions evaluate left to right, so a level may only mix '*' with other operators when it comes first.
     """
@@ -46,6 +48,8 @@ class LevelSpec:
     operand_count: int
     max_operand: int
     operators: str
+    min_operand: int = 0
+    family: str = "mixed"
 
 
 LEVELS: dict[int, LevelSpec] = {
@@ -54,7 +58,22 @@ LEVELS: dict[int, LevelSpec] = {
     3: LevelSpec(operand_count=3, max_operand=99, operators="+-"),
     4: LevelSpec(operand_count=4, max_operand=99, operators="+-"),
     5: LevelSpec(operand_count=2, max_operand=12, operators="*"),  # times tables, not in the default levels
+    # sums of 2, 3 and 4 small numbers: the quickstart's task, where a warm-up's pass@8 is far above its pass@1
+    6: LevelSpec(operand_count=2, min_operand=1, max_operand=30, operators="+", family="sums"),
+    7: LevelSpec(operand_count=3, min_operand=1, max_operand=30, operators="+", family="sums"),
+    8: LevelSpec(operand_count=4, min_operand=1, max_operand=30, operators="+", family="sums"),
 }
+
+
+def family_levels(level: int) -> list[int]:
+    """The levels of `level`'s family, easiest first."""
+    return sorted(other for other, spec in LEVELS.items() if spec.family == LEVELS[level].family)
+
+
+def level_rank(level: int) -> float:
+    """An offline difficulty prior in [0, 1): the level's position in its family over the family's size."""
+    family = family_levels(level)
+    return family.index(level) / len(family)
 
 TEST_FRACTION_MODULUS = 5  # 1 in 5 problems is a test problem
 _ENUMERATE_UP_TO = 100_000  # levels with at most this many problems are listed whole, so their size is exact
@@ -82,7 +101,7 @@ def make_examples(spec: "DatasetConfig") -> list[Example]:
     A level with fewer distinct problems than its even share (level 1 has 100 in all) gives all it has and the
     other levels share the rest. Each solution shows place-value work with probability worked_fraction and is
     verbose with probability verbose_fraction.
-    columns = {"level": level, "rank": (level - 1) / len(LEVELS)}, an offline difficulty prior in [0, 1).
+    columns = {"level": level, "rank": level_rank(level)}, an offline difficulty prior in [0, 1).
     Same section -> the same list.
     """
     split, n, seed, levels = spec.split, spec.size, spec.seed, spec.levels
@@ -111,11 +130,13 @@ def split_of(text: str) -> str:
     return "test" if int(_sha(text)[:8], 16) % TEST_FRACTION_MODULUS == 0 else "train"
 
 
-def _level_of(problem: _Problem) -> int:
-    """The easiest level whose spec can produce this problem."""
+def _level_of(problem: _Problem, family: str) -> int:
+    """The easiest level of `family` whose spec can produce this problem."""
     for level, spec in sorted(LEVELS.items()):
         if (
-            len(problem.operands) == spec.operand_count
+            spec.family == family
+            and len(problem.operands) == spec.operand_count
+            and spec.min_operand <= min(problem.operands)
             and max(problem.operands) <= spec.max_operand
             and set(problem.operators) <= set(spec.operators)
         ):
@@ -124,11 +145,12 @@ def _level_of(problem: _Problem) -> int:
 
 
 def _belongs(problem: _Problem, level: int, split: str) -> bool:
-    return _level_of(problem) == level and split_of(problem.text) == split
+    return _level_of(problem, LEVELS[level].family) == level and split_of(problem.text) == split
 
 
 def _level_size(spec: LevelSpec) -> int:
-    return (spec.max_operand + 1) ** spec.operand_count * len(spec.operators) ** (spec.operand_count - 1)
+    span = spec.max_operand - spec.min_operand + 1
+    return span**spec.operand_count * len(spec.operators) ** (spec.operand_count - 1)
 
 
 def _listed_pool(level: int, split: str) -> list[_Problem] | None:
@@ -137,7 +159,7 @@ def _listed_pool(level: int, split: str) -> list[_Problem] | None:
     if _level_size(spec) > _ENUMERATE_UP_TO:
         return None
     every = itertools.product(
-        itertools.product(range(spec.max_operand + 1), repeat=spec.operand_count),
+        itertools.product(range(spec.min_operand, spec.max_operand + 1), repeat=spec.operand_count),
         itertools.product(spec.operators, repeat=spec.operand_count - 1),
     )
     return [problem for problem in itertools.starmap(_Problem, every) if _belongs(problem, level, split)]
@@ -149,7 +171,7 @@ def _sampled_problems(level: int, split: str, count: int, rng: random.Random) ->
     problems: dict[str, _Problem] = {}
     while len(problems) < count:
         problem = _Problem(
-            operands=tuple(rng.randint(0, spec.max_operand) for _ in range(spec.operand_count)),
+            operands=tuple(rng.randint(spec.min_operand, spec.max_operand) for _ in range(spec.operand_count)),
             operators=tuple(rng.choice(spec.operators) for _ in range(spec.operand_count - 1)),
         )
         if _belongs(problem, level, split):
@@ -227,5 +249,5 @@ def _example(problem: _Problem, level: int, split: str, *, verbose: bool, worked
         prompt=f"{problem.text}=?\n",
         answer=str(value),
         solution=solution,
-        columns={"level": level, "rank": (level - 1) / len(LEVELS)},
+        columns={"level": level, "rank": level_rank(level)},
     )

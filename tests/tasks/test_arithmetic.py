@@ -100,6 +100,26 @@ def test_each_level_matches_its_spec_and_rank():
     assert {e.columns["rank"] for e in examples} == {0.0, 0.2, 0.4, 0.6, 0.8}
 
 
+def test_the_sums_family_has_its_own_levels_and_ranks():
+    examples = make_examples("train", 600, seed=2, levels=(6, 7, 8), worked_fraction=0.0, verbose_fraction=0.0)
+    assert collections.Counter(e.columns["level"] for e in examples) == {6: 200, 7: 200, 8: 200}
+    for example in examples:
+        operands = [int(x) for x in expression(example).split("+")]
+        assert len(operands) == example.columns["level"] - 4  # 2, 3 and 4 numbers
+        assert 1 <= min(operands) and max(operands) <= 30
+        assert example.columns["rank"] == {6: 0.0, 7: 1 / 3, 8: 2 / 3}[example.columns["level"]]
+    # membership is decided within the family: 12+25 is a level-2 problem among the mixed levels and a level-6
+    # one among the sums, and level 6 lists all 30 * 30 of its problems, 1 in 5 of them in the test split
+    assert len(make_examples("train", 10, seed=0, levels=(6,))) == 10
+    test_sums = {expression(e) for e in make_examples("test", 150, seed=0, levels=(6,))}
+    listed = {f"{a}+{b}" for a in range(1, 31) for b in range(1, 31) if split_of(f"{a}+{b}") == "test"}
+    assert test_sums <= listed and len(listed) < 250
+    # a sum's solution is its running total, a line per addition
+    assert _solution(_Problem((12, 7, 25, 3), ("+", "+", "+")), verbose=False)[0] == (
+        "12+7=19\n19+25=44\n44+3=47\n\\boxed{47}"
+    )
+
+
 def test_hand_checked_worked_solutions():
     # 23+45: tens 20+40 = 60, ones 3+5 = 8, 60+8 = 68; 68-12: 60-10 = 50, 8-2 = 6, 50+6 = 56
     assert _solution(_Problem((23, 45, 12), ("+", "-")), verbose=False, worked=True) == (
@@ -191,7 +211,10 @@ def test_bad_sections_are_refused_by_the_schema():
             validate_recipe({"data": {"train": {"task": "arithmetic", **section}}}, source="r.yaml", base_dir=".")
         return str(err.value)
 
-    assert message({"levels": [1, 9]}) == "r.yaml: data.train: levels must be distinct values among [1, 2, 3, 4, 5], got [1, 9]"
+    assert message({"levels": [1, 9]}) == "r.yaml: data.train: levels must be distinct values among [1, 2, 3, 4, 5, 6, 7, 8], got [1, 9]"
+    assert message({"levels": [2, 6]}) == (
+        "r.yaml: data.train: levels must come from one family (1-5 mixed, 6-8 sums of small numbers), got [2, 6]"
+    )
     assert message({"levels": [2, 2]}).endswith("got [2, 2]")
     assert message({"levels": []}).endswith("got []")
     assert message({"verbose_fraction": 1.5}) == "r.yaml: data.train.verbose_fraction: Input should be less than or equal to 1"
