@@ -52,6 +52,7 @@ class DatasetConfig(Section):
     levels: list[int] = Field([1, 2, 3, 4], description="difficulty levels of the built-in task (distinct, from one family: 1-5 mixed +-*, 6-8 sums of 2-4 numbers in 1-30)")
     verbose_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions padded with restating and re-checking (built-in task)")
     worked_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions showing place-value work (built-in task)")
+    answer_only_fraction: float = Field(0.0, ge=0, le=1, description="share of solutions that state the boxed answer alone, without steps (built-in task)")
     seed: int = Field(0, description="seed of the built-in task generator")
     format: Literal["auto", "jsonl", "parquet", "verl", "gsm8k"] = Field("auto", description="file format")
     prompt_key: str | None = Field(None, description="column holding the prompt (default: the format's own)")

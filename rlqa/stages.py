@@ -151,6 +151,7 @@ def rollout_metrics(batch: StepBatch, version: int, worker_restarts: int) -> dic
     return {
         "rollout/temperature": batch.temperature,
         "rollout/count": float(len(rollouts)),
+        "rollout/generated": float(len(batch.rollouts)),
         "rollout/tokens": float(sum(lengths)),
         "rollout/length_mean": sum(lengths) / len(lengths),
         "rollout/length_correct_mean": sum(correct_lengths) / len(correct_lengths) if correct_lengths else math.nan,

@@ -74,6 +74,7 @@ def test_rollout_metrics_and_staleness():
     b.rollouts[5] = Rollout("c", 2, [5], [7] * 5, [-1.0] * 5, "length", 2)
     metrics = stages.rollout_metrics(b, version=4, worker_restarts=1)
     assert metrics["rollout/count"] == 6 and metrics["rollout/tokens"] == 15 and metrics["rollout/dropped"] == 1
+    assert metrics["rollout/generated"] == 6  # no group filtered: everything generated trains
     assert metrics["rollout/length_correct_mean"] == pytest.approx((2 + 2 + 2 + 5) / 4)
     assert metrics["rollout/truncated_frac"] == pytest.approx(1 / 6)
     # the update started from version 3; five rollouts came from 3, one from 2
@@ -109,7 +110,8 @@ def test_dynamic_sampling_drops_constant_groups_and_refills_up_to_the_target():
     assert [s.reward for s in batch.train_samples()] == pytest.approx([1.0, 0.0, 0.0, 0.5, 1.0, 0.0, 0.2, 0.1])
     assert torch.allclose(batch.advantages, torch.tensor([1.0, -1, -1, 1, 1, -1, 1, -1]) * 0.707107, atol=1e-5)
     # the rollout metrics count what trains; the sampler learns from every group, and counts the trained prompts
-    assert stages.rollout_metrics(batch, version=4, worker_restarts=0)["rollout/count"] == 8
+    rollout_metrics = stages.rollout_metrics(batch, version=4, worker_restarts=0)
+    assert rollout_metrics["rollout/count"] == 8 and rollout_metrics["rollout/generated"] == 16  # what was generated
     sampler = RolloutSampler(list("abcdefgh"), SamplerConfig(), prompts_per_step=4, rollouts_per_prompt=2, seed=0)
     sampler.next_batch(0)
     sampler_metrics = stages.advance_sampler(batch, sampler, LengthHistory())

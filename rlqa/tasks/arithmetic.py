@@ -8,12 +8,17 @@ levels so RL still has room to improve and the sampler has difficulties to alloc
     worked:   "23+45=(20+40)+(3+5)=60+8=68\\n68-12=(60-10)+(8-2)=50+6=56\\n\\boxed{56}"
     verbose:  "we have 23+45-12\\n23+45=68\\ncheck 68-45=23 ok\\n68-12=56\\ncheck 56+12=68 ok\\n"
               "so the answer is 56\\n\\boxed{56}"
+    answer only: "\\boxed{56}"
 
 Every solution does the same left-to-right steps. A worked step splits + and - by place value, so each part is a
 one-digit fact; a direct step states its result. The two choices are independent: `worked_fraction` of the
 solutions show place-value work, and `verbose_fraction` of them are padded with restating and re-checking.
 Worked steps are far easier for a small model to get right, so a policy that samples both styles has something
-for RL to find; the padding only adds length, a target for length-aware rewards. Every character is printable
+for RL to find; the padding only adds length, a target for length-aware rewards.
+
+Independently of both, `answer_only_fraction` of the solutions skip the steps and state the answer alone. A model
+warmed up on them guesses when it starts that way and works the sum out when it starts with a step, so its pass@k is
+far above its pass@1 and RL has the better habit to find: the quickstart's design. Every character is printable
 ASCII or a newline.
 
 Splits are disjoint by construction: a problem belongs to "test" when int(sha256(text)[:8], 16) % 5 == 0 (about
@@ -100,13 +105,14 @@ def make_examples(spec: "DatasetConfig") -> list[Example]:
 
     A level with fewer distinct problems than its even share (level 1 has 100 in all) gives all it has and the
     other levels share the rest. Each solution shows place-value work with probability worked_fraction and is
-    verbose with probability verbose_fraction.
+    verbose with probability verbose_fraction; with probability answer_only_fraction it is the boxed answer alone.
     columns = {"level": level, "rank": level_rank(level)}, an offline difficulty prior in [0, 1).
     Same section -> the same list.
     """
     split, n, seed, levels = spec.split, spec.size, spec.seed, spec.levels
     verbose_fraction, worked_fraction = spec.verbose_fraction, spec.worked_fraction
     rng = random.Random(f"arithmetic-{split}-{seed}")
+    answer_only_rng = random.Random(f"arithmetic-{split}-{seed}-answer-only")  # its own stream: other draws unchanged
     pools = {level: _listed_pool(level, split) for level in levels}
     capacities = [math.inf if pools[level] is None else len(pools[level]) for level in levels]
     examples = []
@@ -116,7 +122,8 @@ def make_examples(spec: "DatasetConfig") -> list[Example]:
         for problem in problems:
             verbose = rng.random() < verbose_fraction
             worked = rng.random() < worked_fraction
-            examples.append(_example(problem, level, split, verbose=verbose, worked=worked))
+            answer_only = answer_only_rng.random() < spec.answer_only_fraction
+            examples.append(_example(problem, level, split, verbose=verbose, worked=worked, answer_only=answer_only))
     rng.shuffle(examples)
     return examples
 
@@ -242,8 +249,10 @@ def _solution(problem: _Problem, verbose: bool, worked: bool = False) -> tuple[s
     return "\n".join(lines), final
 
 
-def _example(problem: _Problem, level: int, split: str, *, verbose: bool, worked: bool) -> Example:
+def _example(problem: _Problem, level: int, split: str, *, verbose: bool, worked: bool, answer_only: bool = False) -> Example:
     solution, value = _solution(problem, verbose, worked)
+    if answer_only:
+        solution = f"\\boxed{{{value}}}"
     return Example(
         prompt_id=f"arith-{split}-{_sha(problem.text)[:12]}",
         prompt=f"{problem.text}=?\n",

@@ -165,6 +165,18 @@ def test_every_solution_is_correct_arithmetic():
     assert any(example.answer.startswith("-") for example in examples)
 
 
+def test_answer_only_solutions_state_the_boxed_answer_and_change_nothing_else():
+    section = dict(levels=(6, 7, 8), verbose_fraction=0.3, worked_fraction=0.4)
+    full = make_examples("train", 1000, seed=4, **section)
+    mixed = make_examples("train", 1000, seed=4, answer_only_fraction=0.7, **section)
+    assert [e.prompt for e in full] == [e.prompt for e in mixed]
+    short = [m for m in mixed if m.solution == f"\\boxed{{{m.answer}}}"]
+    assert 650 <= len(short) <= 750  # 700 expected, sd 14.5
+    # the other solutions are exactly those drawn without the option: its draws come from a stream of their own
+    assert all(m.solution == f.solution for f, m in zip(full, mixed) if m not in short)
+    assert make_examples("train", 50, seed=4, answer_only_fraction=1.0, **section)[0].solution.count("\n") == 0
+
+
 def test_verbose_is_the_same_arithmetic_padded():
     concise = make_examples("train", 400, seed=5, verbose_fraction=0.0, worked_fraction=0.0)
     verbose = make_examples("train", 400, seed=5, verbose_fraction=1.0, worked_fraction=0.0)
