@@ -7,8 +7,9 @@
 
 Every function has the TRL reward signature and reads the driver's columns (lists aligned with `completions`):
 `completion_length` (token count), `correct` (bool, or None when correctness is unknown), `history_length`
-(HAPO h_i, None before any correct answer), `max_new_tokens` and dataset columns such as `rank`. A term's weight is
-applied by the reward pipeline, not here. None in the output means "no opinion" for that sample.
+(HAPO h_i, None before any correct answer), `max_new_tokens`, `difficulty` (the sampler's live estimate, 0 easiest;
+None when it knows nothing of the prompt) and dataset columns such as `rank`. A term's weight is applied by the reward
+pipeline, not here. None in the output means "no opinion" for that sample.
 """
 
 import math
@@ -124,29 +125,39 @@ def easy_prompt_length_bias(
     *,
     completion_length: list[int],
     correct: list[bool | None],
-    rank: list[float | None],
+    difficulty: list[float | None] | None = None,
+    rank: list[float | None] | None = None,
     threshold: float = 0.1,
     mu: float = 0.001,
     **_,
 ) -> list[float | None]:
     """E3's length bias on easy prompts, as a term added to a 0/1 accuracy reward.
 
-        r = -μL / (1 + μL)   if the answer is correct and the prompt's rank ≤ threshold (0 = easiest)
-          = 0                otherwise (also when the prompt has no rank);   correctness unknown: None
+        r = -μL / (1 + μL)   if the answer is correct and the prompt is easy: d ≤ threshold (0 = easiest)
+          = 0                otherwise (also when the prompt has no d);   correctness unknown: None
 
+    d is the sampler's live `difficulty` (rlqa passes it: E3's rank by accuracy under `sampler.estimator: rank`,
+    1 - the estimated pass rate under `beta`), so a prompt counts as easy once the policy finds it easy, not only when
+    the offline data said so. Where the sampler knows nothing of a prompt yet (None: no outcome, no offline rank), or
+    outside rlqa (no such column), d is the dataset's `rank` column.
     accuracy + r then reproduces E3's reward for correct easy answers, 1 - μl / (1 + μl).
 
-    >>> easy_prompt_length_bias(["a", "b", "c"], completion_length=[1000, 1000, 1000],
-    ...                         correct=[True, True, False], rank=[0.05, 0.5, 0.05])
-    [-0.5, 0.0, 0.0]
+    >>> easy_prompt_length_bias(["a", "b", "c", "d"], completion_length=[1000] * 4, correct=[True, True, False, True],
+    ...                         difficulty=[0.05, 0.5, 0.05, None], rank=[0.9, 0.0, 0.0, 0.0])
+    [-0.5, 0.0, 0.0, -0.5]
     """
+    if difficulty is None and rank is None:
+        raise UserError("easy_prompt_length_bias: needs a `difficulty` column (rlqa's sampler) or a `rank` column")
+    count = len(completions)
+    live = [None] * count if difficulty is None else difficulty
+    offline = [None] * count if rank is None else rank
     rewards: list[float | None] = []
-    for _, length, is_correct, prompt_rank in zip(completions, completion_length, correct, rank, strict=True):
+    for _, length, is_correct, estimate, fallback in zip(completions, completion_length, correct, live, offline, strict=True):
+        prompt_difficulty = fallback if estimate is None else estimate
         if is_correct is None:
             rewards.append(None)
-        elif is_correct and prompt_rank is not None and prompt_rank <= threshold:
+        elif is_correct and prompt_difficulty is not None and prompt_difficulty <= threshold:
             rewards.append(-mu * length / (1 + mu * length))
         else:
             rewards.append(0.0)
     return rewards
-

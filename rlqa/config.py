@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 
 from rlqa.errors import UserError
@@ -225,6 +225,20 @@ class RolloutBounds(NamedTuple):
     n_high: int  # ceiling of the n_max schedule
 
 
+class BoundsPhase(Section):
+    from_fraction: float = Field(ge=0, lt=1, description="share of trainer.steps done when the phase begins (the first phase: 0)")
+    n_min: int = Field(ge=1, description="fewest rollouts per prompt in the phase")
+    n_max: int = Field(ge=1, description="most rollouts per prompt in the phase")
+
+
+# E3's three epochs at (n_min, n_max) = (8, 8), (6, 10), (4, 12) (ALGORITHMS.md §4), as thirds of the run
+E3_BOUNDS = (
+    BoundsPhase(from_fraction=0.0, n_min=8, n_max=8),
+    BoundsPhase(from_fraction=1 / 3, n_min=6, n_max=10),
+    BoundsPhase(from_fraction=2 / 3, n_min=4, n_max=12),
+)
+
+
 class SamplerConfig(Section):
     allocation: Literal["uniform", "difficulty"] = Field("difficulty", description="how a step's rollouts are spread")
     n_min: int | None = Field(None, ge=1, description="fewest rollouts per prompt (default: rollout.rollouts_per_prompt)")
@@ -234,22 +248,36 @@ class SamplerConfig(Section):
     n_high: int | None = Field(None, ge=1, description="ceiling of the n_max schedule (E3: 12)")
     decay: float = Field(0.9, gt=0, le=1, description="forgetting factor of each prompt's pass-rate estimate")
     prior_strength: float = Field(2.0, gt=0, description="pseudo-counts of the prior from the offline rank")
-    estimator: Literal["beta", "rank"] = Field("beta", description="pass-rate estimate: online Beta posterior, or the fixed offline rank")
+    estimator: Literal["beta", "rank"] = Field("beta", description="difficulty estimate: online Beta posterior, or E3's rank by cumulative accuracy (refreshed each epoch)")
     rank_column: str | None = Field("rank", description="dataset column with an offline difficulty in [0, 1)")
     skip_mastered: float | None = Field(None, gt=0, lt=1, description="skip prompts whose pass rate is above this")
     revisit_prob: float = Field(0.1, ge=0, le=1, description="chance a mastered prompt is visited anyway")
+    bounds_schedule: list[BoundsPhase] | Literal["e3"] | None = Field(
+        None, description="n_min/n_max by share of trainer.steps instead of by epoch (replaces n_min, n_max and the epoch schedule); e3: (8, 8), (6, 10), (4, 12) over thirds of the run"
+    )
     dynamic_sampling: bool = Field(False, description="DAPO: leave constant-reward groups out of the update; generate more prompts until rollout.prompts_per_step groups have signal")
     max_extra_rounds: int = Field(3, ge=0, description="cap on dynamic sampling's extra rounds of generation per step")
 
+    def phases(self) -> tuple[BoundsPhase, ...]:
+        """The bounds schedule by share of the run, `e3` spelled out; empty without one."""
+        if self.bounds_schedule == "e3":
+            return E3_BOUNDS
+        return tuple(self.bounds_schedule or ())
+
     def bounds(self, rollouts_per_prompt: int) -> RolloutBounds:
         """The n_min/n_max bounds with their defaults filled in (no spread, no schedule); a ValueError when they do
-        not fit 1 <= n_low <= n_min <= rollouts_per_prompt <= n_max <= n_high."""
+        not fit 1 <= n_low <= n_min <= rollouts_per_prompt <= n_max <= n_high. With a bounds schedule: its first
+        phase, every phase checked against rollouts_per_prompt."""
         n = rollouts_per_prompt
-        if self.allocation == "uniform" and (self.n_min not in (None, n) or self.n_max not in (None, n) or self.schedule_delta):
+        if self.allocation == "uniform" and (
+            self.n_min not in (None, n) or self.n_max not in (None, n) or self.schedule_delta or self.bounds_schedule
+        ):
             raise ValueError(
-                "allocation 'uniform' gives every prompt rollouts_per_prompt: n_min, n_max and schedule_delta belong to "
-                "allocation 'difficulty'"
+                "allocation 'uniform' gives every prompt rollouts_per_prompt: n_min, n_max, schedule_delta and "
+                "bounds_schedule belong to allocation 'difficulty'"
             )
+        if self.bounds_schedule is not None:
+            return self._first_phase(n)
         n_min = n if self.n_min is None else self.n_min
         n_max = n if self.n_max is None else self.n_max
         bounds = RolloutBounds(n_min, n_max, n_min if self.n_low is None else self.n_low, n_max if self.n_high is None else self.n_high)
@@ -259,6 +287,34 @@ class SamplerConfig(Section):
                 f"{bounds.n_low}, {n_min}, {n}, {n_max}, {bounds.n_high}"
             )
         return bounds
+
+    def _first_phase(self, n: int) -> RolloutBounds:
+        phases = self.phases()
+        for k, phase in enumerate(phases):
+            if not phase.n_min <= n <= phase.n_max:
+                raise ValueError(
+                    f"bounds_schedule phase {k + 1}: need n_min <= rollouts_per_prompt <= n_max, got {phase.n_min}, {n}, "
+                    f"{phase.n_max}"
+                )
+        return RolloutBounds(phases[0].n_min, phases[0].n_max, phases[0].n_min, phases[0].n_max)
+
+    @field_validator("bounds_schedule", mode="before")
+    @classmethod
+    def _known_preset(cls, value):
+        if isinstance(value, str) and value != "e3":
+            raise ValueError(f"a list of phases, or the named schedule 'e3'; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _schedule_alone(self) -> SamplerConfig:
+        if self.bounds_schedule is None:
+            return self
+        if self.n_min is not None or self.n_max is not None or self.schedule_delta or self.n_low is not None or self.n_high is not None:
+            raise ValueError("bounds_schedule sets the bounds: leave out n_min, n_max, schedule_delta, n_low and n_high")
+        starts = [phase.from_fraction for phase in self.phases()]
+        if not starts or starts[0] != 0 or any(a >= b for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"bounds_schedule: the phases' from_fraction must start at 0 and increase, got {starts}")
+        return self
 
 
 class TemperatureConfig(Section):
@@ -386,7 +442,8 @@ def apply_override(raw: dict, override: str) -> None:
 
 
 def _describe(error: dict) -> str:
-    path = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after"))
+    # leave out validator and union-member tags ("function-after[...]", "list[BoundsPhase]")
+    path = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-after") and "[" not in str(p))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
@@ -457,8 +514,7 @@ def reference_markdown() -> str:
                 shown = "required"
             else:
                 shown = "`" + yaml.safe_dump(_plain(default), default_flow_style=True, width=1000).strip().removesuffix("...").strip() + "`"
-            kind = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("rlqa.config.", "").replace("__main__.", "").replace("|", "or")
-            rows.append(f"| `{prefix}{name}` | {kind} | {shown} | {field.description or ''} |")
+            rows.append(f"| `{prefix}{name}` | {_type_name(field.annotation)} | {shown} | {field.description or ''} |")
         if rows:
             lines.extend([f"## {title}", "", "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
         for section, value, sub, description in nested:
@@ -466,7 +522,18 @@ def reference_markdown() -> str:
 
     walk(Recipe, None, "", "top level")
     walk(RewardTermConfig, None, "rewards.terms[].", "`rewards.terms[]`: one reward term")
+    walk(BoundsPhase, None, "sampler.bounds_schedule[].", "`sampler.bounds_schedule[]`: one phase of the bounds schedule")
     return "\n".join(lines)
+
+
+def _type_name(annotation) -> str:
+    """`str or None`, `Literal['e3']`, `list[BoundsPhase]`: a field's type as the reference shows it."""
+    if typing.get_origin(annotation) is typing.Union:  # a union with a Literal in it is typing's, not `|`'s
+        return " or ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    name = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return name.replace("rlqa.config.", "").replace("__main__.", "").replace("|", "or")
 
 
 def _section_type(annotation) -> type[BaseModel] | None:

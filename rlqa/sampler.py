@@ -23,8 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rlqa.config import SamplerConfig
+from rlqa.config import BoundsPhase, SamplerConfig
 from rlqa.errors import UserError
+from rlqa.rollout.seeding import stable_seed
 
 
 def allocate(difficulty: Sequence[float], budget: int, n_min: int, n_max: int) -> list[int]:
@@ -89,16 +90,31 @@ def _capped_shares(
         capped += 1
 
 
+def phase_starts(phases: Sequence[BoundsPhase], total_steps: int) -> list[tuple[int, int, int]]:
+    """(first step, n_min, n_max) of each phase of a bounds schedule, steps counted from 0:
+
+        first step of phase k = ⌈from_fraction_k · total_steps⌉
+
+    with from_fraction read as the decimal the recipe wrote: 0.07 of 100 steps is step 7, not 8 (0.07 · 100 in
+    floats is 7.000000000000001). E3's thirds of 30 steps: steps 0-9, 10-19, 20-29.
+    """
+    return [(math.ceil(Fraction(repr(p.from_fraction)) * total_steps), p.n_min, p.n_max) for p in phases]
+
+
 class DifficultyEstimator(Protocol):
     """Per-prompt difficulty in [0, 1] (0 easiest) and estimated pass rate, learned from rollout outcomes."""
 
     def difficulty(self, prompt_id: str) -> float: ...
 
+    def estimate(self, prompt_id: str) -> float | None:
+        """The difficulty when it rests on outcomes or an offline rank; None when nothing is known of the prompt."""
+
     def pass_rate(self, prompt_id: str) -> float: ...
 
     def update(self, prompt_id: str, successes: int, trials: int) -> None: ...
 
-    def end_epoch(self) -> None: ...
+    def end_epoch(self, epoch: int) -> None:
+        """Epoch `epoch` begins."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -126,6 +142,11 @@ class BetaEstimator:
     def difficulty(self, prompt_id: str) -> float:
         return 1.0 - self.pass_rate(prompt_id)
 
+    def estimate(self, prompt_id: str) -> float | None:
+        """The difficulty, or None for a prompt with neither outcomes nor an offline rank (its 0.5 is the prior's)."""
+        known = prompt_id in self._posterior or prompt_id in self._priors
+        return self.difficulty(prompt_id) if known else None
+
     def pass_rate(self, prompt_id: str) -> float:
         alpha, beta = self._alpha_beta(prompt_id)
         return alpha / (alpha + beta)
@@ -138,7 +159,7 @@ class BetaEstimator:
             self._decay * beta + (trials - successes),
         )
 
-    def end_epoch(self) -> None:
+    def end_epoch(self, epoch: int) -> None:
         """Nothing to do: the posterior already moves with every visit."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -157,24 +178,34 @@ class BetaEstimator:
 
 
 class RankEstimator:
-    """E3's estimator: difficulty = the prompt's rank by cumulative accuracy, refreshed once per epoch.
+    """E3's estimator: difficulty = the prompt's position by cumulative accuracy, refreshed when an epoch begins.
 
-    Epoch 0 uses the offline ranks (0 for every prompt when none are given: allocation is then uniform). At the end
-    of each epoch, over the N prompts, with acc_i = all successes / all trials of prompt i:
+    Epoch 0 uses the offline ranks (0 for every prompt when none are given: allocation is then uniform). When epoch
+    e ≥ 1 begins, the N prompts are sorted easiest first: by acc_i = all successes / all trials of prompt i, highest
+    first, and the never-seen prompts after every seen one (E3 counts them as hardest). Then
 
-        rank_i = #{j seen : acc_j > acc_i} / N        never-seen prompts rank after every seen one: #seen / N
+        rank_i = position_i / N          positions 0, 1, ..., N - 1: distinct, as in E3, so rank ∈ [0, 1)
 
-    Tied prompts share a rank. pass_rate is acc_i, or 1 - offline rank (0 without one) for a prompt never seen.
+    Ties (equal accuracy, or never seen) go in the order of a hash of (run seed, e, prompt id). Not by prompt id: that
+    would give the same prompts of a tied block the most rollouts in every epoch. The hash draws a fresh order each
+    epoch, does not depend on which other prompts tie or on the data order, and a resumed run recomputes it.
+    pass_rate is acc_i, or 1 - offline rank (0 without one) for a prompt never seen.
     """
 
-    def __init__(self, prompt_ids: Sequence[str], priors: Mapping[str, float] | None = None):
+    def __init__(self, prompt_ids: Sequence[str], priors: Mapping[str, float] | None = None, *, seed: int):
         self._prompt_ids = list(prompt_ids)
         self._priors = _checked_ranks(priors)
+        self._seed = seed
+        self._epoch = 0  # the epoch the ranks are for: 0 = the offline ranks
         self._ranks = {prompt_id: self._priors.get(prompt_id, 0.0) for prompt_id in self._prompt_ids}
         self._counts: dict[str, tuple[int, int]] = {}  # prompt id → (successes, trials), never forgotten
 
     def difficulty(self, prompt_id: str) -> float:
         return self._ranks[prompt_id]
+
+    def estimate(self, prompt_id: str) -> float | None:
+        """The rank from outcomes once an epoch has ended; before that the offline rank, None without one."""
+        return self._ranks[prompt_id] if self._epoch > 0 else self._priors.get(prompt_id)
 
     def pass_rate(self, prompt_id: str) -> float:
         if prompt_id in self._counts:
@@ -191,21 +222,25 @@ class RankEstimator:
         old_successes, old_trials = self._counts.get(prompt_id, (0, 0))
         self._counts[prompt_id] = (old_successes + successes, old_trials + trials)
 
-    def end_epoch(self) -> None:
-        accuracies = sorted(successes / trials for successes, trials in self._counts.values())
-        total = len(self._prompt_ids)
-        for prompt_id in self._prompt_ids:
-            if prompt_id in self._counts:
-                successes, trials = self._counts[prompt_id]
-                better = len(accuracies) - bisect.bisect_right(accuracies, successes / trials)
-                self._ranks[prompt_id] = better / total
-            else:
-                self._ranks[prompt_id] = len(accuracies) / total
+    def end_epoch(self, epoch: int) -> None:
+        def easiest_first(prompt_id: str) -> tuple[int, Fraction, int]:
+            seen = prompt_id in self._counts
+            accuracy = Fraction(*self._counts[prompt_id]) if seen else Fraction(0)  # exact: 1/3 ties 2/6
+            return (0 if seen else 1, -accuracy, stable_seed("rank-tie", self._seed, epoch, prompt_id))
+
+        order = sorted(self._prompt_ids, key=easiest_first)
+        self._ranks = {prompt_id: position / len(order) for position, prompt_id in enumerate(order)}
+        self._epoch = epoch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ranks": dict(self._ranks), "counts": {prompt_id: list(c) for prompt_id, c in self._counts.items()}}
+        return {
+            "epoch": self._epoch,
+            "ranks": dict(self._ranks),
+            "counts": {prompt_id: list(c) for prompt_id, c in self._counts.items()},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._epoch = state["epoch"]
         self._ranks = dict(state["ranks"])
         self._counts = {prompt_id: (successes, trials) for prompt_id, (successes, trials) in state["counts"].items()}
 
@@ -234,6 +269,8 @@ class RolloutSampler:
     [n_min, n_max] ("uniform": every prompt gets rollouts_per_prompt). When an epoch begins,
     n_min ← max(n_min - Δ, n_low) and n_max ← min(n_max + Δ, n_high); E3 runs n = 8, Δ = 2, n_low = 4,
     n_high = 12, i.e. (8, 8), (6, 10), (4, 12). A batch that straddles two epochs gets the new epoch's bounds.
+    `sampler.bounds_schedule` instead sets the bounds by step (`phase_starts`): for runs too short to see three
+    epochs, `e3` holds the same three pairs over thirds of trainer.steps.
 
     skip_mastered: a drawn prompt whose estimated pass rate exceeds it is passed over (it still counts as seen this
     epoch), except with probability revisit_prob, and the next prompt in order takes its place. A step looks at no
@@ -249,8 +286,10 @@ class RolloutSampler:
         rollouts_per_prompt: int,
         seed: int,
         priors: Mapping[str, float] | None = None,
+        total_steps: int | None = None,
     ):
-        """`cfg` is the recipe's validated sampler section; `priors` the offline ranks in [0, 1) by prompt id."""
+        """`cfg` is the recipe's validated sampler section; `priors` the offline ranks in [0, 1) by prompt id;
+        `total_steps` (trainer.steps) places the phases of a bounds schedule."""
         self._prompt_ids = list(prompt_ids)
         if len(set(self._prompt_ids)) != len(self._prompt_ids):
             raise ValueError("prompt ids must be unique")
@@ -265,13 +304,16 @@ class RolloutSampler:
         self._rollouts_per_prompt = rollouts_per_prompt
         self._seed = seed
         self._schedule_delta = cfg.schedule_delta
+        if cfg.phases() and total_steps is None:
+            raise ValueError("a bounds schedule needs total_steps")
+        self._phases = phase_starts(cfg.phases(), total_steps or 0)
         self._skip_mastered = cfg.skip_mastered
         self._revisit_prob = cfg.revisit_prob
         self._known = set(self._prompt_ids)
         self._estimator: DifficultyEstimator = (
             BetaEstimator(priors, decay=cfg.decay, prior_strength=cfg.prior_strength)
             if cfg.estimator == "beta"
-            else RankEstimator(self._prompt_ids, priors)
+            else RankEstimator(self._prompt_ids, priors, seed=seed)
         )
         self._epoch = 0
         self._position = 0  # index into self._order of the next prompt to draw
@@ -321,6 +363,8 @@ class RolloutSampler:
             )
         self._last_step = step
         prompt_ids = self._draw(count)
+        if self._phases:
+            self._n_min, self._n_max = self.bounds_at(step)
         difficulty = [self._estimator.difficulty(prompt_id) for prompt_id in prompt_ids]
         counts = allocate(difficulty, count * self._rollouts_per_prompt, self._n_min, self._n_max)
         self._step_prompts += prompt_ids
@@ -336,8 +380,19 @@ class RolloutSampler:
             if verdicts:
                 self._estimator.update(prompt_id, sum(verdicts), len(verdicts))
 
+    def bounds_at(self, step: int) -> tuple[int, int]:
+        """(n_min, n_max) of the bounds schedule's phase that holds `step`."""
+        at = bisect.bisect_right([first for first, _, _ in self._phases], step) - 1
+        _, n_min, n_max = self._phases[at]
+        return n_min, n_max
+
     def difficulty(self, prompt_id: str) -> float:
         return self._estimator.difficulty(prompt_id)
+
+    def estimate(self, prompt_id: str) -> float | None:
+        """The live difficulty (0 easiest), None when the sampler knows nothing of the prompt yet: no outcome and no
+        offline rank. Rank estimator: E3's rank, which moves when an epoch begins; beta: 1 - estimated pass rate."""
+        return self._estimator.estimate(prompt_id)
 
     def pass_rate(self, prompt_id: str) -> float:
         return self._estimator.pass_rate(prompt_id)
@@ -422,9 +477,10 @@ class RolloutSampler:
         self._position = 0
         self._deferred = list(deferred)
         self._order = self._epoch_order(epoch, self._deferred)
-        self._n_min = max(self._n_min - self._schedule_delta, self._n_low)
-        self._n_max = min(self._n_max + self._schedule_delta, self._n_high)
-        self._estimator.end_epoch()
+        if self._schedule_delta:
+            self._n_min = max(self._n_min - self._schedule_delta, self._n_low)
+            self._n_max = min(self._n_max + self._schedule_delta, self._n_high)
+        self._estimator.end_epoch(epoch)
 
     def _epoch_order(self, epoch: int, deferred: list[str]) -> list[str]:
         permutation = np.random.default_rng([self._seed, epoch]).permutation(len(self._prompt_ids))

@@ -171,8 +171,11 @@ def staleness(trained_version: int, rollouts: list[Rollout]) -> float:
 # -- 3. rewards ----------------------------------------------------------------------------------------------------------
 
 
-def reward_columns(batch: StepBatch, examples: dict[str, Example], history: LengthHistory, max_new_tokens: int) -> dict[str, list]:
-    """The columns every reward function may ask for, aligned with the rollouts."""
+def reward_columns(
+    batch: StepBatch, examples: dict[str, Example], history: LengthHistory, sampler: RolloutSampler, max_new_tokens: int
+) -> dict[str, list]:
+    """The columns every reward function may ask for, aligned with the rollouts. `difficulty` is the sampler's live
+    estimate as it stood before this step's outcomes (stage 4 comes after), None for a prompt it knows nothing of."""
     rollouts = batch.rollouts
     rows = [examples[r.prompt_id] for r in rollouts]
     columns: dict[str, list] = {
@@ -182,6 +185,7 @@ def reward_columns(batch: StepBatch, examples: dict[str, Example], history: Leng
         "finish_reason": [r.finish_reason for r in rollouts],
         "max_new_tokens": [max_new_tokens] * len(rollouts),
         "history_length": history.lengths_for([r.prompt_id for r in rollouts]),
+        "difficulty": [sampler.estimate(r.prompt_id) for r in rollouts],
     }
     for key in sorted({k for e in rows for k in e.columns}):
         columns.setdefault(key, [e.columns.get(key) for e in rows])
@@ -189,12 +193,13 @@ def reward_columns(batch: StepBatch, examples: dict[str, Example], history: Leng
 
 
 def score(
-    batch: StepBatch, pipeline: RewardPipeline, examples: dict[str, Example], history: LengthHistory, max_new_tokens: int
+    batch: StepBatch, pipeline: RewardPipeline, examples: dict[str, Example], history: LengthHistory,
+    sampler: RolloutSampler, max_new_tokens: int,
 ) -> dict[str, float]:
     """Per-term rewards, their total and correctness per rollout; the pipeline's metrics (reward/*, correct/*)."""
     prompts = [examples[r.prompt_id].prompt for r in batch.rollouts]
     scored = pipeline(
-        [r.text for r in batch.rollouts], prompts, reward_columns(batch, examples, history, max_new_tokens),
+        [r.text for r in batch.rollouts], prompts, reward_columns(batch, examples, history, sampler, max_new_tokens),
         completion_ids=[list(r.completion_tokens) for r in batch.rollouts],
     )
     batch.rewards, batch.correct, batch.dropped = scored.total, scored.correct, scored.dropped

@@ -119,6 +119,7 @@ def rollout_sampler(recipe: Recipe, train: list[Example]) -> RolloutSampler:
         rollouts_per_prompt=recipe.rollout.rollouts_per_prompt,
         seed=recipe.trainer.seed,
         priors=priors or None,
+        total_steps=recipe.trainer.steps,
     )
 
 
@@ -179,7 +180,7 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     with clock("generate"):  # 1-2
         batch = c.schedule.generation(step, d.temperature.temperature)
     with clock("reward"):  # 3
-        reward_metrics = stages.score(batch, c.rewards, d.train, d.history, recipe.rollout.max_new_tokens)
+        reward_metrics = stages.score(batch, c.rewards, d.train, d.history, d.sampler, recipe.rollout.max_new_tokens)
     dynamic_metrics: dict[str, float] = {}
     if recipe.sampler.dynamic_sampling:  # 1-3 again, until enough groups have signal
         batch, dynamic_metrics = stages.dynamic_sampling(
@@ -209,7 +210,7 @@ def extra_round(c: Components, step: int, temperature: float, clock: Stopwatch, 
     with clock("generate"):
         batch = c.schedule.extra_round(step, temperature, num_prompts)
     with clock("reward"):
-        stages.score(batch, c.rewards, c.driver.train, c.driver.history, c.recipe.rollout.max_new_tokens)
+        stages.score(batch, c.rewards, c.driver.train, c.driver.history, c.driver.sampler, c.recipe.rollout.max_new_tokens)
     return batch
 
 

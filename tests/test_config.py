@@ -48,6 +48,12 @@ def test_overrides_parse_yaml_values_and_create_sections():
         ("- 1\n- 2\n", "a recipe is a mapping of sections, got list"),
         ("data: {train: {task: arithmetic, path: x.jsonl}}\n", "data.train: give exactly one of 'path'"),
         ("temperature: {initial: 3.0}\n", "temperature: need t_min <= initial <= t_max"),
+        ("sampler: {bounds_schedule: e4}\n", "r.yaml: sampler.bounds_schedule: a list of phases, or the named schedule 'e3'; got 'e4'"),
+        ("sampler: {bounds_schedule: e3, n_max: 12}\n", "r.yaml: sampler: bounds_schedule sets the bounds: leave out n_min, n_max,"),
+        ("sampler: {bounds_schedule: [{from_fraction: 0.5, n_min: 8, n_max: 8}]}\n", "must start at 0 and increase, got [0.5]"),
+        ("sampler: {bounds_schedule: [{from_fraction: 1, n_min: 8, n_max: 8}]}\n", "sampler.bounds_schedule.0.from_fraction: Input should be less than 1"),
+        ("sampler: {bounds_schedule: e3}\nrollout: {rollouts_per_prompt: 4}\n", "bounds_schedule phase 1: need n_min <= rollouts_per_prompt <= n_max, got 8, 4, 8"),
+        ("sampler: {bounds_schedule: e3, allocation: uniform}\n", "sampler: allocation 'uniform' gives every prompt rollouts_per_prompt"),
     ],
 )
 def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
@@ -55,6 +61,13 @@ def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
         load_recipe(write(tmp_path, text))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_bounds_schedule_e3_is_its_three_phases(tmp_path):
+    recipe = load_recipe(write(tmp_path, "sampler: {bounds_schedule: e3}\n"))
+    assert [(p.from_fraction, p.n_min, p.n_max) for p in recipe.sampler.phases()] == [(0, 8, 8), (1 / 3, 6, 10), (2 / 3, 4, 12)]
+    spelled = "sampler: {bounds_schedule: [{from_fraction: 0, n_min: 8, n_max: 8}, {from_fraction: 0.5, n_min: 6, n_max: 10}]}\n"
+    assert [p.n_max for p in load_recipe(write(tmp_path, spelled)).sampler.phases()] == [8, 10]
 
 
 def test_bad_override():

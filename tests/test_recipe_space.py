@@ -62,7 +62,8 @@ RANGES = {  # (low, high) where the schema's bound is open or too wide for a tin
     "learner.grad_clip": (0.01, 10.0), "algorithm.critic.value_clip": (0.01, 1.0),
 }
 CHOICES = {  # string keys: the values a recipe would name
-    "sampler.rank_column": [None, "rank", "level"], "checkpoint.best_metric": [None, "reward/mean", "eval/accuracy"],
+    "sampler.rank_column": [None, "rank", "level"],
+    "sampler.bounds_schedule": [None, "e3", [{"from_fraction": 0, "n_min": 1, "n_max": 2}, {"from_fraction": 0.5, "n_min": 1, "n_max": 3}]], "checkpoint.best_metric": [None, "reward/mean", "eval/accuracy"],
 }
 
 

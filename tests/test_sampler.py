@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from rlqa.config import SamplerConfig
 from rlqa.errors import UserError
+from rlqa.rollout.seeding import stable_seed
 from rlqa.sampler import BetaEstimator, RankEstimator, RolloutSampler, allocate
 
 # ------------------------------------------------------------------------------------------------------------ allocate
@@ -146,36 +147,64 @@ def test_beta_estimator_rejects_bad_input():
 
 
 def test_rank_estimator_by_hand():
-    estimator = RankEstimator(["a", "b", "c", "d"], priors={"a": 0.5})
-    # Epoch 0: the offline ranks; prompts without one rank 0.
-    assert [estimator.difficulty(p) for p in "abcd"] == [0.5, 0.0, 0.0, 0.0]
-    estimator.update("a", 1, 2)  # acc 0.5
-    estimator.update("b", 2, 2)  # acc 1.0
-    estimator.update("c", 2, 4)  # acc 0.5, tied with a
-    assert estimator.difficulty("b") == 0.0  # ranks move only at the end of the epoch
-    estimator.end_epoch()
-    # N = 4. b: nobody better → 0. a, c: only b better → 1/4. d: never seen → after the 3 seen → 3/4.
-    assert [estimator.difficulty(p) for p in "abcd"] == [0.0 + 0.25, 0.0, 0.25, 0.75]
-    assert estimator.pass_rate("a") == 0.5
+    estimator = RankEstimator(["a", "b", "c", "d"], priors={"a": 0.3}, seed=0)
+    # Epoch 0: the offline ranks; prompts without one rank 0 (their estimate: none).
+    assert [estimator.difficulty(p) for p in "abcd"] == [0.3, 0.0, 0.0, 0.0]
+    assert [estimator.estimate(p) for p in "abcd"] == [0.3, None, None, None]
+    estimator.update("a", 1, 3)  # acc 1/3
+    estimator.update("b", 2, 2)  # acc 1
+    estimator.update("c", 2, 6)  # acc 2/6 = 1/3, tied with a
+    assert estimator.difficulty("b") == 0.0  # ranks move only when an epoch begins
+    estimator.end_epoch(1)
+    # N = 4, easiest first: b (1), then a and c (1/3) in their hash order for (seed 0, epoch 1): c first, then d
+    # (never seen). Positions 0..3 → ranks 0, 1/4, 2/4, 3/4: the tied pair gets two distinct positions, as in E3.
+    assert stable_seed("rank-tie", 0, 1, "c") < stable_seed("rank-tie", 0, 1, "a")
+    assert [estimator.difficulty(p) for p in "abcd"] == [0.5, 0.0, 0.25, 0.75]
+    assert [estimator.estimate(p) for p in "abcd"] == [0.5, 0.0, 0.25, 0.75]
+    assert estimator.pass_rate("a") == pytest.approx(1 / 3)
     assert estimator.pass_rate("d") == 0.0  # never seen, no offline rank: counted as hardest
-    estimator.update("a", 2, 2)  # cumulative 3 of 4 = 0.75
-    estimator.end_epoch()
-    # b 1.0 → 0; a 0.75 → 1/4; c 0.5 → 2/4; d → 3/4
+    estimator.update("a", 3, 3)  # cumulative 4 of 6 = 2/3
+    estimator.end_epoch(2)
+    # b 1 → 0; a 2/3 → 1/4; c 1/3 → 2/4; d → 3/4
     assert [estimator.difficulty(p) for p in "abcd"] == [0.25, 0.0, 0.5, 0.75]
 
 
+def test_rank_estimator_breaks_ties_afresh_each_epoch_by_seed():
+    def ranks(seed: int, epoch: int) -> list[float]:
+        estimator = RankEstimator(list("abcdef"), seed=seed)
+        for prompt_id in "abcdef":
+            estimator.update(prompt_id, 1, 2)  # all tied at 1/2
+        estimator.end_epoch(epoch)
+        return [estimator.difficulty(p) for p in "abcdef"]
+
+    # the order of stable_seed("rank-tie", seed, epoch, id): (0, 1) → c b f a d e; (0, 2) → c e b a d f;
+    # (1, 1) → d a e c f b. Ranks are position / 6.
+    assert ranks(0, 1) == [3 / 6, 1 / 6, 0.0, 4 / 6, 5 / 6, 2 / 6]
+    assert ranks(0, 2) == [3 / 6, 2 / 6, 0.0, 4 / 6, 1 / 6, 5 / 6]
+    assert ranks(1, 1) == [1 / 6, 5 / 6, 3 / 6, 0.0, 2 / 6, 4 / 6]
+    assert ranks(0, 1) == ranks(0, 1)
+
+
 def test_rank_estimator_state_round_trip():
-    estimator = RankEstimator(["a", "b", "c"])
+    estimator = RankEstimator(["a", "b", "c"], seed=0)
     estimator.update("a", 1, 2)
     estimator.update("b", 0, 2)
-    estimator.end_epoch()
+    estimator.end_epoch(1)
     estimator.update("c", 1, 1)
-    restored = RankEstimator(["a", "b", "c"])
+    restored = RankEstimator(["a", "b", "c"], seed=0)
     restored.load_state_dict(json.loads(json.dumps(estimator.state_dict())))
-    assert [restored.difficulty(p) for p in "abc"] == [estimator.difficulty(p) for p in "abc"]
-    estimator.end_epoch()
-    restored.end_epoch()
+    assert [restored.estimate(p) for p in "abc"] == [estimator.estimate(p) for p in "abc"] == [0.0, 1 / 3, 2 / 3]
+    estimator.end_epoch(2)
+    restored.end_epoch(2)
     assert [restored.difficulty(p) for p in "abc"] == [estimator.difficulty(p) for p in "abc"] == [1 / 3, 2 / 3, 0.0]
+
+
+def test_beta_estimate_is_none_only_for_a_prompt_it_knows_nothing_of():
+    estimator = BetaEstimator({"ranked": 0.25}, decay=0.9)
+    estimator.update("seen", 1, 1)  # Beta(1, 1) → α = 1.9, β = 0.9 → difficulty 0.9 / 2.8
+    assert estimator.estimate("ranked") == pytest.approx(0.25)  # the prior: difficulty = offline rank
+    assert estimator.estimate("seen") == pytest.approx(0.9 / 2.8)
+    assert estimator.estimate("new") is None and estimator.difficulty("new") == 0.5
 
 
 # ------------------------------------------------------------------------------------------------------------- sampler
@@ -183,10 +212,12 @@ def test_rank_estimator_state_round_trip():
 IDS = [f"q{i}" for i in range(10)]
 
 
-def make_sampler(ids=IDS, prompts_per_step=4, seed=7, priors=None, **section) -> RolloutSampler:
+def make_sampler(ids=IDS, prompts_per_step=4, seed=7, priors=None, total_steps=None, **section) -> RolloutSampler:
     """A sampler over `ids` with 8 rollouts per prompt; `section` holds the recipe's sampler keys."""
     cfg = SamplerConfig(**section)
-    return RolloutSampler(ids, cfg, prompts_per_step=prompts_per_step, rollouts_per_prompt=8, seed=seed, priors=priors)
+    return RolloutSampler(
+        ids, cfg, prompts_per_step=prompts_per_step, rollouts_per_prompt=8, seed=seed, priors=priors, total_steps=total_steps
+    )
 
 
 def fake_outcomes(batch: list[tuple[str, int]], step: int) -> dict[str, list[bool]]:
@@ -462,6 +493,64 @@ def test_sampler_refreshes_rank_difficulty_at_each_epoch():
     sampler.next_batch(2)  # the first draw of epoch 1 refreshes the ranks
     # accuracies a 1, b 0.5, d 0.25, c 0 → ranks 0, 1/4, 3/4, 2/4
     assert [sampler.difficulty(p) for p in "abcd"] == [0.0, 0.25, 0.75, 0.5]
+
+
+def test_tied_prompts_get_distinct_ranks_and_so_distinct_allocations():
+    sampler = make_sampler(list("abcdef"), prompts_per_step=6, seed=0, estimator="rank", n_min=4, n_max=12)
+    assert [n for _, n in sampler.next_batch(0)] == [8] * 6  # epoch 0: every rank 0 → uniform
+    sampler.update({"a": [True, True, False, False], "b": [True] * 4, "c": [True, False], "d": [False] * 4, "e": [None]})
+    batch = dict(sampler.next_batch(1))  # epoch 1 begins: ranks from the cumulative accuracies
+    # easiest first: b 1; a, c 1/2 (tied: hash order for (seed 0, epoch 1) is c, a); d 0; e, f never seen (f, e)
+    # → positions b 0, c 1, a 2, d 3, f 4, e 5; r = position / 6, Σr = 15/6.
+    assert [sampler.difficulty(p) for p in "abcdef"] == [2 / 6, 0.0, 1 / 6, 3 / 6, 5 / 6, 4 / 6]
+    # T = 48, n_min·B = 24: x = 4 + 24·(position / 15) = a 7.2, b 4, c 5.6, d 8.8, e 12, f 10.4
+    # → floors 7, 4, 5, 8, 12, 10 (Σ 46); +1 each to the hardest with room: e is at n_max, so f → 11, d → 9
+    assert batch == {"a": 7, "b": 4, "c": 5, "d": 9, "e": 12, "f": 11}
+    # Shared ranks (a, c at 1/6; e, f at 4/6) would have given a and c, and e and f, the same counts.
+
+
+@pytest.mark.parametrize(
+    ("schedule", "total_steps", "expected"),
+    [
+        # E3's thirds of 30 steps: phases start at ⌈0·30⌉ = 0, ⌈30/3⌉ = 10, ⌈2·30/3⌉ = 20
+        ("e3", 30, {0: (8, 8), 9: (8, 8), 10: (6, 10), 19: (6, 10), 20: (4, 12), 29: (4, 12)}),
+        # thirds of 10 steps: ⌈3.33⌉ = 4, ⌈6.67⌉ = 7
+        ("e3", 10, {0: (8, 8), 3: (8, 8), 4: (6, 10), 6: (6, 10), 7: (4, 12), 9: (4, 12)}),
+        # 0.07 of 100 steps is step 7 (the decimal written, not the float product 7.000000000000001 → 8)
+        ([{"from_fraction": 0, "n_min": 8, "n_max": 8}, {"from_fraction": 0.07, "n_min": 2, "n_max": 14}], 100,
+         {6: (8, 8), 7: (2, 14), 99: (2, 14)}),
+    ],
+)
+def test_bounds_schedule_by_share_of_the_run(schedule, total_steps, expected):
+    sampler = make_sampler(bounds_schedule=schedule, total_steps=total_steps)
+    assert {step: sampler.bounds_at(step) for step in expected} == expected
+
+
+def test_allocation_follows_the_bounds_schedule():
+    # Beta priors: an unseen prompt's difficulty is its offline rank. 3 steps of E3's schedule: one per phase.
+    priors = {"q0": 0.1, "q1": 0.2, "q2": 0.3, "q3": 0.4}
+    sampler = make_sampler(IDS[:4], priors=priors, bounds_schedule="e3", total_steps=3)
+    # (8, 8): everyone 8.
+    # (6, 10): x = 6 + 8·(0.1, 0.2, 0.3, 0.4) = 6.8, 7.6, 8.4, 9.2 → floors 6, 7, 8, 9 (Σ 30) → q3 10, q2 9
+    # (4, 12): x = 4 + 16·(0.1, ...) = 5.6, 7.2, 8.8, 10.4 → floors 5, 7, 8, 10 (Σ 30) → q3 11, q2 9
+    expected = [[8, 8, 8, 8], [6, 7, 9, 10], [5, 7, 9, 11]]
+    for step, (n_min, n_max) in enumerate([(8, 8), (6, 10), (4, 12)]):
+        batch = dict(sampler.next_batch(step))
+        assert [batch[p] for p in priors] == expected[step]
+        metrics = sampler.metrics()
+        assert (metrics["sampler/n_min"], metrics["sampler/n_max"]) == (n_min, n_max)
+    assert sampler.epoch == 2  # every step began an epoch (4 prompts, 4 a step); the schedule alone set the bounds
+
+
+def test_bounds_schedule_resumes_from_the_step_alone():
+    options = {"bounds_schedule": "e3", "total_steps": 9, "estimator": "rank"}
+    original = make_sampler(**options)
+    run(original, range(4))  # steps 0-3: the (6, 10) phase began at step 3
+    resumed = make_sampler(**options)
+    resumed.load_state_dict(json.loads(json.dumps(original.state_dict())))
+    assert resumed.metrics() == original.metrics() and resumed.metrics()["sampler/n_max"] == 10.0
+    assert run(resumed, range(4, 9)) == run(original, range(4, 9))
+    assert (resumed.n_min, resumed.n_max) == (4, 12)
 
 
 def test_refills_share_the_steps_skip_budget():

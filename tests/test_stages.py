@@ -10,6 +10,7 @@ import torch
 import in_process
 from rlqa import stages, trainer
 from rlqa.config import SamplerConfig, validate_recipe
+from rlqa.data.example import Example
 from rlqa.length_history import LengthHistory
 from rlqa.metrics import merge
 from rlqa.rollout.types import Rollout
@@ -136,6 +137,24 @@ def test_a_step_with_no_informative_group_trains_on_all_of_them():
     first = scored(0, {"a": [1.0, 1.0], "b": [0.0, 0.0]})
     batch, metrics = stages.dynamic_sampling(first, None, SimpleNamespace(prompts_left_in_step=6), target=2, max_extra_rounds=0)
     assert metrics["sampler/filtered_groups"] == 2.0 and batch.kept == [0, 1, 2, 3]
+
+
+def test_the_easy_prompt_length_bias_reads_the_samplers_live_difficulty():
+    # Offline ranks a 0.5, b 0, c 0; the sampler (beta, no offline ranks: sampler.rank_column null) has seen a 20 of 20
+    # right → Beta(0.9 + 20, 0.9), difficulty 0.9 / 21.8 ≈ 0.04, and b 0 of 2 → Beta(0.9, 0.9 + 2), 2.9 / 3.8 ≈ 0.76;
+    # c never: no estimate, so its rank column decides.
+    examples = {pid: Example(pid, f"{pid}?", "7", columns={"rank": rank}) for pid, rank in [("a", 0.5), ("b", 0.0), ("c", 0.0)]}
+    sampler = RolloutSampler(list("abc"), SamplerConfig(), prompts_per_step=3, rollouts_per_prompt=2, seed=0)
+    sampler.update({"a": [True] * 20, "b": [False] * 2})
+    rollouts = [Rollout(pid, 0, [5], [7, 8], [-1.0, -1.0], "stop", 0, text="\\boxed{7}") for pid in "abc"]
+    b = stages.StepBatch(0, 1.0, [("a", 1), ("b", 1), ("c", 1)], rollouts)
+    terms = [RewardTermSpec("accuracy", "accuracy"), RewardTermSpec("easy", "easy_prompt_length_bias", kwargs={"mu": 0.5})]
+    with RewardPipeline(terms) as pipeline:
+        stages.score(b, pipeline, examples, LengthHistory(), sampler, max_new_tokens=8)
+    # all three right; L = 2, μ = 0.5 → bias -μL / (1 + μL) = -0.5 where easy (difficulty ≤ 0.1): a (live 0.04,
+    # although ranked 0.5) and c (rank 0); not b (live 0.76, although ranked 0)
+    assert b.correct == [True, True, True]
+    assert b.rewards == [0.5, 1.0, 0.5]
 
 
 def test_merge_refuses_a_key_produced_twice():

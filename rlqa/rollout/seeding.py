@@ -22,10 +22,15 @@ def _signed(c: int) -> int:
     return c - (1 << 64) if c >= 1 << 63 else c
 
 
-def sample_seed(run_seed: int, step: int, prompt_id: str, sample_index: int) -> int:
-    """A 63-bit seed for one sample, stable across processes and Python versions (no `hash()`)."""
-    key = f"{run_seed}/{step}/{prompt_id}/{sample_index}".encode()
+def stable_seed(*parts: object) -> int:
+    """A 63-bit integer from `parts` joined by "/", stable across processes and Python versions (no `hash()`)."""
+    key = "/".join(map(str, parts)).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def sample_seed(run_seed: int, step: int, prompt_id: str, sample_index: int) -> int:
+    """A 63-bit seed for one sample."""
+    return stable_seed(run_seed, step, prompt_id, sample_index)
 
 
 def _shift_right(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -111,6 +111,23 @@ def test_easy_prompt_length_bias_threshold_and_mu_are_arguments():
     assert rewards == [-0.5]
 
 
+def test_easy_prompt_length_bias_reads_the_live_difficulty_before_the_rank_column():
+    # L = 1000 → -1/2 when easy. The live difficulty decides where there is one: 0.05 easy although the offline rank
+    # says 0.9, 0.5 not easy although the rank says 0.0. None (the sampler knows nothing yet): the rank column.
+    rewards = easy_prompt_length_bias(
+        ["x"] * 4,
+        completion_length=[1000] * 4,
+        correct=[True] * 4,
+        difficulty=[0.05, 0.5, None, None],
+        rank=[0.9, 0.0, 0.1, 0.2],
+    )
+    assert rewards == [-0.5, 0.0, -0.5, 0.0]
+    # outside rlqa (TRL passes only dataset columns) the rank column alone; with neither, a one-line user error
+    assert easy_prompt_length_bias(["x"], completion_length=[1000], correct=[True], rank=[0.0]) == [-0.5]
+    with pytest.raises(UserError, match="needs a `difficulty` column"):
+        easy_prompt_length_bias(["x"], completion_length=[1000], correct=[True])
+
+
 def test_every_function_returns_one_value_per_completion_and_ignores_other_columns():
     columns = {
         "completion_length": [10, 20, 30],
@@ -118,6 +135,7 @@ def test_every_function_returns_one_value_per_completion_and_ignores_other_colum
         "history_length": [15, None, 5],
         "max_new_tokens": [40, 40, 40],
         "rank": [0.0, 0.5, 0.9],
+        "difficulty": [0.05, None, 0.3],
         "prompt_id": ["a", "b", "c"],
         "answer": ["1", "2", "3"],
         "finish_reason": ["stop", "stop", "length"],
