@@ -240,7 +240,8 @@ class RankEstimator:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._epoch = state["epoch"]
+        # checkpoints older than the live estimate have no epoch: their ranks came from outcomes once any were counted
+        self._epoch = state.get("epoch", 1 if state["counts"] else 0)
         self._ranks = dict(state["ranks"])
         self._counts = {prompt_id: (successes, trials) for prompt_id, (successes, trials) in state["counts"].items()}
 

@@ -197,6 +197,10 @@ def test_rank_estimator_state_round_trip():
     estimator.end_epoch(2)
     restored.end_epoch(2)
     assert [restored.difficulty(p) for p in "abc"] == [estimator.difficulty(p) for p in "abc"] == [1 / 3, 2 / 3, 0.0]
+    # a checkpoint from before the estimator saved its epoch still resumes: counted outcomes mean ranks from outcomes
+    old = {key: value for key, value in estimator.state_dict().items() if key != "epoch"}
+    restored.load_state_dict(old)
+    assert [restored.estimate(p) for p in "abc"] == [1 / 3, 2 / 3, 0.0]
 
 
 def test_beta_estimate_is_none_only_for_a_prompt_it_knows_nothing_of():
