@@ -148,7 +148,7 @@ def _recipe_of(run_dir: Path) -> Recipe:
 def _checkpoint_model(ckpt: Path, recipe: Recipe, scratch: Path) -> Path:
     """A Hugging Face directory of a checkpoint's policy, exported as `rlqa export` does."""
     try:
-        return checkpoint.export_hf(ckpt, scratch, trust_remote_code=recipe.model.trust_remote_code)
+        return checkpoint.export_hf(ckpt, scratch, trust_remote_code=recipe.model.trust_remote_code, dtype=recipe.model.dtype)
     except checkpoint.CheckpointError as err:
         raise UserError(str(err)) from None
 
