@@ -203,3 +203,28 @@ def test_export_writes_the_merged_model_or_the_adapters(run, root):
         assert torch.allclose(merged(ids).logits, peft_model(ids).logits, atol=1e-5)
     assert lora.base_model_dir(root / "adapters") == (run / "init_model").resolve()
 
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("one_torch_thread")
+def test_lora_grpo_steps_on_the_real_model(smollm2_dir, root):
+    """Two in-process LoRA GRPO steps on SmolLM2-135M-Instruct with its chat template: 2 prompts x 2 rollouts x 8
+    tokens, adapters on the attention projections only."""
+    prompts = {"task": "arithmetic", "levels": [1], "chat_template": True, "system_prompt": "Answer in \\boxed{}."}
+    raw = recipe_dict(
+        model={"path": str(smollm2_dir), "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+        data={"train": {**prompts, "size": 2}, "test": {**prompts, "split": "test", "size": 1}},
+        rollout={"workers": 1, "prompts_per_step": 2, "rollouts_per_prompt": 2, "max_new_tokens": 8},
+        learner={"lr": 1.0e-3, "torch_threads": 1},
+        algorithm={"kl_coef": 0.05},
+    )
+    recipe = validate_recipe(raw, source="test", base_dir=root)
+    with RewardPipeline([RewardTermSpec("digits", "digits.py:digit_share")], correctness=None, base_dir=root) as rewards:
+        c = in_process.components(recipe, root / "smollm2", rewards)
+        metrics = [trainer.rl_step(c, step)[0] for step in range(2)]
+    learner = c.schedule.learner
+    # 30 blocks, q_proj 576 -> 576 and v_proj 576 -> 192 (grouped-query attention): r (in + out) each
+    assert sum(p.numel() for p in learner.policy.trainable()) == 30 * 4 * ((576 + 576) + (576 + 192))
+    assert [m["policy/version"] for m in metrics] == [1.0, 2.0]
+    assert metrics[1]["rollout/logprob_diff_max"] < 1e-4  # the merged weights sample what the adapters score
+    assert all(m["policy/kl"] >= 0 for m in metrics)
