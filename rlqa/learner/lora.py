@@ -51,6 +51,17 @@ def with_adapters(model: torch.nn.Module, cfg: LoraConfig, base_dir: str) -> Pef
     return peft_model
 
 
+def check_targets(model_dir: str, cfg: LoraConfig, trust_remote_code: bool = False) -> None:
+    """`with_adapters` on the model's skeleton (no weights: the meta device), so that the driver reports bad
+    targets as a `UserError` before any actor starts."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    with_adapters(skeleton, cfg, model_dir)
+
+
 @torch.no_grad()
 def merged_weights(model: PeftModel) -> dict[str, torch.Tensor]:
     """The state dict of the base architecture with the adapters merged, W + (alpha / r) B A, on the model's device:

@@ -122,7 +122,9 @@ def test_workers_get_the_adapters_merged_and_sample_what_the_learner_scores(step
 
 def test_a_target_that_matches_nothing_is_a_user_error(root):
     recipe = validate_recipe(recipe_dict(model={"tiny": TINY, "lora": {"target_modules": ["c_attn"]}}), source="test", base_dir=root)
-    model_dir = trainer.build_driver(recipe, root / "bad_target").model_dir
+    with pytest.raises(UserError, match=r"^model\.lora\.target_modules: \['c_attn'\] does not fit the model"):
+        trainer.build_driver(recipe, root / "bad_target")  # the driver checks, before any actor starts
+    model_dir = str(root / "bad_target" / "init_model")
     with pytest.raises(UserError, match=r"^model\.lora\.target_modules: \['c_attn'\] does not fit the model"):
         Learner(model_dir, recipe, 1)
 
