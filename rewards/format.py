@@ -2,9 +2,13 @@
 
 - `boxed_format`: one final answer in `\\boxed{...}`, at the end.
 - `think_format`: reasoning in one `<think>...</think>` block, then a non-empty answer.
+
+Completions are strings or TRL's conversational `[{"role": "assistant", "content": ...}]` lists.
 """
 
 import re
+
+from rewards.text import completion_text
 
 BOXED = "\\boxed{"
 THINK_OPEN = "<think>"
@@ -43,14 +47,14 @@ def _is_boxed_at_end(completion: str) -> bool:
     return close_index is not None and _BOXED_TAIL.fullmatch(completion, close_index + 1) is not None
 
 
-def boxed_format(completions: list[str], prompts: list[str] | None = None, **_) -> list[float]:
+def boxed_format(completions: list, prompts: list | None = None, **_) -> list[float]:
     """r = 1 if the completion holds exactly one `\\boxed{...}`, its braces balance, and nothing but whitespace,
     full stops and closing math delimiters (`$`, `\\]`, `\\)`) follows it; else 0.
 
     >>> boxed_format(["so $\\\\boxed{\\\\frac{1}{2}}$.", "\\\\boxed{1} or \\\\boxed{2}", "\\\\boxed{3} because"])
     [1.0, 0.0, 0.0]
     """
-    return [1.0 if _is_boxed_at_end(completion) else 0.0 for completion in completions]
+    return [1.0 if _is_boxed_at_end(completion_text(completion)) else 0.0 for completion in completions]
 
 
 def _is_think_then_answer(completion: str, think_opened_by_prompt: bool) -> bool:
@@ -66,21 +70,28 @@ def _is_think_then_answer(completion: str, think_opened_by_prompt: bool) -> bool
     return answer.strip() != ""
 
 
-def think_format(completions: list[str], prompts: list[str] | None = None, **_) -> list[float]:
+def think_format(
+    completions: list, prompts: list | None = None, *, prompt_text: list[str] | None = None, **_
+) -> list[float]:
     """r = 1 if the completion is `<think>...</think>` then a non-empty answer, else 0.
 
     One think block, nothing but whitespace before `<think>`. When the prompt ends with `<think>` (templates that
-    open the block for the model), the completion starts inside it: exactly one `</think>` and no `<think>`.
+    open the block for the model), the completion starts inside it: exactly one `</think>` and no `<think>`. The
+    prompt read is `prompt_text` (the rendered prompt, which the pipeline passes: conversational prompts are message
+    lists, and the chat template is what opens the block), else `prompts`.
 
     >>> think_format(["<think>2+2</think> 4", "4 <think>2+2</think>", "<think>2+2</think>  "])
     [1.0, 0.0, 0.0]
     >>> think_format(["2+2</think> 4"], prompts=["What is 2+2?<think>\\n"])
     [1.0]
     """
-    if prompts is None:
-        prompts = [""] * len(completions)
+    prompts = prompt_text or prompts or [""] * len(completions)
     pairs = zip(completions, prompts, strict=True)
     return [
-        1.0 if _is_think_then_answer(completion, prompt.rstrip().endswith(THINK_OPEN)) else 0.0
+        1.0 if _is_think_then_answer(completion_text(completion), _opens_think(prompt)) else 0.0
         for completion, prompt in pairs
     ]
+
+
+def _opens_think(prompt: str | list) -> bool:
+    return isinstance(prompt, str) and prompt.rstrip().endswith(THINK_OPEN)

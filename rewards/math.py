@@ -10,6 +10,7 @@ In the reward pipeline each completion is its own task in a reward worker, with 
 """
 
 from rewards.answers import ANSWER_FORMATS, AnswerFormat
+from rewards.text import completion_text
 from rewards.verify import DEFAULT_DEADLINE_S, get_pool, judge_here
 from rewards.workers import in_worker
 
@@ -51,7 +52,7 @@ def judge_completions(
     per-sample tasks run."""
     if answer_format not in ANSWER_FORMATS:
         raise ValueError(f"accuracy: answer_format {answer_format!r} is not one of {', '.join(ANSWER_FORMATS)}")
-    texts = [_completion_text(completion) for completion in completions]
+    texts = [completion_text(completion) for completion in completions]
     if len(answer) != len(texts):
         raise ValueError(f"accuracy: {len(texts)} completions but {len(answer)} answers")
     if in_worker():  # this process is killed at the deadline: no pool of its own
@@ -60,8 +61,3 @@ def judge_completions(
         verdicts = get_pool().judge(answer, texts, answer_format, deadline_s=verify_deadline_s)
     return [(1.0 if v.correct else 0.0, v.parsed, v.answer) for v in verdicts]
 
-
-def _completion_text(completion) -> str:
-    if isinstance(completion, str):
-        return completion
-    return completion[-1]["content"]

@@ -7,7 +7,8 @@ unpickles: weights are safetensors, optimizer state loads with `torch.load(weigh
 included) is JSON.
 
 Besides the training state a checkpoint holds the resolved recipe and, under `hf/`, the model's config and
-tokenizer files, so `rlqa export` turns any checkpoint into a Hugging Face model directory on its own.
+tokenizer files, so `rlqa export` turns any checkpoint into a Hugging Face model directory on its own (a LoRA
+checkpoint holds only adapters; merging them reads the base weights from the model directory the run trained on).
 """
 
 from __future__ import annotations
@@ -228,28 +229,66 @@ def set_rng_state(state: dict) -> None:
 # -- export --------------------------------------------------------------------------------------------------------------
 
 
-def export_hf(ckpt: Path, out_dir: Path, trust_remote_code: bool = False) -> Path:
-    """A Hugging Face model directory (weights, config, generation config, tokenizer) from a checkpoint's policy."""
-    from safetensors.torch import load_file
+def export_hf(
+    ckpt: Path, out_dir: Path, trust_remote_code: bool = False, dtype: str = "float32", adapters: bool = False
+) -> Path:
+    """A Hugging Face model directory (weights, config, generation config, tokenizer) from a checkpoint's policy.
+
+    A LoRA checkpoint (`model.lora`) exports the base with its adapters merged, or with `adapters` the adapters alone
+    as peft writes them (`PeftModel.from_pretrained(base, out_dir)` loads them); its base weights are read from the
+    model directory the run trained on, in `dtype` (the recipe's `model.dtype`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from rlqa.learner import lora
 
     verify(ckpt)
     hf = ckpt / HF_FILES
     if not (hf / "config.json").is_file():
         raise CheckpointError(f"{hf / 'config.json'}: missing (the checkpoint holds no model config to export with)")
-    weights = load_file(ckpt / "policy.safetensors")
+    adapter_dir = ckpt / lora.ADAPTER_DIR
+    if adapters and not adapter_dir.is_dir():
+        raise CheckpointError(f"{ckpt}: holds full weights, not LoRA adapters (model.lora was off); export without --adapters")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copy_model_files(hf, out_dir)  # tokenizer files and custom code; save_pretrained rewrites the config
+    if adapters:
+        for item in adapter_dir.iterdir():
+            shutil.copyfile(item, out_dir / item.name)
+        return out_dir
+    weights = _lora_merged(adapter_dir, dtype, trust_remote_code) if adapter_dir.is_dir() else _load_weights(ckpt)
     config = AutoConfig.from_pretrained(hf, trust_remote_code=trust_remote_code)
-    dtype = next(iter(weights.values())).dtype
-    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=dtype)
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=next(iter(weights.values())).dtype)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{ckpt / 'policy.safetensors'}: does not fit {hf / 'config.json'} "
+            f"{ckpt}: its policy weights do not fit {hf / 'config.json'} "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
     if (hf / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(hf)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    copy_model_files(hf, out_dir)  # tokenizer files and custom code; save_pretrained rewrites the config
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def _load_weights(ckpt: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from rlqa.learner.policy import POLICY_WEIGHTS
+
+    return load_file(ckpt / POLICY_WEIGHTS)
+
+
+def _lora_merged(adapter_dir: Path, dtype: str, trust_remote_code: bool) -> dict:
+    """The base model with the adapters merged, as the run's rollout workers last held it."""
+    from peft import PeftModel
+
+    from rlqa.learner.lora import base_model_dir, merged_weights
+    from rlqa.models import load_model
+
+    base = base_model_dir(adapter_dir)
+    if not (base / "config.json").is_file():
+        raise CheckpointError(
+            f"{adapter_dir}: its base model directory {base} is gone (a LoRA checkpoint holds only the adapters); "
+            "export them with --adapters"
+        )
+    model = PeftModel.from_pretrained(load_model(base, dtype, trust_remote_code), str(adapter_dir))
+    return merged_weights(model)

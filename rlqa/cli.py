@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a Hugging Face model directory from a checkpoint")
     export.add_argument("checkpoint", type=Path, help="checkpoint directory, or a run directory (its newest good checkpoint)")
     export.add_argument("out_dir", type=Path, help="where to write the model (from_pretrained loads it)")
+    export.add_argument(
+        "--adapters", action="store_true", help="LoRA runs: write the adapters alone (peft loads them) instead of the merged model"
+    )
 
     gguf = sub.add_parser("import-gguf", help="write a Hugging Face model directory from a GGUF file (dequantised)")
     gguf.add_argument("gguf_file", type=Path, nargs="?", help="the .gguf file (or --smollm2)")
@@ -116,9 +119,12 @@ def _export(args) -> int:
         if ckpt is None:
             raise UserError(f"{args.checkpoint}: no usable checkpoint to export")
     recipe_path = ckpt / checkpoint.RECIPE
-    trust = recipe_path.is_file() and yaml.safe_load(recipe_path.read_text())["model"]["trust_remote_code"]
+    model = yaml.safe_load(recipe_path.read_text())["model"] if recipe_path.is_file() else {}
     try:
-        out = checkpoint.export_hf(ckpt, args.out_dir, trust_remote_code=trust)
+        out = checkpoint.export_hf(
+            ckpt, args.out_dir, trust_remote_code=model.get("trust_remote_code", False),
+            dtype=model.get("dtype", "float32"), adapters=args.adapters,
+        )
     except checkpoint.CheckpointError as err:
         raise UserError(str(err)) from None
     print(f"exported {ckpt} to {out}")

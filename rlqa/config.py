@@ -35,11 +35,21 @@ class TinyModelConfig(Section):
         return self
 
 
+class LoraConfig(Section):
+    r: int = Field(8, ge=1, description="rank of each adapter (B A, with A of r rows)")
+    alpha: float = Field(16.0, gt=0, description="scale of the adapters' update: W + (alpha / r) B A")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="modules that get adapters: names (e.g. [q_proj, v_proj]), a regex, or all-linear (every linear layer but the LM head)"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input while training")
+
+
 class ModelConfig(Section):
     path: str | None = Field(None, description="local Hugging Face model directory; null builds the tiny model")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="shape of the tiny built-in model")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
     trust_remote_code: bool = Field(False, description="allow custom modelling code from model.path")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters (peft) on a frozen base; null: full fine-tuning")
 
 
 class DatasetConfig(Section):
@@ -404,6 +414,13 @@ class Recipe(Section):
             raise ValueError(f"sampler: {err}") from None
         if self.learner.workers > 1 and self.algorithm.critic is not None:
             raise ValueError("learner.workers: the PPO critic trains on one learner; set learner.workers: 1")
+        if self.model.lora is not None:
+            if self.learner.workers > 1:
+                raise ValueError("learner.workers: model.lora trains on one learner; set learner.workers: 1")
+            if self.algorithm.critic is not None:
+                raise ValueError("model.lora: PPO's critic does not train with LoRA; use a GRPO-family algorithm or full fine-tuning")
+            if self.sft is not None:
+                raise ValueError("model.lora: the SFT warm-up does not run with LoRA; drop the sft section or model.lora")
         if self.rollout.backend == "vllm" and self.rollout.gpus_per_worker <= 0:
             raise ValueError("rollout.gpus_per_worker: the vllm backend needs a GPU per worker (e.g. 1, or 0.5 to share)")
         if self.rollout.weight_sync != "object_store":

@@ -14,7 +14,7 @@ from pathlib import Path
 from rlqa import checkpoint
 from rlqa.cluster import ray_session
 from rlqa.config import DatasetConfig, Recipe, load_recipe
-from rlqa.data.example import Example
+from rlqa.data.example import Example, reward_inputs
 from rlqa.data.sources import build_examples
 from rlqa.errors import UserError
 from rlqa.models import load_tokenizer
@@ -77,8 +77,12 @@ def scorer(pipeline):
     """`score(texts, examples)` for `evaluate`: the pipeline's correctness function, and the extracted answers."""
 
     def score(texts: list[str], examples: list[Example]) -> tuple[list[bool], list[str | None]]:
-        columns = {"answer": [e.answer for e in examples], "prompt_id": [e.prompt_id for e in examples]}
-        correct, answers = pipeline.correctness(texts, [e.prompt for e in examples], columns)
+        columns = {
+            "answer": [e.answer for e in examples], "prompt_id": [e.prompt_id for e in examples],
+            "prompt_text": [e.prompt for e in examples],
+        }
+        prompts, completions = reward_inputs(examples, texts)
+        correct, answers = pipeline.correctness(completions, prompts, columns)
         return [bool(ok) for ok in correct], answers
 
     return score
@@ -144,7 +148,7 @@ def _recipe_of(run_dir: Path) -> Recipe:
 def _checkpoint_model(ckpt: Path, recipe: Recipe, scratch: Path) -> Path:
     """A Hugging Face directory of a checkpoint's policy, exported as `rlqa export` does."""
     try:
-        return checkpoint.export_hf(ckpt, scratch, trust_remote_code=recipe.model.trust_remote_code)
+        return checkpoint.export_hf(ckpt, scratch, trust_remote_code=recipe.model.trust_remote_code, dtype=recipe.model.dtype)
     except checkpoint.CheckpointError as err:
         raise UserError(str(err)) from None
 

@@ -28,7 +28,7 @@ import torch
 
 from rlqa.algorithms.advantages import get_advantage_estimator, group_stats
 from rlqa.config import Recipe
-from rlqa.data.example import Example
+from rlqa.data.example import Example, reward_inputs
 from rlqa.learner.batch import TrainSample
 from rlqa.length_history import LengthHistory
 from rlqa.rollout.group import RolloutGroup
@@ -181,6 +181,7 @@ def reward_columns(
     columns: dict[str, list] = {
         "answer": [e.answer for e in rows],
         "prompt_id": [r.prompt_id for r in rollouts],
+        "prompt_text": [e.prompt for e in rows],
         "completion_length": [len(r.completion_tokens) for r in rollouts],
         "finish_reason": [r.finish_reason for r in rollouts],
         "max_new_tokens": [max_new_tokens] * len(rollouts),
@@ -196,10 +197,11 @@ def score(
     batch: StepBatch, pipeline: RewardPipeline, examples: dict[str, Example], history: LengthHistory,
     sampler: RolloutSampler, max_new_tokens: int,
 ) -> dict[str, float]:
-    """Per-term rewards, their total and correctness per rollout; the pipeline's metrics (reward/*, correct/*)."""
-    prompts = [examples[r.prompt_id].prompt for r in batch.rollouts]
+    """Per-term rewards, their total and correctness per rollout; the pipeline's metrics (reward/*, correct/*).
+    Prompts and completions reach the reward functions in TRL's shapes (message lists for conversational data)."""
+    prompts, completions = reward_inputs([examples[r.prompt_id] for r in batch.rollouts], [r.text for r in batch.rollouts])
     scored = pipeline(
-        [r.text for r in batch.rollouts], prompts, reward_columns(batch, examples, history, sampler, max_new_tokens),
+        completions, prompts, reward_columns(batch, examples, history, sampler, max_new_tokens),
         completion_ids=[list(r.completion_tokens) for r in batch.rollouts],
     )
     batch.rewards, batch.correct, batch.dropped = scored.total, scored.correct, scored.dropped

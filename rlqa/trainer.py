@@ -42,6 +42,7 @@ from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
 from rlqa.errors import UserError
 from rlqa.evaluation import evaluate, scorer
+from rlqa.learner import lora
 from rlqa.learner.group import LearnerGroup, check_learner_gpus, start_learners
 from rlqa.length_history import LengthHistory
 from rlqa.metrics import MetricsWriter, merge, open_sinks
@@ -126,6 +127,8 @@ def rollout_sampler(recipe: Recipe, train: list[Example]) -> RolloutSampler:
 def build_driver(recipe: Recipe, run_dir: Path) -> Driver:
     """The model directory, the data and the driver's state; no Ray. A user mistake raises a one-line UserError."""
     model_dir = str(create_model_dir(recipe.model, run_dir / "init_model", recipe.trainer.seed, recipe.base_dir))
+    if recipe.model.lora is not None:
+        lora.check_targets(model_dir, recipe.model.lora, recipe.model.trust_remote_code)
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
     train = build_examples(recipe.data.train, recipe, tokenizer, "data.train")
     test = build_examples(recipe.data.test, recipe, tokenizer, "data.test")

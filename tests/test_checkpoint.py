@@ -150,6 +150,10 @@ def test_export_writes_a_hugging_face_directory_with_the_checkpoint_weights(tmp_
     for name, value in exported.state_dict().items():
         assert torch.equal(value, weights[name]), name
     assert AutoTokenizer.from_pretrained(tmp_path / "out")("1+2").input_ids == tokenizer("1+2").input_ids
+    # adapters alone exist only in a LoRA run's checkpoints (tests/learner/test_lora.py)
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "adapters"), "--adapters"]) == 2
+    assert "holds full weights, not LoRA adapters (model.lora was off); export without --adapters" in capsys.readouterr().err
+    assert not (tmp_path / "adapters").exists()
 
 
 def test_export_of_a_bad_checkpoint_exits_2(tmp_path, capsys):

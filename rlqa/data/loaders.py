@@ -77,13 +77,15 @@ def load_examples(path: str | Path, spec: DatasetConfig | None = None, tokenizer
         solution = _optional_text(row, solution_key, where) if solution_key else None
         if style == "gsm8k":
             answer, solution = _parse_gsm8k(answer, answer_key, where)
-        text = render_prompt(row, style, prompt_key, spec.prompt_template, spec.chat_template, tokenizer, spec.system_prompt, where)
+        text, messages = render_prompt(
+            row, style, prompt_key, spec.prompt_template, spec.chat_template, tokenizer, spec.system_prompt, where
+        )
         prompt_id = _required_text(row, id_key, where) if id_key else f"{path.stem}-{row_number - 1}"
         if prompt_id in seen_ids:
             raise UserError(f"{where}: duplicate id {prompt_id!r} in column {id_key!r}")
         seen_ids.add(prompt_id)
         columns = {key: value for key, value in row.items() if key not in consumed}
-        examples.append(Example(prompt_id, text, answer, solution, columns))
+        examples.append(Example(prompt_id, text, answer, solution, columns, messages))
     if unanswered:
         shown = ", ".join(map(str, unanswered[:5])) + (", ..." if len(unanswered) > 5 else "")
         message = f"{path}: skipped {len(unanswered)} rows with an empty {answer_key!r} (rows {shown})"
@@ -256,15 +258,13 @@ def check_prompt_options(where: str, chat_template: bool, tokenizer: Any) -> Non
 
 def render_prompt(
     row: Mapping, style: str, prompt_key: str, template: str, chat_template: bool, tokenizer: Any, system_prompt: str | None, where: str
-) -> str:
-    """What the model sees: the row's messages with `template` over the last user message, rendered by the chat
-    template when it is on, else that message's text."""
+) -> tuple[str, tuple[dict[str, str], ...] | None]:
+    """What the model sees, and the messages it was rendered from (None without the chat template): the row's
+    messages with `template` over the last user message, rendered by the chat template when it is on (after
+    `system_prompt`, which replaces any system message of the row), else that message's text."""
     messages = _templated_messages(row, style, prompt_key, template, where)
-    return _apply_chat_template(tokenizer, messages, system_prompt) if chat_template else messages[-1]["content"]
-
-
-def _apply_chat_template(tokenizer: Any, messages: list[dict[str, str]], system_prompt: str | None) -> str:
-    """Render messages as the model's chat prompt; system_prompt replaces any system message of the row."""
+    if not chat_template:
+        return messages[-1]["content"], None
     if system_prompt is not None:
         messages = [{"role": "system", "content": system_prompt}] + [m for m in messages if m["role"] != "system"]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), tuple(messages)

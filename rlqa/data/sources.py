@@ -30,10 +30,11 @@ def build_examples(spec: DatasetConfig, recipe: Recipe, tokenizer, where: str) -
 def _templated(examples: list[Example], spec: DatasetConfig, tokenizer, where: str) -> list[Example]:
     """A built-in task's prompts through prompt_template (over the example's columns) and, if on, the chat template."""
     check_prompt_options(f"{where}.chat_template", spec.chat_template, tokenizer)
-    return [
-        replace(e, prompt=render_prompt(
+    rendered = [
+        render_prompt(
             {**e.columns, "prompt": e.prompt}, "jsonl", "prompt", spec.prompt_template, spec.chat_template, tokenizer,
             spec.system_prompt, where,
-        ))
+        )
         for e in examples
     ]
+    return [replace(e, prompt=prompt, messages=messages) for e, (prompt, messages) in zip(examples, rendered)]

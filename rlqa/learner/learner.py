@@ -83,10 +83,10 @@ class Learner:
         model = self.policy.model
         self.engine.join(model)
         if self.algo.kl_coef > 0:
-            self.reference = Reference(model)
+            self.reference = Reference(self.policy)
         if self.algo.kl_target is not None:
             self.kl_controller = AdaptiveKLController(self.algo.kl_coef, self.algo.kl_target, self.algo.kl_horizon)
-        groups = [{"params": list(model.parameters()), "lr": self.cfg.lr}]
+        groups = [{"params": self.policy.trainable(), "lr": self.cfg.lr}]
         critic_cfg = self.algo.critic
         if critic_cfg is not None:
             dtype = getattr(torch, self.recipe.model.dtype)
@@ -129,7 +129,7 @@ class Learner:
         return metrics
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The full policy weights on the CPU (rank 0; the other ranks of a group return nothing)."""
+        """The full policy weights on the CPU, LoRA merged (rank 0; the other ranks of a group return nothing)."""
         with self.engine.gathered(self.policy.model):
             return {k: v.cpu() for k, v in self.policy.weights().items()} if self.engine.leads else {}
 
@@ -139,21 +139,22 @@ class Learner:
                 self.policy.save_pretrained(out_dir)
 
     def save_state(self, out_dir: str) -> None:
-        """Weights as safetensors; optimizer, scheduler and RNG as tensors-and-numbers (loadable weights_only). In a
-        group rank 0 writes what one learner writes, and each other rank its optimizer partition."""
+        """Weights (or LoRA adapters) as safetensors; optimizer, scheduler and RNG as tensors-and-numbers (loadable
+        weights_only). In a group rank 0 writes what one learner writes, and each other rank its optimizer
+        partition."""
         out = Path(out_dir)
         with self.engine.gathered(self.policy.model):
             optimizer = self.engine.optimizer_state(self.optimizer, out)
             if not self.engine.leads:
                 return
-            save_file(self.policy.weights(), out / "policy.safetensors")
+            self.policy.save(out)
             optimizers = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
             if self.critic_optimizer is not None:
                 optimizers["critic_optimizer"] = self.critic_optimizer.state_dict()
                 optimizers["critic_scheduler"] = self.critic_scheduler.state_dict()
             torch.save(optimizers, out / "optimizer.pt")
             (out / "learner_rng.json").write_text(json.dumps(rng_state()))  # Python, NumPy, torch (+ CUDA) RNGs
-            if self.reference is not None:
+            if self.reference is not None and self.reference.copied:
                 save_file(detached(self.reference.model), out / "reference.safetensors")
             if self.critic is not None:
                 save_file(detached(self.critic), out / "critic.safetensors")
@@ -162,7 +163,7 @@ class Learner:
 
     def load_state(self, ckpt_dir: str) -> None:
         src = Path(ckpt_dir)
-        self.policy.model.load_state_dict(load_file(src / "policy.safetensors"))
+        self.policy.load(src)
         self.start_rl()
         state = torch.load(src / "optimizer.pt", weights_only=True)
         self.engine.load_optimizer_state(self.optimizer, state["optimizer"], src)
@@ -171,7 +172,7 @@ class Learner:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
             self.critic_scheduler.load_state_dict(state["critic_scheduler"])
         set_rng_state(json.loads((src / "learner_rng.json").read_text()))
-        if self.reference is not None:
+        if self.reference is not None and self.reference.copied:
             self.reference.model.load_state_dict(load_file(src / "reference.safetensors"))
         if self.critic is not None:
             self.critic.load_state_dict(load_file(src / "critic.safetensors"))

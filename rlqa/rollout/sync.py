@@ -41,15 +41,15 @@ def _learner_address(learner) -> tuple[str, int]:
 def _learner_join(learner, host: str, port: int, world_size: int) -> list:
     model = learner.policy.model
     learner.weight_channel = BroadcastChannel(host, port, 0, world_size, next(model.parameters()).device)
-    return weight_spec(model.state_dict())
+    return weight_spec(learner.policy.live_weights())
 
 
 def _learner_send(learner) -> None:
-    learner.weight_channel.send(learner.policy.model.state_dict())
+    learner.weight_channel.send(learner.policy.live_weights())
 
 
 def _learner_export(learner) -> dict:
-    state = {k: v.detach().contiguous() for k, v in learner.policy.model.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in learner.policy.live_weights().items()}
     learner.exported = state  # alive until the workers have copied from it
     return ipc_handles(state)
 

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["rewards.math", "rewards.length", "rewards.format", "rewards.answers"])
+@pytest.mark.parametrize("module", ["rewards.math", "rewards.length", "rewards.format", "rewards.answers", "rewards.text"])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0 and result.attempted > 0
