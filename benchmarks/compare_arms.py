@@ -4,8 +4,8 @@
     python benchmarks/compare_arms.py dapo --seeds 0 1 2 --out runs/bench/dapo
 
 Presets:
-  e3    E3's difficulty-based allocation + entropy-holding temperature (and its (n_min, n_max) schedule when the
-        recipe sets one) against uniform GRPO at a fixed T, on the quickstart with recurring prompts
+  e3    E3's difficulty-based allocation with its (n_min, n_max) schedule, (8, 8) -> (6, 10) -> (4, 12), and the
+        entropy-holding temperature, against uniform GRPO at a fixed T, on the quickstart with recurring prompts
         (data.train.size=256): every step spends the same rollout budget.
   dapo  recipes/dapo.yaml (dynamic sampling on) against the same recipe with dynamic sampling off. Dynamic sampling
         generates extra rounds, so the GRPO arm of each seed runs for as many steps as it takes to generate as many
@@ -54,7 +54,8 @@ class Preset:
 PRESETS = {
     "e3": Preset(
         arms=(
-            Arm("e3", "recipes/quickstart.yaml", ["sampler.allocation=difficulty", "temperature.mode=entropy"]),
+            Arm("e3", "recipes/quickstart.yaml", ["sampler.allocation=difficulty", "temperature.mode=entropy",
+                                                  "sampler.n_min=null", "sampler.n_max=null", "sampler.bounds_schedule=e3"]),
             Arm("uniform", "recipes/quickstart.yaml",
                 ["sampler.allocation=uniform", "sampler.n_min=null", "sampler.n_max=null", "temperature.mode=fixed"]),
         ),
@@ -166,7 +167,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sft-dir", type=Path, help="a finished warm-up run to start from (default: run it once)")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE recipe overrides for every RL run")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     preset = PRESETS[args.preset]
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
