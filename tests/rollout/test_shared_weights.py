@@ -4,14 +4,15 @@ object store."""
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import ray
 import torch
 import yaml
 
+from rlqa import trainer
 from rlqa.cli import main
+from rlqa.cluster import shared_dir
 from rlqa.config import validate_recipe
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.group import start_learners
@@ -105,7 +106,7 @@ def _metrics(run_dir) -> list[dict]:
 
 
 @pytest.mark.integration
-def test_a_run_through_shared_memory_equals_one_through_the_object_store(tmp_path):
+def test_a_run_through_shared_memory_equals_one_through_the_object_store(tmp_path, monkeypatch):
     """Same recipe and seed: the same rollouts, sampling log-probs, learner log-probs and updates, step by step.
     And nothing of the shared-memory file is left once the run has ended."""
     raw = {
@@ -121,10 +122,11 @@ def test_a_run_through_shared_memory_equals_one_through_the_object_store(tmp_pat
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
-    shm = list(Path("/dev/shm").glob("rlqa-*"))
+    used = []  # the run's shared-memory directory (other runs on the machine have their own)
+    monkeypatch.setattr(trainer, "shared_dir", lambda token: used.append(shared_dir(token)) or used[-1])
     for mode in ("shared_memory", "object_store"):
         assert main(["train", str(path), f"rollout.weight_sync={mode}", "--run-dir", str(tmp_path / mode)]) == 0
     shared, store = _metrics(tmp_path / "shared_memory"), _metrics(tmp_path / "object_store")
     assert len(shared) == 3 and shared == store
     assert all(r["rollout/logprob_diff_max"] < 1e-4 for r in shared)  # the learner sees the weights the workers used
-    assert list(Path("/dev/shm").glob("rlqa-*")) == shm
+    assert len(used) == 2 and not any(path.exists() for path in used)
