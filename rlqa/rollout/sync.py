@@ -27,6 +27,7 @@ from typing import Protocol
 
 import ray
 
+from rlqa.rollout.group import actor_node
 from rlqa.rollout.shared_weights import read_weights
 from rlqa.rollout.weight_sync import BroadcastChannel, ipc_handles, rendezvous_address, weight_spec
 
@@ -49,7 +50,7 @@ class SharedMemorySync:
 
     def sync(self, learner, group) -> None:
         if self.learner_local is None:
-            self.learner_local = ray.get(learner.leader.__ray_call__.remote(_node_id)) == self.node
+            self.learner_local = actor_node(learner.leader) == self.node
         if not self.learner_local:
             group.load_weights(learner.weights())
             return
@@ -64,10 +65,6 @@ class SharedMemorySync:
             return worker.load_weights.remote(remote_copy[0])
 
         group.load(load)
-
-
-def _node_id(_actor) -> str:
-    return ray.get_runtime_context().get_node_id()
 
 
 def _learner_address(learner) -> tuple[str, int]:
