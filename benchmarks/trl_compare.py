@@ -322,12 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     results["rl_vs_sft"] = {"rl_seconds": rl_seconds, "rl_accuracy": final_accuracy(rl_rows),
                             "sft": continued_sft(plan, warm, rl_seconds, out)}
     results["wall_seconds"] = time.perf_counter() - started
+    write_results(out, results, markdown(results))
+    return 0
+
+
+def write_results(out: Path, results: dict, text: str) -> None:
+    """OUT/results.json (raw figures) and OUT/results.md (the tables), printed too."""
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    text = markdown(results)
     (out / "results.md").write_text(text)
     print(text)
     print(f"[bench] results: {out / 'results.md'}")
-    return 0
 
 
 if __name__ == "__main__":

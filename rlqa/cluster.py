@@ -13,6 +13,9 @@ nothing of the run left on the machine however the run ends.
   some of its own processes behind when its driver is killed (the dashboard and runtime-env agents), and a reward
   worker stuck in C code cannot notice anything; the reaper depends on neither. Processes of a cluster joined with
   an address carry no token and descend from none, so they are never touched.
+- The run's shared-memory directory (`shared_dir`: the policy weights the rollout workers map,
+  rlqa.rollout.shared_weights) is named after the token; the reaper deletes it last, so no 0.5 GB file outlives a
+  killed run in /dev/shm.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import contextlib
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -86,6 +91,12 @@ def reaped() -> Iterator[str]:
             reaper.wait(timeout=REAP_LIMIT_S + 5)
         except subprocess.TimeoutExpired:
             reaper.kill()
+
+
+def shared_dir(token: str) -> Path:
+    """The run's directory in shared memory (/dev/shm; the temporary directory where there is none)."""
+    base = Path("/dev/shm")
+    return (base if base.is_dir() else Path(tempfile.gettempdir())) / f"rlqa-{token}"
 
 
 def processes_with_token(token: str) -> list[int]:
@@ -212,6 +223,7 @@ def _reaper_main(token: str) -> None:
     if sys.stdin.buffer.read1(1):  # not end-of-file: nobody writes to the pipe, but be safe
         return
     _reap(token, known)
+    shutil.rmtree(shared_dir(token), ignore_errors=True)  # after the processes: none can write it again
 
 
 if __name__ == "__main__":

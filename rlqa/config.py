@@ -106,8 +106,8 @@ class RolloutConfig(Section):
     backend: Literal["hf", "vllm"] = Field("hf", description="generation backend: hf (CPU or GPU) or vllm (GPU, extra rlqa[vllm])")
     vllm_gpu_memory: float = Field(0.4, gt=0, le=1, description="share of its GPU a vLLM engine may take (weights + KV cache)")
     async_steps: int = Field(0, ge=0, le=1, description="1: generate step t+1 while step t trains (one step off-policy, importance-corrected)")
-    weight_sync: Literal["object_store", "broadcast", "ipc"] = Field(
-        "object_store", description="how new weights reach the workers: object store; broadcast (NCCL on GPUs, gloo on CPU); CUDA IPC (colocated GPUs)"
+    weight_sync: Literal["shared_memory", "object_store", "broadcast", "ipc"] = Field(
+        "shared_memory", description="how new weights reach the workers: a shared-memory file mapped by the workers on the driver's node (object store beyond it); object store; broadcast (NCCL on GPUs, gloo on CPU); CUDA IPC (colocated GPUs)"
     )
     prompts_per_step: int = Field(16, ge=1, description="prompts in each step's batch")
     rollouts_per_prompt: int = Field(8, ge=1, description="nominal rollouts per prompt (budget = prompts x this)")
@@ -423,7 +423,7 @@ class Recipe(Section):
                 raise ValueError("model.lora: the SFT warm-up does not run with LoRA; drop the sft section or model.lora")
         if self.rollout.backend == "vllm" and self.rollout.gpus_per_worker <= 0:
             raise ValueError("rollout.gpus_per_worker: the vllm backend needs a GPU per worker (e.g. 1, or 0.5 to share)")
-        if self.rollout.weight_sync != "object_store":
+        if self.rollout.weight_sync not in ("shared_memory", "object_store"):
             if self.rollout.max_retries != 0:
                 raise ValueError("rollout.max_retries: direct weight sync cannot re-admit a replaced worker mid-step; set 0")
             if self.learner.workers > 1 and self.learner.zero_stage == 3:

@@ -36,7 +36,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from rlqa import checkpoint, stages
-from rlqa.cluster import ray_session
+from rlqa.cluster import TOKEN_VARIABLE, ray_session, shared_dir
 from rlqa.config import Recipe, to_yaml
 from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
@@ -153,7 +153,7 @@ def build(recipe: Recipe, run_dir: Path) -> Components:
     workers = RolloutGroup(d.model_dir, recipe, worker_options)
     generate = partial(stages.generate_batch, sampler=d.sampler, rollout_workers=workers, prompt_tokens=d.prompt_tokens, recipe=recipe)
     schedule = Schedule(
-        generate, learner, workers, make_weight_sync(recipe.rollout.weight_sync),
+        generate, learner, workers, make_weight_sync(recipe.rollout.weight_sync, shared_dir(os.environ[TOKEN_VARIABLE])),
         steps=recipe.trainer.steps, overlap=bool(recipe.rollout.async_steps), colocated=recipe.ray.placement == "colocate",
     )
     return Components(d, run_dir, learner, workers, RewardPipeline.from_config(recipe.rewards, Path(recipe.base_dir)), schedule)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from rlqa.cli import main
-from rlqa.cluster import session_processes
+from rlqa.cluster import TOKEN_VARIABLE, session_processes, shared_dir
 from test_launch import TINY, free_port, head_on_loopback
 
 pytestmark = pytest.mark.integration
@@ -109,9 +109,12 @@ def start_run(tmp_path: Path) -> subprocess.Popen:
 @pytest.mark.parametrize("ending", ["sigkill", "crash"])  # Ctrl-C and SIGTERM: tests/rewards/test_isolation.py
 def test_nothing_of_a_run_remains_however_the_driver_ends(tmp_path, leftovers, ending):
     """The driver alone is signalled (not its process group): Ray, the actors, the reward workers and what they
-    started must still go. "crash" kills the learner actor, which stops the run with an error (exit 1)."""
+    started must still go, and so must the run's shared-memory weights file. "crash" kills the learner actor, which
+    stops the run with an error (exit 1)."""
     proc = start_run(tmp_path)
     try:
+        weights = shared_dir(run_token(proc.pid)) / "weights.bin"
+        assert weights.is_file()  # the first sync, before step 1, wrote it
         if ending == "sigkill":
             proc.send_signal(signal.SIGKILL)
         else:
@@ -120,11 +123,29 @@ def test_nothing_of_a_run_remains_however_the_driver_ends(tmp_path, leftovers, e
         proc.wait(timeout=120)
         assert proc.returncode != 0
         assert leftovers(proc.pid) == {}
+        deadline = time.monotonic() + 30  # the reaper deletes it once the processes are gone
+        while weights.parent.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not weights.parent.exists()
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def run_token(session_id: int) -> str:
+    """The run token in the environment of one of the run's processes (Ray's raylet keeps its environment intact)."""
+    prefix = f"{TOKEN_VARIABLE}=".encode()
+    for pid in session_processes(session_id):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for entry in environ:
+            if entry.startswith(prefix):
+                return entry[len(prefix) :].decode()
+    raise AssertionError("no process of the run carries its token")
 
 
 @pytest.fixture

@@ -49,6 +49,9 @@ class LearnerGroup:
     def weights(self) -> ray.ObjectRef:
         return self._first([a.weights.remote() for a in self.actors])
 
+    def write_shared_weights(self, directory: str) -> ray.ObjectRef:
+        return self._first([a.write_shared_weights.remote(directory) for a in self.actors])
+
     def save_state(self, out_dir: str) -> ray.ObjectRef:
         return self._first([a.save_state.remote(out_dir) for a in self.actors])
 

@@ -11,7 +11,9 @@ sampled tokens, whose gap to the sampler's it reports (and, with `algorithm.tis_
 log-probs when recomputed, reference log-probs, and for PPO the critic's values, from which the token-level rewards,
 the token-level advantages (the registry's GAE) and returns follow. Then
 `epochs` passes of `mini_batches` optimizer steps run on those fixed targets, so every ratio is against π_old, not
-the moving policy.
+the moving policy. When that pass would yield nothing but the gap (sampling log-probs as π_old, no TIS, reference or
+critic, one mini-batch, a model without dropout), it is skipped: the first optimizer step's forward sees every sample
+before any weight moves, with the same log-probs, and measures the gap there at no extra cost.
 
 The policy version is the driver's to count (it tags the weights it sends to the rollout workers), not the learner's.
 """
@@ -41,6 +43,7 @@ from rlqa.learner.engine import LocalEngine, TrainEngine, normaliser_count
 from rlqa.learner.policy import Policy, Reference, detached
 from rlqa.learner.sft import run_sft
 from rlqa.models import quiet_hf
+from rlqa.rollout.shared_weights import write_weights
 
 
 class Learner:
@@ -103,7 +106,8 @@ class Learner:
 
     def update(self, samples: list[TrainSample], temperature: float, step: int) -> dict[str, float]:
         """One RL update on a rollout batch: `epochs` passes of `mini_batches` optimizer steps each."""
-        samples, metrics = self._prepare(samples, temperature)
+        gap = _TokenStats() if self._gap_in_update() else None  # measured by the first optimizer step's forward
+        samples, metrics = (samples, {}) if gap is not None else self._prepare(samples, temperature)
         kl_coef = self.kl_coef
         self.policy.model.train()
         if self.critic is not None:
@@ -116,10 +120,13 @@ class Learner:
                 random.Random(f"{self.recipe.trainer.seed}/{step}/{epoch}").shuffle(order)
             size = -(-len(order) // self.cfg.mini_batches)
             for start in range(0, len(order), size):
-                stats = self._optimizer_step([samples[i] for i in order[start : start + size]], temperature, kl_coef)
+                chunk = [samples[i] for i in order[start : start + size]]
+                stats = self._optimizer_step(chunk, temperature, kl_coef, gap if updates == 0 else None)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 updates += 1
+        if gap is not None:
+            metrics.update(gap.metrics())
         metrics.update({key: value / updates for key, value in sums.items()})
         metrics["policy/lr"] = self.scheduler.get_last_lr()[0]
         metrics["policy/kl_coef"] = kl_coef
@@ -132,6 +139,12 @@ class Learner:
         """The full policy weights on the CPU, LoRA merged (rank 0; the other ranks of a group return nothing)."""
         with self.engine.gathered(self.policy.model):
             return {k: v.cpu() for k, v in self.policy.weights().items()} if self.engine.leads else {}
+
+    def write_shared_weights(self, directory: str) -> None:
+        """The full policy weights into the run's shared-memory file (rank 0; rlqa.rollout.shared_weights)."""
+        with self.engine.gathered(self.policy.model):
+            if self.engine.leads:
+                write_weights(self.policy.model.state_dict(), directory)
 
     def save_pretrained(self, out_dir: str) -> None:
         with self.engine.gathered(self.policy.model):
@@ -194,6 +207,16 @@ class Learner:
             self.cfg.schedule, optimizer, num_warmup_steps=self.cfg.warmup_steps, num_training_steps=max(updates, 1)
         )
         return optimizer, scheduler
+
+    def _gap_in_update(self) -> bool:
+        """Whether `_prepare` would compute only the learner-vs-sampler gap, which the update's first forward pass
+        then measures on the same weights and inputs (one mini-batch: no optimizer step comes before it; no
+        dropout: train mode computes what eval mode does)."""
+        algo = self.algo
+        return (
+            algo.old_logprobs == "sampling" and algo.tis_cap is None and self.reference is None
+            and self.critic is None and self.cfg.mini_batches == 1 and not has_dropout(self.policy.model)
+        )
 
     @torch.no_grad()
     def _prepare(self, samples: list[TrainSample], temperature: float) -> tuple[list[TrainSample], dict[str, float]]:
@@ -261,7 +284,11 @@ class Learner:
         }
         return prepared, metrics
 
-    def _optimizer_step(self, samples: list[TrainSample], temperature: float, kl_coef: float) -> dict[str, float]:
+    def _optimizer_step(
+        self, samples: list[TrainSample], temperature: float, kl_coef: float, gap: _TokenStats | None = None
+    ) -> dict[str, float]:
+        """One optimizer step over `samples`; `gap`, when given, accumulates the learner-vs-sampler gap of its forward
+        passes (before the step)."""
         aggregation, max_len = self.algo.loss_aggregation, self.recipe.rollout.max_new_tokens
         batches, total, tokens = self.engine.micro_batches(samples, self.policy.pad_token_id, aggregation)
         head = self.critic is not None and self.critic.backbone is None
@@ -273,6 +300,8 @@ class Learner:
             weight = normaliser_count(batch.mask, aggregation) / total
             token_share = float(batch.mask.sum()) / tokens
             out = self.policy.forward(batch, temperature, entropy=True, hidden=head)
+            if gap is not None:
+                gap.add(batch.mask, *logprob_gap(out.logprobs, batch.old_logprobs, batch.mask))
             objective, pg = policy_objective(
                 out.logprobs,
                 batch.old_logprobs,
@@ -305,6 +334,15 @@ class Learner:
             self.critic_optimizer.step()
             self.critic_scheduler.step()
         return stats
+
+
+def has_dropout(model: torch.nn.Module) -> bool:
+    """Whether training mode adds noise: a dropout module or a `*dropout*` rate in the model config above 0."""
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    rates = [] if config is None else [v for k, v in config.to_dict().items() if "dropout" in k]
+    return any(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in rates)
 
 
 class _TokenStats:

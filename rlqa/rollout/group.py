@@ -42,6 +42,11 @@ def actor_pid(actor) -> int:
     return ray.get(actor.__ray_call__.remote(lambda _self: os.getpid()))
 
 
+def actor_node(actor) -> str:
+    """The Ray node id an actor runs on."""
+    return ray.get(actor.__ray_call__.remote(lambda _self: ray.get_runtime_context().get_node_id()))
+
+
 class RolloutGroup:
     def __init__(self, model_dir: str, recipe: Recipe, actor_options: list[dict] | None = None):
         self.model_dir = model_dir
@@ -52,7 +57,8 @@ class RolloutGroup:
         self.max_retries = recipe.rollout.max_retries
         self.workers = [self._start_worker(i) for i in range(recipe.rollout.workers)]
         self._pids: list[int] | None = None  # asked once, while every worker is healthy; a replacement updates its slot
-        self.weights_ref = None  # the weights last loaded through the object store, for a replacement worker
+        self._nodes: list[str] | None = None  # Ray node ids, asked once like the pids
+        self._load = None  # how the weights last sent reach a worker (index, actor) -> ObjectRef; for a replacement
         self.restarts = 0  # over the whole run; the trainer keeps it in the checkpoint
 
     def _start_worker(self, index: int):
@@ -65,11 +71,22 @@ class RolloutGroup:
             self._pids = [actor_pid(w) for w in self.workers]
         return list(self._pids)
 
+    def node_ids(self) -> list[str]:
+        """The Ray node each worker runs on."""
+        if self._nodes is None:
+            self._nodes = [actor_node(w) for w in self.workers]
+        return self._nodes
+
     def load_weights(self, weights) -> None:
-        """New weights into every worker through the object store (one copy, read by all). A worker that died
-        since the last step is replaced here, and the replacement gets these weights."""
-        self.weights_ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
-        loads = [w.load_weights.remote(self.weights_ref) for w in self.workers]
+        """New weights into every worker through the object store (one copy, read by all)."""
+        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
+        self.load(lambda _index, worker: worker.load_weights.remote(ref))
+
+    def load(self, load) -> None:
+        """New weights into every worker, `load(index, worker)` starting one worker's load. A worker that died
+        since the last step is replaced here, and the replacement gets these weights the same way."""
+        self._load = load
+        loads = [load(index, w) for index, w in enumerate(self.workers)]
         for index, ref in enumerate(loads):
             try:
                 ray.get(ref, timeout=self.deadline_s)
@@ -84,8 +101,10 @@ class RolloutGroup:
         except Exception:  # already gone
             pass
         self.workers[index] = self._start_worker(index)
-        if self.weights_ref is not None:
-            ray.get(self.workers[index].load_weights.remote(self.weights_ref))
+        if self._nodes is not None:
+            self._nodes[index] = actor_node(self.workers[index])
+        if self._load is not None:
+            ray.get(self._load(index, self.workers[index]))
         self.restarts += 1
         pid = actor_pid(self.workers[index])
         if self._pids is not None:

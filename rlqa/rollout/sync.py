@@ -1,6 +1,11 @@
-"""How new policy weights reach the rollout workers after an update (`rollout.weight_sync`): one interface, three
+"""How new policy weights reach the rollout workers after an update (`rollout.weight_sync`): one interface, four
 transports.
 
+- `shared_memory` (the default): the learner writes its weights once into a file in /dev/shm (named after the run,
+  deleted by the run's reaper however the run ends; rlqa.rollout.shared_weights), and every worker on that node
+  maps it and copies into its parameters in place: no pickling, no object store. Workers on other nodes get the
+  same weights through the object store, read back from that file once. A learner on a node other than the
+  driver's (whose reaper owns the file) falls back to `object_store` altogether.
 - `object_store`: the learner's weights go into Ray's object store once and every worker reads that copy (what a CPU
   run needs anyway). A worker replaced after a failure loads the same copy.
 - `broadcast`: the learner (rank 0 of the learner group) and every worker form one BroadcastChannel (NCCL on GPUs,
@@ -17,10 +22,13 @@ list changes.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import ray
 
+from rlqa.rollout.group import actor_node
+from rlqa.rollout.shared_weights import read_weights
 from rlqa.rollout.weight_sync import BroadcastChannel, ipc_handles, rendezvous_address, weight_spec
 
 
@@ -32,6 +40,31 @@ class WeightSync(Protocol):
 class ObjectStoreSync:
     def sync(self, learner, group) -> None:
         group.load_weights(learner.weights())
+
+
+class SharedMemorySync:
+    def __init__(self, directory: Path):
+        self.directory = str(directory)
+        self.node = ray.get_runtime_context().get_node_id()  # the driver's: its reaper deletes the directory
+        self.learner_local: bool | None = None
+
+    def sync(self, learner, group) -> None:
+        if self.learner_local is None:
+            self.learner_local = actor_node(learner.leader) == self.node
+        if not self.learner_local:
+            group.load_weights(learner.weights())
+            return
+        ray.get(learner.write_shared_weights(self.directory))
+        remote_copy: list[ray.ObjectRef] = []  # at most one, made only if a worker is on another node
+
+        def load(index: int, worker) -> ray.ObjectRef:
+            if group.node_ids()[index] == self.node:
+                return worker.load_shared_weights.remote(self.directory)
+            if not remote_copy:
+                remote_copy.append(ray.put(dict(read_weights(self.directory))))
+            return worker.load_weights.remote(remote_copy[0])
+
+        group.load(load)
 
 
 def _learner_address(learner) -> tuple[str, int]:
@@ -88,5 +121,8 @@ class IpcSync:
         ray.get(sender.__ray_call__.remote(_learner_release))
 
 
-def make_weight_sync(mode: str) -> WeightSync:
+def make_weight_sync(mode: str, shared_dir: Path) -> WeightSync:
+    """The transport `mode` names; `shared_dir` is the run's shared-memory directory (rlqa.cluster.shared_dir)."""
+    if mode == "shared_memory":
+        return SharedMemorySync(shared_dir)
     return {"object_store": ObjectStoreSync, "broadcast": BroadcastSync, "ipc": IpcSync}[mode]()

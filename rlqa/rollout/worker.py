@@ -7,6 +7,7 @@ import torch
 from rlqa.config import ModelConfig, RolloutConfig
 from rlqa.models import quiet_hf
 from rlqa.rollout.backends import make_backend
+from rlqa.rollout.shared_weights import read_weights
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 
 
@@ -18,6 +19,10 @@ class RolloutWorker:
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.backend.load_weights(weights.items())
+
+    def load_shared_weights(self, directory: str) -> None:
+        """Weights from the learner's shared-memory file on this node (rlqa.rollout.shared_weights), copied in place."""
+        self.backend.load_weights(read_weights(directory))
 
     def join_channel(self, host: str, port: int, rank: int, world_size: int) -> None:
         self.backend.join_channel(host, port, rank, world_size)

@@ -117,3 +117,33 @@ def test_prepare_reports_the_gap_to_the_sampler_and_caps_the_tis_weights(tmp_pat
     assert metrics["rollout/logprob_diff_max"] == pytest.approx(float((learned + 4).abs().max()), rel=1e-5)
     assert metrics["policy/tis_weight_mean"] == pytest.approx(float(weights.mean()), rel=1e-5)
     assert metrics["policy/tis_capped_frac"] == pytest.approx(float((weights >= 2.0).float().mean()))
+
+
+def test_the_gap_to_the_sampler_costs_no_extra_forward_pass(tmp_path, monkeypatch):
+    # GRPO with sampling log-probs: the gap (|log π_learner + 4| against the deliberately wrong -4) comes from the
+    # update's own forward passes, one per micro-batch (8 samples / 3 = 3), and equals the separate pass's figure.
+    learner = _learner(tmp_path, {"kl_coef": 0.0})
+    assert learner._gap_in_update()
+    _, expected = learner._prepare(_samples(), 1.0)  # the separate gradient-free pass, before any update
+    calls = []
+    forward = learner.policy.forward
+    monkeypatch.setattr(learner.policy, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    metrics = learner.update(_samples(), 1.0, 0)
+    assert len(calls) == 3
+    assert metrics["rollout/logprob_diff_mean"] == pytest.approx(expected["rollout/logprob_diff_mean"], rel=1e-6)
+    assert metrics["rollout/logprob_diff_max"] == pytest.approx(expected["rollout/logprob_diff_max"], rel=1e-6)
+    # two mini-batches: the second forward runs after an optimizer step, so the separate pass stays
+    assert not _learner(tmp_path, {"kl_coef": 0.0}, {"mini_batches": 2})._gap_in_update()
+    assert not _learner(tmp_path, {"kl_coef": 0.0, "tis_cap": 2.0})._gap_in_update()
+
+
+def test_dropout_in_a_module_or_the_model_config_keeps_the_separate_pass():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlqa.learner.learner import has_dropout
+
+    assert has_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)))
+    assert not has_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.0)))
+    shape = {"vocab_size": 16, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16}
+    assert has_dropout(LlamaForCausalLM(LlamaConfig(**shape, attention_dropout=0.1)))
+    assert not has_dropout(LlamaForCausalLM(LlamaConfig(**shape)))
