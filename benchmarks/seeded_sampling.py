@@ -7,7 +7,8 @@ MODEL_DIR: the stand-in from `rlqa import-gguf --smollm2 DIR` (or the test cache
 variant runs the same left-padded chat prompts for exactly --new-tokens tokens (EOS off, so no variant stops
 early), one after another in each repetition, so machine load hits them alike. Plain temperature sampling (T = 1,
 no top-k or top-p) in all of them; HF's run records no log-probs, the seeded ones do (the learner needs them).
-Prints one JSON object: the median seconds per generate call of each variant and the ratios to HF's.
+Prints one JSON object: the median milliseconds of one sampling step alone (on random logits of the same shape),
+the median seconds per generate call of each variant, and the ratios to HF's.
 """
 
 from __future__ import annotations
@@ -93,6 +94,38 @@ def greedy(model, batch, args) -> torch.Tensor:
 VARIANTS = {"hf_do_sample": hf_sample, "seeded_new": new_seeded, "seeded_old": old_seeded, "greedy": greedy}
 
 
+def hf_step(scores: torch.Tensor, seeds: torch.Tensor, position: int) -> torch.Tensor:
+    """What HF's do_sample does to one step's logits (temperature 1 leaves them as they are)."""
+    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+
+def new_step(scores: torch.Tensor, seeds: torch.Tensor, position: int) -> torch.Tensor:
+    sampler = SeededSampler(seeds, 0, 1.0)  # the log-prob of the pick is recorded inside
+    return sampler(torch.zeros((len(seeds), position), dtype=torch.long), scores).argmax(-1)
+
+
+def old_step(scores: torch.Tensor, seeds: torch.Tensor, position: int) -> torch.Tensor:
+    tokens = OldSeededSampler(seeds, 0, 1.0)(torch.zeros((len(seeds), position), dtype=torch.long), scores).argmax(-1)
+    torch.log_softmax(scores.float(), -1).gather(-1, tokens[:, None])  # its log-prob, from the stored logits
+    return tokens
+
+
+STEPS = {"hf_do_sample": hf_step, "seeded_new": new_step, "seeded_old": old_step}
+
+
+def sampling_step_ms(args, seeds: torch.Tensor, vocab_size: int) -> dict[str, float]:
+    """Median milliseconds of one sampling step alone, on (batch, vocab) logits like a model's, no model call."""
+    scores = torch.randn((len(seeds), vocab_size), generator=torch.Generator().manual_seed(0)) * 3
+    timings: dict[str, list[float]] = {name: [] for name in STEPS}
+    for repeat in range(args.repeats * args.new_tokens + 1):
+        for name, step in STEPS.items():
+            started = time.perf_counter()
+            step(scores.clone(), seeds, repeat)
+            if repeat:  # the first is a warm-up
+                timings[name].append((time.perf_counter() - started) * 1000)
+    return {name: round(statistics.median(values), 2) for name, values in timings.items()}
+
+
 def make_batch(tokenizer, size: int) -> dict[str, torch.Tensor]:
     texts = [
         tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], tokenize=False, add_generation_prompt=True)
@@ -119,6 +152,7 @@ def main() -> None:
     batch = make_batch(tokenizer, args.batch)
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with torch.no_grad():
+        step_ms = sampling_step_ms(args, batch["seeds"], model.config.vocab_size)
         for fn in VARIANTS.values():  # warm-up
             fn(model, {k: v[:2] for k, v in batch.items()}, argparse.Namespace(new_tokens=2))
         for _ in range(args.repeats):
@@ -130,6 +164,7 @@ def main() -> None:
     print(json.dumps({
         "batch": args.batch, "new_tokens": args.new_tokens, "prompt_tokens": batch["input_ids"].shape[1],
         "threads": args.threads, "repeats": args.repeats, "vocab": model.config.vocab_size,
+        "sampling_step_ms": step_ms,
         "median_s": {k: round(v, 3) for k, v in median.items()},
         "all_s": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
         "seeded_new_over_hf": round(median["seeded_new"] / median["hf_do_sample"], 3),

@@ -1,7 +1,7 @@
 """The micro-batch plan of a learner group: shares balanced by tokens, a token budget, equal counts per rank."""
 
 from rlqa.learner.deepspeed_engine import deepspeed_config
-from rlqa.learner.plan import equalize, pack_by_tokens, pad_fraction, plan_micro_batches, shard_by_tokens
+from rlqa.learner.plan import equalize, pack_by_tokens, plan_micro_batches, shard_by_tokens
 from rlqa.config import LearnerConfig
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.engine import micro_batch_plan
@@ -30,6 +30,12 @@ def test_packing_caps_sequences_and_keeps_an_overlong_sequence_alone():
 
 
 LENGTHS = [10, 9, 6, 5, 10, 3]  # 43 tokens
+
+
+def pad_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    """Padded / processed tokens of micro-batches each padded to its longest sequence (what learner/pad_frac logs)."""
+    processed = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - sum(lengths[i] for b in batches for i in b) / processed
 
 
 def test_bucketing_keeps_each_micro_batchs_padding_within_the_bound():

@@ -49,11 +49,6 @@ def pack_by_tokens(
     return batches
 
 
-def pad_fraction(batches: list[list[int]], lengths: list[int]) -> float:
-    """Padded tokens / processed tokens over micro-batches each padded to its longest sequence."""
-    processed = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
-    return 1 - sum(lengths[i] for b in batches for i in b) / processed if processed else 0.0
-
 
 def equalize(plan: list[list[list[int]]]) -> list[list[list[int]]]:
     """Give every rank the same number of micro-batches: split a rank's largest micro-batch in two while it has one
