@@ -133,6 +133,9 @@ class LearnerConfig(Section):
     grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward (gradient accumulation)")
     micro_batch_tokens: int | None = Field(None, ge=1, description="token budget of a micro-batch (sequences x padded length); null: micro_batch_size alone")
+    micro_batch_pad_frac: float = Field(
+        0.15, ge=0, le=1, description="most padding a micro-batch may hold, as a share of its padded size (sequences are bucketed by length); 1: no limit"
+    )
     epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     mini_batches: int = Field(1, ge=1, description="optimizer steps per pass over a rollout batch")
     cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each learner")

@@ -102,6 +102,12 @@ def timed_steps(rows: list[dict]) -> list[int]:
     return [r["step"] for r in rows if _finite(r.get("time/step"))]
 
 
+def sync_fraction(rows: list[dict]) -> tuple[list[int], list[float]]:
+    """(steps, time/sync / time/step) over the steps that logged both."""
+    points = [(r["step"], r["time/sync"] / r["time/step"]) for r in rows if _finite(r.get("time/sync")) and _finite(r.get("time/step")) and r["time/step"] > 0]
+    return [s for s, _ in points], [f for _, f in points]
+
+
 # -- plots ---------------------------------------------------------------------------------------------------------
 
 
@@ -177,6 +183,14 @@ def plot_step_time(run: Run):
     for name, seconds in phases.items():
         ax.bar(steps, seconds, bottom=bottom, width=0.85, color=PHASE_COLORS[name], label=f"time/{name}" if name != "other" else "other (driver)")
         bottom = [b + s for b, s in zip(bottom, seconds)]
+    right = ax.twinx()
+    right.set_ylabel("fraction")
+    sync_steps, sync = sync_fraction(run.rows)
+    if sync_steps:
+        right.plot(sync_steps, sync, color="black", marker=".", label="sync share (time/sync / time/step, right axis)")
+    _line(right, run.rows, "learner/pad_frac", "learner/pad_frac (right axis)", color="tab:purple", marker=".")
+    right.set_ylim(bottom=0)
+    _merge_legends(ax, right)
     return fig, ax, bool(steps)
 
 
@@ -280,6 +294,12 @@ def time_table(rows: list[dict]) -> list[str]:
     lines.append(f"Median step {statistics.median(step):.3f} s over {len(step)} steps"
                  + (f"; {statistics.median(completions):.1f} completions/s" if completions else "")
                  + (f", {statistics.median(tokens):.0f} generated tokens/s" if tokens else "") + ".")
+    for label, (_, fractions) in (("Weight sync (time/sync / time/step)", sync_fraction(rows)),
+                                  ("Learner padding (learner/pad_frac)", series(rows, "learner/pad_frac"))):
+        if fractions:
+            lines.append(f"{label}: median {statistics.median(fractions):.1%}, max {max(fractions):.1%} of a step.")
+        else:
+            lines.append(f"{label}: not logged.")
     return lines
 
 

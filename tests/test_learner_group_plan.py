@@ -3,6 +3,8 @@
 from rlqa.learner.deepspeed_engine import deepspeed_config
 from rlqa.learner.plan import equalize, pack_by_tokens, plan_micro_batches, shard_by_tokens
 from rlqa.config import LearnerConfig
+from rlqa.learner.batch import TrainSample
+from rlqa.learner.engine import micro_batch_plan
 
 
 def test_shards_balance_tokens_longest_first():
@@ -16,15 +18,45 @@ def test_one_rank_takes_everything():
 
 
 def test_packing_respects_the_padded_token_budget():
-    # budget 10: [0 (5), 1 (3)] pads to 2 x 5 = 10 <= 10; adding 2 (8) would pad to 3 x 8 = 24; [2 (8), 3 (2)]
-    # would pad to 2 x 8 = 16 > 10, so 3 starts its own micro-batch.
-    assert pack_by_tokens([0, 1, 2, 3], [5, 3, 8, 2], max_tokens=10, max_sequences=64) == [[0, 1], [2], [3]]
+    # longest first: 2 (8), 0 (5), 1 (3), 3 (2). Budget 10: [2, 0] would pad to 2 x 8 = 16; [0, 1] pads to
+    # 2 x 5 = 10 <= 10; adding 3 would pad to 3 x 5 = 15, so 3 starts its own micro-batch.
+    assert pack_by_tokens([0, 1, 2, 3], [5, 3, 8, 2], max_tokens=10, max_sequences=64) == [[2], [0, 1], [3]]
 
 
 def test_packing_caps_sequences_and_keeps_an_overlong_sequence_alone():
     assert pack_by_tokens([0, 1, 2, 3, 4], [1] * 5, max_tokens=None, max_sequences=2) == [[0, 1], [2, 3], [4]]
-    # 30 tokens exceed the budget of 20 on their own: a micro-batch of one, never dropped
-    assert pack_by_tokens([0, 1, 2], [4, 30, 4], max_tokens=20, max_sequences=64) == [[0], [1], [2]]
+    # 30 tokens exceed the budget of 20 on their own: a micro-batch of one, never dropped; the two 4s pad to 8
+    assert pack_by_tokens([0, 1, 2], [4, 30, 4], max_tokens=20, max_sequences=64) == [[1], [0, 2]]
+
+
+LENGTHS = [10, 9, 6, 5, 10, 3]  # 43 tokens
+
+
+def pad_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    """Padded / processed tokens of micro-batches each padded to its longest sequence (what learner/pad_frac logs)."""
+    processed = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - sum(lengths[i] for b in batches for i in b) / processed
+
+
+def test_bucketing_keeps_each_micro_batchs_padding_within_the_bound():
+    # longest first (ties: lower index): 0 (10), 4 (10), 1 (9), 2 (6), 3 (5), 5 (3). With 15%: [0, 4, 1] holds
+    # 29 of 30 tokens; + 2: 35 of 40, 12.5% padding; + 3 would be 40 of 50 (20%), so 3 starts a micro-batch; + 5
+    # would be 8 of 10 (20%), so 5 does too. Padding: 1 - 43 / (40 + 5 + 3) = 5/48.
+    buckets = pack_by_tokens(list(range(6)), LENGTHS, max_tokens=None, max_sequences=64, max_pad_frac=0.15)
+    assert buckets == [[0, 4, 1, 2], [3], [5]]
+    assert pad_fraction(buckets, LENGTHS) == 1 - 43 / 48 < 0.15
+    # no bound: one micro-batch padded to 10, 1 - 43 / 60 = 28%; the old order (index order, 2 per micro-batch)
+    # pads to 2 x 10 + 2 x 6 + 2 x 10 = 52 tokens: 1 - 43 / 52 = 17%
+    assert pack_by_tokens(list(range(6)), LENGTHS, None, 64) == [[0, 4, 1, 2, 3, 5]]
+    assert pad_fraction([[0, 4, 1, 2, 3, 5]], LENGTHS) == 1 - 43 / 60
+    assert pad_fraction([[0, 1], [2, 3], [4, 5]], LENGTHS) == 1 - 43 / 52
+
+
+def test_micro_batch_pad_frac_is_what_the_learner_plans_with():
+    samples = [TrainSample([1] * (n - 1), [2], [-1.0], 0.0) for n in LENGTHS]
+    assert micro_batch_plan(LearnerConfig(), samples) == [[0, 4, 1, 2], [3], [5]]  # the default: 15%
+    assert micro_batch_plan(LearnerConfig(micro_batch_pad_frac=0.3), samples) == [[0, 4, 1, 2, 3, 5]]
+    assert micro_batch_plan(LearnerConfig(micro_batch_pad_frac=0.0), samples) == [[0, 4], [1], [2], [3], [5]]
 
 
 def test_equalize_splits_the_largest_then_pads_with_fillers():

@@ -16,13 +16,13 @@ ROWS = [
      "rollout/temperature": 1.0, "rollout/length_mean": 30.0, "rollout/length_correct_mean": None,
      "sampler/alloc_min": 4.0, "sampler/alloc_mean": 8.0, "sampler/alloc_max": 12.0, "rollout/count": 16.0, "rollout/tokens": 400.0,
      "time/generate": 2.0, "time/reward": 0.5, "time/train": 1.0, "time/sync": 0.25, "time/step": 4.0,
-     "reward/accuracy/unparsed_frac": 0.5, "reward/accuracy/timeout_frac": 0.0},
+     "reward/accuracy/unparsed_frac": 0.5, "reward/accuracy/timeout_frac": 0.0, "learner/pad_frac": 0.125},
     {"step": 1, "reward/mean": 0.75, "correct/mean": 0.5, "policy/entropy": 0.7, "policy/target_entropy": 0.8,
      "rollout/temperature": 1.1, "rollout/length_mean": 20.0, "rollout/length_correct_mean": 18.0,
      "sampler/alloc_min": 2.0, "sampler/alloc_mean": 8.0, "sampler/alloc_max": 14.0, "rollout/count": 16.0, "rollout/tokens": 600.0,
      "time/generate": 3.0, "time/reward": 0.5, "time/train": 1.5, "time/sync": 0.25, "time/step": 6.0,
      "eval/accuracy": 0.6, "eval/pass@4": 0.8, "eval/mean_length": 19.0,
-     "reward/accuracy/unparsed_frac": 0.25, "reward/accuracy/timeout_frac": 0.125},
+     "reward/accuracy/unparsed_frac": 0.25, "reward/accuracy/timeout_frac": 0.125, "learner/pad_frac": 0.0625},
 ]
 SUMMARY = {"eval": {"before": {"accuracy": 0.5, "pass@4": 0.75, "num_prompts": 200, "temperature": 1.0},
                     "after": {"accuracy": 0.625, "pass@4": 0.875, "num_prompts": 200, "temperature": 1.0}},
@@ -71,6 +71,16 @@ def test_report_writes_six_pngs_and_the_figures(tmp_path):
     # completions/s: 16/4 = 4 and 16/6 = 2.667, median 3.333; tokens/s: 400/4 = 600/6 = 100
     assert "Median step 5.000 s over 2 steps; 3.3 completions/s, 100 generated tokens/s." in md
     assert "2 RL steps in 42 s" in md
+    # sync shares 0.25/4 = 6.25% and 0.25/6 = 4.17%, median (their mean) 5.2%; pad_frac 12.5% and 6.25%
+    assert "Weight sync (time/sync / time/step): median 5.2%, max 6.2% of a step." in md
+    assert "Learner padding (learner/pad_frac): median 9.4%, max 12.5% of a step." in md
+
+
+def test_sync_and_pad_fractions_say_when_they_were_not_logged(tmp_path):
+    rows = [{k: v for k, v in row.items() if k not in ("time/sync", "learner/pad_frac")} for row in ROWS]
+    md = write_report(make_run(tmp_path, rows)).read_text()
+    assert "Weight sync (time/sync / time/step): not logged." in md
+    assert "Learner padding (learner/pad_frac): not logged." in md
 
 
 def test_held_out_series_are_in_the_reward_plot(tmp_path):

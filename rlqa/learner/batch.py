@@ -28,6 +28,11 @@ class TrainSample:
     returns: list[float] | None = None
     tis_weights: list[float] | None = None  # algorithm.tis_cap only
 
+    @property
+    def length(self) -> int:
+        """Prompt + completion tokens: the row's width before padding."""
+        return len(self.prompt_tokens) + len(self.completion_tokens)
+
 
 PER_TOKEN_FIELDS = ("old_logprobs", "ref_logprobs", "old_values", "token_advantages", "returns", "tis_weights")
 
@@ -77,6 +82,12 @@ def collate(samples: list[TrainSample], pad_token_id: int) -> TensorBatch:
         rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
         **per_token,
     )
+
+
+def padding(batch: TensorBatch) -> tuple[int, int]:
+    """(padded, processed) tokens of a collated batch: the pad positions, and all B x L positions a forward pass runs."""
+    processed = batch.input_ids.numel()
+    return processed - int(batch.attention_mask.sum()), processed
 
 
 def _everyone_has(samples: list[TrainSample], name: str) -> bool:

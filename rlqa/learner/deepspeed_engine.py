@@ -95,8 +95,9 @@ class DeepSpeedEngine:
         return optimizer, scheduler
 
     def micro_batches(self, samples: list[TrainSample], pad_token_id: int, aggregation: str) -> tuple[list[TensorBatch], float, float]:
-        lengths = [len(s.prompt_tokens) + len(s.completion_tokens) for s in samples]
-        plan = plan_micro_batches(lengths, self.world_size, self.cfg.micro_batch_tokens, self.cfg.micro_batch_size)
+        lengths = [s.length for s in samples]
+        cfg = self.cfg
+        plan = plan_micro_batches(lengths, self.world_size, cfg.micro_batch_tokens, cfg.micro_batch_size, cfg.micro_batch_pad_frac)
         everyone = [collate([samples[i] for i in batch], pad_token_id) for share in plan for batch in share if batch]
         total = sum(normaliser_count(b.mask, aggregation) for b in everyone)
         tokens = sum(float(b.mask.sum()) for b in everyone)

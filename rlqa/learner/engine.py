@@ -26,6 +26,13 @@ def normaliser_count(mask: torch.Tensor, aggregation: str) -> float:
     return float((mask.sum(-1) > 0).sum())
 
 
+def micro_batch_plan(cfg: LearnerConfig, samples: list[TrainSample]) -> list[list[int]]:
+    """One process's micro-batches of `samples` (indices), bucketed by length within learner.micro_batch_size,
+    micro_batch_tokens and micro_batch_pad_frac."""
+    lengths = [s.length for s in samples]
+    return pack_by_tokens(list(range(len(samples))), lengths, cfg.micro_batch_tokens, cfg.micro_batch_size, cfg.micro_batch_pad_frac)
+
+
 class TrainEngine(Protocol):
     device: torch.device
     leads: bool  # holds the full weights and writes the files (rank 0)
@@ -76,8 +83,7 @@ class LocalEngine:
         return optimizer, scheduler
 
     def micro_batches(self, samples: list[TrainSample], pad_token_id: int, aggregation: str) -> tuple[list[TensorBatch], float, float]:
-        lengths = [len(s.prompt_tokens) + len(s.completion_tokens) for s in samples]
-        chunks = pack_by_tokens(list(range(len(samples))), lengths, self.cfg.micro_batch_tokens, self.cfg.micro_batch_size)
+        chunks = micro_batch_plan(self.cfg, samples)
         batches = [self.collate([samples[i] for i in chunk], pad_token_id) for chunk in chunks]
         return batches, sum(normaliser_count(b.mask, aggregation) for b in batches), sum(float(b.mask.sum()) for b in batches)
 

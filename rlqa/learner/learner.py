@@ -37,9 +37,9 @@ from rlqa.algorithms.mismatch import logprob_gap, tis_weights
 from rlqa.algorithms.policy_losses import policy_objective
 from rlqa.checkpoint import rng_state, set_rng_state
 from rlqa.config import Recipe
-from rlqa.learner.batch import TrainSample, collate, per_sample
+from rlqa.learner.batch import TrainSample, collate, padding, per_sample
 from rlqa.learner.critic import Critic
-from rlqa.learner.engine import LocalEngine, TrainEngine, normaliser_count
+from rlqa.learner.engine import LocalEngine, TrainEngine, micro_batch_plan, normaliser_count
 from rlqa.learner.policy import Policy, Reference, detached
 from rlqa.learner.sft import run_sft
 from rlqa.models import quiet_hf
@@ -127,6 +127,9 @@ class Learner:
                 updates += 1
         if gap is not None:
             metrics.update(gap.metrics())
+        # over every forward pass of the update (the preparing pass and the micro-batches of every rank)
+        padded, processed = (metrics.pop(key) + sums.pop(key) for key in ("learner/padded_tokens", "learner/processed_tokens"))
+        metrics["learner/pad_frac"] = padded / processed
         metrics.update({key: value / updates for key, value in sums.items()})
         metrics["policy/lr"] = self.scheduler.get_last_lr()[0]
         metrics["policy/kl_coef"] = kl_coef
@@ -229,11 +232,12 @@ class Learner:
             self.critic.eval()
         head = self.critic is not None and self.critic.backbone is None
         pad = self.policy.pad_token_id
-        prepared: list[TrainSample] = []
+        prepared = list(samples)
         gap = _TokenStats()
-        micro = self.cfg.micro_batch_size
-        for chunk in (samples[i : i + micro] for i in range(0, len(samples), micro)):
+        for indices in micro_batch_plan(self.cfg, samples):
+            chunk = [samples[i] for i in indices]
             batch = self.engine.collate(chunk, pad)  # batch.old_logprobs: the sampler's
+            gap.add_padding(batch)  # every rank runs this whole pass: its padding counts once
             fields: dict[str, list[list[float]]] = {}
             out = self.policy.forward(batch, temperature, hidden=head)
             gap.add(batch.mask, *logprob_gap(out.logprobs, batch.old_logprobs, batch.mask))
@@ -248,7 +252,8 @@ class Learner:
             if self.critic is not None:
                 values = self.critic.values(batch, out.hidden if head else None)  # (B, L-1)
                 fields["old_values"] = per_sample(values, chunk)
-            prepared.extend(replace(s, **{name: rows[i] for name, rows in fields.items()}) for i, s in enumerate(chunk))
+            for row, index in enumerate(indices):
+                prepared[index] = replace(samples[index], **{name: rows[row] for name, rows in fields.items()})
         metrics = gap.metrics()
         if self.reference is not None:
             whole = collate(prepared, pad)
@@ -292,13 +297,17 @@ class Learner:
         aggregation, max_len = self.algo.loss_aggregation, self.recipe.rollout.max_new_tokens
         batches, total, tokens = self.engine.micro_batches(samples, self.policy.pad_token_id, aggregation)
         head = self.critic is not None and self.critic.backbone is None
-        stats = {name: 0.0 for name in ("policy/loss", "policy/pg_loss", "policy/entropy", "policy/kl", "policy/clip_frac", "policy/approx_kl_old")}
+        names = ("policy/loss", "policy/pg_loss", "policy/entropy", "policy/kl", "policy/clip_frac", "policy/approx_kl_old")
+        stats = {name: 0.0 for name in names} | {"learner/padded_tokens": 0.0, "learner/processed_tokens": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         if self.critic_optimizer is not None:
             self.critic_optimizer.zero_grad(set_to_none=True)
         for batch in batches:
             weight = normaliser_count(batch.mask, aggregation) / total
             token_share = float(batch.mask.sum()) / tokens
+            padded, processed = padding(batch)
+            stats["learner/padded_tokens"] += padded
+            stats["learner/processed_tokens"] += processed
             out = self.policy.forward(batch, temperature, entropy=True, hidden=head)
             if gap is not None:
                 gap.add(batch.mask, *logprob_gap(out.logprobs, batch.old_logprobs, batch.mask))
@@ -346,9 +355,11 @@ def has_dropout(model: torch.nn.Module) -> bool:
 
 
 class _TokenStats:
-    """The learner-vs-sampler gap (and TIS weights) of a batch, accumulated over the micro-batches of `_prepare`."""
+    """The learner-vs-sampler gap (and TIS weights) of a batch, and the padding of its forward passes, accumulated
+    over the micro-batches of `_prepare`."""
 
     def __init__(self):
+        self.padded, self.processed = 0, 0
         self.tokens = 0.0
         self.gap_sum, self.gap_max = 0.0, 0.0
         self.weight_sum, self.capped = 0.0, 0.0
@@ -360,6 +371,11 @@ class _TokenStats:
         self.gap_sum += float(gap_mean) * tokens
         self.gap_max = max(self.gap_max, float(gap_max))
 
+    def add_padding(self, batch) -> None:
+        padded, processed = padding(batch)
+        self.padded += padded
+        self.processed += processed
+
     def add_tis(self, mask: torch.Tensor, weights: torch.Tensor, cap: float) -> None:
         self.tis = True
         tokens = float(mask.sum())
@@ -369,6 +385,7 @@ class _TokenStats:
     def metrics(self) -> dict[str, float]:
         tokens = max(self.tokens, 1.0)
         metrics = {"rollout/logprob_diff_mean": self.gap_sum / tokens, "rollout/logprob_diff_max": self.gap_max}
+        metrics |= {"learner/padded_tokens": self.padded, "learner/processed_tokens": self.processed}
         if self.tis:
             metrics["policy/tis_weight_mean"] = self.weight_sum / tokens
             metrics["policy/tis_capped_frac"] = self.capped / tokens

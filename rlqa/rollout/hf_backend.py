@@ -1,4 +1,4 @@
-"""Generation with Hugging Face `generate` (KV cache), sampling through the seeded Gumbel-max processor.
+"""Generation with Hugging Face `generate` (KV cache), sampling through the seeded exponential-race processor.
 
 The tokens must come from exactly the distribution whose log-probs are recorded (softmax of logits / T), since
 those log-probs are π_old and feed the entropy the temperature controller holds. So `generate` runs greedy
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rlqa.rollout.seeding import SeededSampler
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
@@ -34,6 +34,21 @@ def first_stop(tokens: list[int], stop_ids: list[int]) -> int | None:
     return next((i for i, token in enumerate(tokens) if token in stop_ids), None)
 
 
+class GreedyLogprobs(LogitsProcessor):
+    """Greedy decoding (temperature 0): records the log-prob of the argmax token at each position, like
+    SeededSampler does for the token it samples, and leaves the scores alone."""
+
+    def __init__(self):
+        self._logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._logprobs.append(torch.log_softmax(scores.float(), dim=-1).max(-1).values)
+        return scores
+
+    def logprobs(self) -> torch.Tensor:
+        return torch.stack(self._logprobs, dim=1)  # (B, N)
+
+
 class HFBackend:
     def __init__(self, model, tokenizer, micro_batch_size: int):
         self.model = model.eval()
@@ -51,8 +66,6 @@ class HFBackend:
             max_new_tokens=max_new_tokens,
             eos_token_id=self.eos_ids,
             pad_token_id=self.tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
             use_cache=True,
         )
 
@@ -97,21 +110,19 @@ class HFBackend:
             attention_mask[row, width - len(request.prompt_tokens) :] = 1
 
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        processors = LogitsProcessorList()
         if params.temperature > 0:
             seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64)
-            processors.append(SeededSampler(seeds, width, params.temperature, params.top_k, params.top_p))
-        out = self.model.generate(
+            picker = SeededSampler(seeds, width, params.temperature, params.top_k, params.top_p)
+        else:
+            picker = GreedyLogprobs()
+        sequences = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             generation_config=self._generation_config(params.max_new_tokens),
-            logits_processor=processors,
+            logits_processor=LogitsProcessorList([picker]),
         )
-        completions = out.sequences[:, width:]  # (B, N)
-        logits = torch.stack(out.logits, dim=1).float()  # (B, N, V) raw
-        if params.temperature > 0:
-            logits = logits / params.temperature
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, completions[..., None]).squeeze(-1)  # (B, N)
+        completions = sequences[:, width:]  # (B, N)
+        logprobs = picker.logprobs()  # (B, N) of the tokens picked, under softmax(logits / T)
 
         rollouts = []
         for row, request in enumerate(requests):

@@ -11,9 +11,10 @@ import json
 import pytest
 import torch
 
-from rlqa.config import ModelConfig, RolloutConfig
-from rlqa.models import load_model, load_tokenizer
+from rlqa.config import ModelConfig, RolloutConfig, TinyModelConfig
+from rlqa.models import build_char_tokenizer, build_tiny_model, load_model, load_tokenizer
 from rlqa.rollout.backends import make_backend
+from rlqa.rollout.hf_backend import HFBackend
 from rlqa.rollout.seeding import gumbel_noise, sample_seed
 from rlqa.rollout.types import GenerationRequest, SamplingParams
 
@@ -129,3 +130,16 @@ def test_generation_stops_at_either_eos_id(penalised, smollm2_dir, tmp_path):
         else:  # it stopped at <|endoftext|>, no EOS id here
             assert after.completion_tokens[: len(tokens) - 1] == tokens[:-1]
     assert stopped[rollouts.index(longest)].completion_tokens[-1] == other
+
+
+def test_greedy_decoding_records_the_log_prob_of_the_argmax_token():
+    tokenizer = build_char_tokenizer()
+    shape = TinyModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, max_positions=64)
+    engine = HFBackend(build_tiny_model(shape, len(tokenizer), seed=0), tokenizer, micro_batch_size=4)
+    prompts = {"a": "12+30=", "b": "7*8="}
+    batch = [GenerationRequest(pid, 0, tuple(tokenizer(t, add_special_tokens=False).input_ids), 0) for pid, t in prompts.items()]
+    for rollout in engine.generate(batch, SamplingParams(temperature=0.0, max_new_tokens=6), version=0):
+        logits = plain_logits(engine.model, rollout)  # (N, V)
+        assert rollout.completion_tokens == logits.argmax(-1).tolist()
+        expected = torch.log_softmax(logits, -1).max(-1).values
+        assert torch.allclose(torch.tensor(rollout.logprobs, dtype=torch.float64), expected, atol=1e-4)

@@ -13,6 +13,13 @@ def test_sample_seed_is_stable_and_distinct():
     assert all(0 <= s < 2**63 for s in seeds)
 
 
+def test_noise_bits_are_pinned():
+    # the top 24 hash bits of (sample_seed(0, 0, "p", 0), position 0, tokens 0-3): a change here changes every
+    # seeded run, so old checkpoints would no longer resume exactly
+    u = uniform_noise(torch.tensor([sample_seed(0, 0, "p", 0)]), 0, 4)
+    assert (u * 2**24 - 0.5).long().tolist() == [[6525376, 8112736, 882028, 9705694]]
+
+
 def test_uniform_noise_is_in_the_open_unit_interval_and_depends_on_position():
     seeds = torch.tensor([1, 2, 3])
     u0, u1 = uniform_noise(seeds, 0, 50), uniform_noise(seeds, 1, 50)
@@ -21,11 +28,17 @@ def test_uniform_noise_is_in_the_open_unit_interval_and_depends_on_position():
     assert abs(float(u0.mean()) - 0.5) < 0.05
 
 
+def sampled(logits: torch.Tensor, seeds: torch.Tensor, positions: int, temperature: float = 1.0, **kw):
+    """The tokens (B, N) and log-probs (B, N) SeededSampler picks at `positions` positions for logits (B, V)."""
+    sampler = SeededSampler(seeds, prompt_length=0, temperature=temperature, **kw)
+    tokens = [sampler(torch.zeros((len(seeds), t), dtype=torch.long), logits.clone()).argmax(-1) for t in range(positions)]
+    return torch.stack(tokens, dim=1), sampler.logprobs()
+
+
 def draw(logits: torch.Tensor, n: int, temperature: float, **kw) -> torch.Tensor:
     seeds = torch.tensor([sample_seed(7, 0, "p", j) for j in range(n)])
-    sampler = SeededSampler(seeds, prompt_length=0, temperature=temperature, **kw)
-    scores = sampler(torch.zeros((n, 0), dtype=torch.long), logits.expand(n, -1).clone())
-    return torch.bincount(scores.argmax(-1), minlength=logits.shape[-1]).float() / n
+    tokens, _ = sampled(logits.expand(n, -1), seeds, 1, temperature, **kw)
+    return torch.bincount(tokens[:, 0], minlength=logits.shape[-1]).float() / n
 
 
 def test_draws_follow_softmax_at_the_temperature():
@@ -50,3 +63,43 @@ def test_a_samples_noise_does_not_depend_on_its_batch():
     alone = uniform_noise(seeds[2:3], 5, 20)
     together = uniform_noise(seeds, 5, 20)[2:3]
     assert torch.equal(alone, together)
+
+
+def test_a_row_samples_the_same_tokens_alone_and_inside_a_batch_of_other_rows():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn((6, 1000), generator=generator) * 3  # six different rows
+    seeds = torch.tensor([sample_seed(1, 2, f"p{i}", i % 2) for i in range(6)])
+    together, together_logprobs = sampled(logits, seeds, positions=16)
+    for row in (0, 3, 5):
+        alone, alone_logprobs = sampled(logits[row : row + 1], seeds[row : row + 1], positions=16)
+        assert torch.equal(alone[0], together[row])
+        assert torch.equal(alone_logprobs[0], together_logprobs[row])
+    assert len({tuple(r) for r in together.tolist()}) == 6
+
+
+def test_recorded_logprobs_are_log_softmax_at_the_temperature():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(3, -1)
+    tokens, logprobs = sampled(logits, torch.tensor([5, 6, 7]), positions=4, temperature=0.5, top_k=2)
+    # recorded under the whole distribution softmax(logits / T), before top-k, as the learner recomputes them
+    expected = torch.log_softmax(logits / 0.5, -1).gather(-1, tokens)
+    assert torch.allclose(logprobs, expected, atol=1e-6)
+
+
+def test_sampling_frequencies_and_pairs_match_softmax_within_four_standard_errors():
+    """40,000 samples over a 5-token vocabulary, 2 positions each. Each frequency f_v is a binomial mean, standard
+    error s_v = sqrt(p_v (1 - p_v) / n); a correct sampler lands outside 4 s_v with probability 6.3e-5 per token,
+    so 2 positions x 5 tokens false-alarm with probability < 7e-4 for a random seed (this one is fixed, so the test
+    is deterministic). The pairs (token at position 0, token at position 1) must be independent: Pearson's
+    chi-square over the 25 cells (24 degrees of freedom) stays under 51.2, its 0.999 quantile."""
+    n = 40000
+    logits = torch.tensor([[1.5, 0.5, 0.0, -0.5, -2.0]])
+    p = torch.softmax(logits[0], -1)  # [0.5449, 0.2005, 0.1216, 0.0738, 0.0165]
+    seeds = torch.tensor([sample_seed(11, 3, "stat", j) for j in range(n)])
+    tokens, _ = sampled(logits.expand(n, -1), seeds, positions=2)
+    standard_error = (p * (1 - p) / n).sqrt()
+    for position in range(2):
+        frequency = torch.bincount(tokens[:, position], minlength=5).double() / n
+        assert ((frequency - p).abs() < 4 * standard_error).all(), (position, frequency, p)
+    cells = torch.bincount(tokens[:, 0] * 5 + tokens[:, 1], minlength=25).double()
+    expected = n * torch.outer(p, p).flatten().double()
+    assert float(((cells - expected) ** 2 / expected).sum()) < 51.2
