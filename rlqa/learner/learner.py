@@ -144,10 +144,10 @@ class Learner:
             return {k: v.cpu() for k, v in self.policy.weights().items()} if self.engine.leads else {}
 
     def write_shared_weights(self, directory: str) -> None:
-        """The full policy weights into the run's shared-memory file (rank 0; rlqa.rollout.shared_weights)."""
+        """The full policy weights, LoRA merged, into the run's shared-memory file (rank 0; rlqa.rollout.shared_weights)."""
         with self.engine.gathered(self.policy.model):
             if self.engine.leads:
-                write_weights(self.policy.model.state_dict(), directory)
+                write_weights(self.policy.live_weights(), directory)
 
     def save_pretrained(self, out_dir: str) -> None:
         with self.engine.gathered(self.policy.model):
