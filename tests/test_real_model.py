@@ -54,7 +54,8 @@ def recipe_for(model_dir: Path) -> dict:
 
 DIGIT_SHARE = '''
 def digit_share(completions, prompts, **columns):
-    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+    texts = [c[0]["content"] for c in completions]  # chat data: TRL's conversational completions
+    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
 '''
 
 
