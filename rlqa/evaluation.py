@@ -21,6 +21,7 @@ from rlqa.models import load_tokenizer
 from rlqa.rollout.group import RolloutGroup
 from rlqa.rollout.seeding import sample_seed
 from rlqa.rollout.types import GenerationRequest, SamplingParams
+from rewards.format import boxed_format
 from rewards.pipeline import RewardPipeline
 
 EVAL_STEP = -1  # eval samples use the same seeds before and after RL, so the comparison is paired
@@ -125,7 +126,10 @@ def evaluate(
         "mean_length": sum(len(r.completion_tokens) for r in greedy) / len(examples),
         # what a length reward should shorten without costing accuracy (NaN when nothing is correct)
         "mean_length_correct": sum(correct_lengths) / len(correct_lengths) if correct_lengths else float("nan"),
+        # the format a chat model has to learn: one final answer in \boxed{} (rewards.format.boxed_format), greedy
+        "boxed_rate": sum(boxed_format([r.text for r in greedy])) / len(examples),
         "sampled_accuracy": sum(sampled_correct) / len(sampled),
+        "sampled_boxed_rate": sum(boxed_format([r.text for r in sampled])) / len(sampled),
         f"maj@{k}": sum(maj_at_k([a for _, a in v], [ok for ok, _ in v]) for v in per_prompt.values()) / len(per_prompt),
         "num_prompts": len(examples),
         "temperature": temperature,

@@ -360,8 +360,9 @@ def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, add
 
 def wait_for_resources(recipe: Recipe) -> None:
     """Exit 2 (UserError) when the cluster cannot hold the recipe's actors, after waiting up to
-    `ray.wait_for_resources_s` for it to grow and saying every 30 s what is missing."""
-    started = last_said = time.monotonic()
+    `ray.wait_for_resources_s` for it to grow and saying what is missing when it starts waiting, then every 30 s."""
+    started = time.monotonic()
+    last_said = started - RESOURCE_REPORT_EVERY_S
     while (missing := shortfall(recipe, [n["Resources"] for n in ray.nodes() if n["Alive"]])) is not None:
         waited = time.monotonic() - started
         if waited >= recipe.ray.wait_for_resources_s:

@@ -2,7 +2,9 @@ import math
 
 import pytest
 
-from rlqa.evaluation import maj_at_k, mean_pass_at_k, pass_at_k
+from rlqa.data.example import Example
+from rlqa.evaluation import evaluate, maj_at_k, mean_pass_at_k, pass_at_k
+from rlqa.rollout.types import Rollout
 
 
 @pytest.mark.parametrize(
@@ -61,3 +63,39 @@ def test_maj_at_k_without_answers():
     assert maj_at_k([], []) == 0.0
     with pytest.raises(ValueError):
         maj_at_k(["1"], [True, False])
+
+
+class ScriptedGenerator:
+    """Stands in for the rollout group: the texts a policy would produce, fixed so the metrics can be worked out by
+    hand (the real group runs in tests/test_integration.py and tests/test_real_model.py)."""
+
+    def __init__(self, greedy: dict, sampled: dict):
+        self.greedy, self.sampled = greedy, sampled
+
+    def generate(self, requests, params, version):
+        script = self.greedy if params.temperature == 0 else self.sampled
+        out = []
+        for r in requests:
+            text = script[r.prompt_id] if params.temperature == 0 else script[r.prompt_id][r.sample_index]
+            out.append(Rollout(r.prompt_id, r.sample_index, list(r.prompt_tokens), [1] * len(text.split()), [], "stop", version, text))
+        return out
+
+
+def test_evaluate_reports_accuracy_lengths_pass_at_k_and_the_boxed_rate():
+    examples = [Example("a", "1+1=?", "2"), Example("b", "2+2=?", "4")]
+    greedy = {"a": "so \\boxed{2}", "b": "the answer is 5"}  # a right and boxed; b wrong, not boxed
+    sampled = {"a": ["\\boxed{2}", "\\boxed{3}"], "b": ["\\boxed{4}", "\\boxed{4} and \\boxed{4}"]}
+
+    def score(texts, rows):
+        answers = [t.split("{")[-1].rstrip("}") if "\\boxed{" in t else t.split()[-1] for t in texts]
+        return [a == e.answer for a, e in zip(answers, rows)], answers
+
+    results = evaluate(ScriptedGenerator(greedy, sampled), examples, {"a": (5,), "b": (6,)}, score, seed=0, k=2,
+                       temperature=1.0, max_new_tokens=8, version=0)
+    assert results["accuracy"] == 0.5
+    assert results["boxed_rate"] == 0.5  # "the answer is 5" has no box
+    assert results["mean_length"] == (2 + 4) / 2 and results["mean_length_correct"] == 2
+    assert results["sampled_accuracy"] == 3 / 4
+    assert results["sampled_boxed_rate"] == 3 / 4  # two boxes are not one final answer
+    assert results["pass@1"] == (1 / 2 + 2 / 2) / 2 and results["pass@2"] == 1.0
+    assert results["maj@2"] == (1 + 1) / 2  # a: a tie, the first answer ("2") wins; b: "4" twice

@@ -15,6 +15,7 @@ from rlqa.cli import main
 from rlqa.config import validate_recipe
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.group import start_learners
+from rlqa.learner.learner import Learner
 from rlqa.learner.plan import plan_micro_batches
 from rlqa.models import create_model_dir
 
@@ -60,8 +61,14 @@ def model_dir(tmp_path_factory):
 
 
 def first_update(model_dir: str, learner: dict, algorithm: dict, batch: list[TrainSample]) -> tuple[dict, dict]:
-    """Metrics and weights after one update from the same initial policy."""
-    group = start_learners(model_dir, recipe(learner, algorithm))  # one learner, or a DeepSpeed group
+    """Metrics and weights after one update from the same initial policy: one learner in this process, or a
+    DeepSpeed group of Ray actors."""
+    config = recipe(learner, algorithm)
+    if config.learner.workers == 1:
+        one = Learner(model_dir, config, config.trainer.steps)
+        one.start_rl()
+        return one.update(batch, 0.9, 0), one.weights()
+    group = start_learners(model_dir, config)
     ray.get(group.start_rl())
     metrics = ray.get(group.update(batch, 0.9, 0))
     weights = ray.get(group.weights())

@@ -20,19 +20,19 @@ from rewards.pipeline import RewardPipeline, RewardTermSpec
 TOWER = "\\boxed{2^{3^{4^{5^{6^{7}}}}}}"
 
 
-def test_sixteen_hung_answers_cost_only_themselves():
+def test_eight_hung_answers_cost_only_themselves():
     completions, golds = [], []
-    for i in range(64):
+    for i in range(32):
         completions.append(TOWER if i % 4 == 0 else f"so \\boxed{{{i}}}")
         golds.append("5" if i % 4 == 0 else str(i))
     with RewardPipeline([RewardTermSpec("accuracy", "accuracy")], workers=2) as pipeline:
         start = time.monotonic()
-        out = pipeline(completions, ["p"] * 64, {"answer": golds})
+        out = pipeline(completions, ["p"] * 32, {"answer": golds})
         elapsed = time.monotonic() - start
-    hung = [i % 4 == 0 for i in range(64)]
-    assert [value for value, h in zip(out.terms["accuracy"], hung) if not h] == [1.0] * 48
-    assert [value for value, h in zip(out.terms["accuracy"], hung) if h] == [0.0] * 16
-    assert out.metrics["reward/accuracy/timeouts"] == 16 and out.metrics["reward/accuracy/timeout_frac"] == 0.25
+    hung = [i % 4 == 0 for i in range(32)]
+    assert [value for value, h in zip(out.terms["accuracy"], hung) if not h] == [1.0] * 24
+    assert [value for value, h in zip(out.terms["accuracy"], hung) if h] == [0.0] * 8
+    assert out.metrics["reward/accuracy/timeouts"] == 8 and out.metrics["reward/accuracy/timeout_frac"] == 0.25
     assert out.metrics["reward/accuracy/unparsed_frac"] == 0.0  # a hung check is not "no answer"
     assert out.correct == [None if h else True for h in hung]
     assert elapsed <= 60, elapsed
