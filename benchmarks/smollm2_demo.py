@@ -1,8 +1,9 @@
 """RL on a real pretrained chat model, measured: SmolLM2-135M-Instruct learns to answer arithmetic in `\\boxed{}`.
 
 Runs `rlqa train recipes/smollm2.yaml` once per seed, as a user would (each run is its own process, timed end to
-end), and reports held-out greedy accuracy and boxed-format rate (the share of greedy answers that are one final
-`\\boxed{}`; rewards.format.boxed_format) before and after RL, per seed and as a mean with its paired difference.
+end), and reports held-out greedy accuracy, sampled pass@1 (at the recipe's eval temperature) and the boxed-format
+rate of greedy and of sampled answers (the share that are one final `\\boxed{}`; rewards.format.boxed_format) before
+and after RL, per seed and as a mean with its paired difference.
 "Before" is the recipe's evaluation before the first RL step, after the SFT warm-up; "imported" is the model as
 `rlqa import-gguf` wrote it, scored with the same prompts and seeds (a run with no warm-up and no RL step).
 
@@ -28,7 +29,7 @@ from trl_compare_smollm2 import default_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/smollm2.yaml"
-KEYS = ("accuracy", "boxed_rate", "pass@1")
+KEYS = ("accuracy", "pass@1", "boxed_rate", "sampled_boxed_rate")
 
 
 def train(model: Path, seed: int, overrides: list[str], run_dir: Path) -> float:
@@ -50,7 +51,7 @@ def imported(model: Path, seed: int, overrides: list[str], out: Path) -> dict:
     """The imported model itself on the same held-out prompts and seeds: a run with no warm-up and no RL step."""
     run_dir = out / "imported"
     train(model, seed, [*overrides, "sft=null", "trainer.steps=0", "trainer.eval_after=false"], run_dir)
-    return read_run(run_dir)[1]["eval"]["before"]
+    return json.loads((run_dir / "summary.json").read_text())["eval"]["before"]  # no step: no metrics.jsonl
 
 
 def report(runs: list[dict], base: dict | None, overrides: list[str]) -> str:
