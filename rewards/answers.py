@@ -74,6 +74,10 @@ _THOUSANDS_SEPARATOR = r"(?:\\[,;: ]|~|\s|\{,\}|,)"
 _SEPARATED_THOUSANDS = re.compile(rf"-?\d{{1,3}}(?:{_THOUSANDS_SEPARATOR}\d{{3}})+(?:\.\d+)?")
 _COMMA_THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:,|\{,\})\d{3})+")
 _DECIMAL_COMMA = re.compile(r"-?\d+(?:,|\{,\})\d+")
+# A plain number: an integer or decimal (thousands commas allowed), or a single fraction.
+_PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\d+\s*/\s*\d+|\\[dt]?frac\s*\{\d+\}\s*\{\d+\})")
+# An arithmetic operator between two numbers (or bracketed terms).
+_OPERATION = re.compile(r"[\d)}]\s*(?:[-+*/×÷]|\\times|\\cdot|\\div)\s*[-(\\{]?\s*\d")
 _ROUNDED_MIN_PLACES = 2
 _ROUNDED_MIN_SIGNIFICANT = 2
 
@@ -95,7 +99,24 @@ def judge(gold: str, completion: str, answer_format: AnswerFormat = "boxed") -> 
     gold = gold_answer(gold)
     if normalise(answer) and normalise(answer) == normalise(gold):
         return Verdict(correct=True, parsed=True, answer=answer)
+    if is_unevaluated(gold, answer):
+        return Verdict(correct=False, parsed=True, answer=answer)
     return Verdict(correct=bool(normalise(gold)) and equivalent(gold, answer, parsed), parsed=True, answer=answer)
+
+
+def is_unevaluated(gold: str, answer: str) -> bool:
+    """Whether `answer` restates a computation instead of giving its result, where the gold is a plain number:
+    `\\boxed{61+38}` for 99 (math-verify evaluates it and would call it equal; a policy rewarded for it learns to copy
+    the question into the box). Its last side (after the last `=`) must be a number: an arithmetic operator between
+    two numbers, or nothing at all, is no answer. A single fraction (`3/4`, `\\frac{3}{4}`) is a number.
+
+    >>> is_unevaluated("99", "61+38"), is_unevaluated("99", "61+38=99"), is_unevaluated("0.75", "3/4")
+    (True, False, False)
+    """
+    if not _PLAIN_NUMBER.fullmatch(normalise(gold)):
+        return False
+    result = normalise(answer).rsplit("=", 1)[-1].strip()
+    return not result or (_OPERATION.search(result) is not None and not _PLAIN_NUMBER.fullmatch(result))
 
 
 def extract(completion: str, answer_format: AnswerFormat = "boxed") -> str | None:

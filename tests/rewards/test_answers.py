@@ -227,3 +227,24 @@ def test_curated_cases_agree_with_a_careful_grader():
                 if not known & KNOWN_WRONG:
                     wrong.append((case["family"], answer_format, case["gold"], case["prediction"], expected))
     assert wrong == []
+
+
+@pytest.mark.parametrize(
+    ("gold", "completion", "expected"),
+    [
+        ("99", "\\boxed{61+38}", False),  # the question copied into the box: math-verify alone says equal
+        ("8", "\\boxed{8+0}", False),
+        ("9", "\\boxed{2+7=}", False),  # no result at all
+        ("6", "\\boxed{2 \\cdot 3}", False),
+        ("3", "\\boxed{-3+6}", False),
+        ("99", "\\boxed{61+38=99}", True),  # the computation with its result: the result is judged
+        ("99", "\\boxed{61+38=98}", False),
+        ("0.75", "\\boxed{3/4}", True),  # a single fraction is a number
+        ("0.5", "\\boxed{\\frac{1}{2}}", True),
+        ("-5", "\\boxed{-5}", True),
+        ("1000", "\\boxed{1,000}", True),
+        ("x + 1", "\\boxed{1 + x}", True),  # a gold that is no plain number is left to math-verify
+    ],
+)
+def test_a_restated_computation_is_not_an_answer_to_a_number(gold, completion, expected):
+    assert judge(gold, completion).correct is expected
