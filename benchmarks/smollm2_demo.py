@@ -33,7 +33,7 @@ KEYS = ("accuracy", "pass@1", "boxed_rate", "sampled_boxed_rate")
 
 
 def train(model: Path, seed: int, overrides: list[str], run_dir: Path) -> float:
-    """One run, in its own process; its wall-clock seconds (0 when it had finished before)."""
+    """One run, in its own process; its wall-clock seconds (as recorded, when it had finished before)."""
     if (run_dir / "summary.json").is_file():
         return json.loads((run_dir / "demo_wall.json").read_text())["seconds"]
     cmd = [sys.executable, "-m", "rlqa.cli", "train", RECIPE, f"model.path={model}", f"trainer.seed={seed}",
@@ -55,7 +55,7 @@ def imported(model: Path, seed: int, overrides: list[str], out: Path) -> dict:
 
 
 def report(runs: list[dict], base: dict | None, overrides: list[str]) -> str:
-    lines = [f"`rlqa train {RECIPE} {' '.join(overrides)}`, seeds {', '.join(str(r['seed']) for r in runs)}.", ""]
+    lines = [f"`{' '.join(['rlqa train', RECIPE, *overrides])}`, seeds {', '.join(str(r['seed']) for r in runs)}.", ""]
     if base is not None:
         lines.append("Imported model (no training): " + ", ".join(f"{k} {base[k]:.3f}" for k in KEYS) + ".")
         lines.append("")
