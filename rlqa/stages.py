@@ -12,7 +12,8 @@ grouping of rollouts by prompt once (`group_ids`, `groups`), and every stage use
     estimate_advantages    5     outcome advantages (token-level ones, GAE, are the learner's)     advantage/*
     (the Schedule trains: 5, the learner's update; and syncs the weights: 7)                      policy/*, critic/*,
                                  the learner's log-prob gap to the sampler before it updates   rollout/logprob_diff_*
-    update_temperature     6     the controller follows the entropy just measured                  policy/target_entropy
+    update_temperature     6     the controller follows the entropy just measured                  policy/target_entropy,
+                                                                                                       temperature/next
 
 A new stage slots in the same way: a function over the batch that returns its own metrics.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import torch
@@ -102,6 +103,23 @@ class StepBatch:
         return StepBatch(
             self.step, self.temperature, self.prompts + more.prompts, self.rollouts + more.rollouts,
             self.rewards + more.rewards, self.correct + more.correct, self.dropped + more.dropped,
+        )
+
+    def to_state(self) -> dict:
+        """A generated, not yet scored batch as JSON-ready data (an async checkpoint holds the next step's). Floats
+        survive JSON exactly (shortest round-trip repr)."""
+        if self.rewards:
+            raise ValueError("only an unscored batch is saved: scoring is the step's own work")
+        return {
+            "step": self.step, "temperature": self.temperature, "prompts": [list(p) for p in self.prompts],
+            "rollouts": [asdict(r) for r in self.rollouts],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> StepBatch:
+        return cls(
+            state["step"], state["temperature"], [(pid, count) for pid, count in state["prompts"]],
+            [Rollout(**r) for r in state["rollouts"]],
         )
 
     def kept_rewards(self) -> torch.Tensor:
@@ -281,9 +299,11 @@ def estimate_advantages(batch: StepBatch, estimator_name: str) -> dict[str, floa
 
 
 def update_temperature(temperature: TemperatureController, train_metrics: dict[str, float], step: int) -> dict[str, float]:
-    """E3's controller takes the entropy the learner measured at the sampling temperature on update `step` + 1."""
+    """E3's controller takes the entropy the learner measured on update `step` + 1, at the temperature that update's
+    rollouts were sampled at (Schedule.train). `temperature/next` is what the controller holds afterwards: the next
+    step samples at it (sync), or the step after next (async, whose next step is already generated)."""
     temperature.update(train_metrics["policy/entropy"], step + 1)
-    return temperature.metrics()
+    return {**temperature.metrics(), "temperature/next": temperature.temperature}
 
 
 def sample_rows(batch: StepBatch, examples: dict[str, Example], count: int) -> list[dict]:

@@ -193,7 +193,7 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     sampler_metrics = stages.advance_sampler(batch, d.sampler, d.history)  # 4
     advantage_metrics = stages.estimate_advantages(batch, recipe.algorithm.advantage)  # 5
     with clock("train"):
-        train_metrics = c.schedule.train(batch.train_samples(), batch.temperature, step)
+        train_metrics = c.schedule.train(batch.train_samples(), batch.temperature, step, d.temperature.temperature)
     temperature_metrics = stages.update_temperature(d.temperature, train_metrics, step)  # 6
     with clock("sync"):  # 7
         version = c.schedule.sync()
@@ -245,6 +245,9 @@ def save_checkpoint(c: Components, step: int, summary: dict, metrics: dict | Non
         "rng": checkpoint.rng_state(),
         "rollout_worker_restarts": c.rollout_workers.restarts,
         "summary": summary,
+        # async: the next step's rollouts, generated during this step's update (the sampler's state above has drawn
+        # their prompts already)
+        "pending_rollouts": None if c.schedule.pending is None else c.schedule.pending.to_state(),
     }
     final = checkpoint.commit(tmp, checkpoint.step_dir(c.run_dir, step), driver_state)
     keep = checkpoint.step_dir(c.run_dir, best["step"]) if best else None
@@ -281,6 +284,8 @@ def restore(c: Components, ckpt: Path) -> tuple[int, dict]:
     c.driver.history.load_state_dict(state["length_history"])
     checkpoint.set_rng_state(state["rng"])
     c.rollout_workers.restarts = state["rollout_worker_restarts"]
+    pending = state.get("pending_rollouts")  # absent in checkpoints from before async runs saved them
+    c.schedule.restore_pending(None if pending is None else stages.StepBatch.from_state(pending))
     return state["step"], state["summary"]
 
 
