@@ -11,6 +11,7 @@ with exactly the reference's metrics, samples and weights.
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -256,3 +257,70 @@ def test_the_same_resume_command_starts_a_run_and_continues_it_after_a_kill_befo
     assert run.finish() == 0, run.err
     assert "starting from the beginning" in run.out
     assert_same_run(run_dir, reference)
+
+
+# -- async mode ------------------------------------------------------------------------------------------------------
+
+ASYNC_RECIPE = {
+    **RECIPE,
+    "rollout": {**RECIPE["rollout"], "async_steps": 1},
+    # the rank estimator, E3's allocation and DAPO's refill rounds, with the entropy controller moving the temperature
+    "sampler": {"allocation": "difficulty", "estimator": "rank", "n_min": 2, "n_max": 6, "dynamic_sampling": True,
+                "max_extra_rounds": 1},
+    "temperature": {"mode": "entropy", "t_min": 0.5, "t_max": 2.0},
+    # a three-valued reward, so that some whole groups agree and dynamic sampling has groups to filter and rounds to run
+    "rewards": {"terms": [{"fn": "digits.py:digit_share_rounded"}]},
+}
+
+DIGIT_SHARE_ROUNDED = '''
+def digit_share_rounded(completions, **columns):
+    return [round(2 * sum(ch.isdigit() for ch in c) / max(len(c), 1)) / 2 for c in completions]
+'''
+
+
+@pytest.fixture(scope="module")
+def async_recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume_async")
+    (root / "digits.py").write_text(DIGIT_SHARE_ROUNDED)
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(ASYNC_RECIPE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def async_reference(async_recipe, tmp_path_factory):
+    run = Train(async_recipe, tmp_path_factory.mktemp("async_reference") / "run")
+    assert run.finish() == 0, run.err
+    metrics = rows(run.run_dir / "metrics.jsonl")
+    # what the resumed runs must reproduce is really there: off-policy steps, a moving temperature that the
+    # rollouts follow one update behind, filtered groups and refill rounds
+    # (step 0 has nothing to overlap with; a refill round comes from the newer policy, staleness 0)
+    assert metrics[0]["rollout/staleness"] == 0.0 and sum(m["rollout/staleness"] > 0 for m in metrics) >= STEPS // 2
+    assert len({m["rollout/temperature"] for m in metrics}) > 3
+    assert [m["rollout/temperature"] for m in metrics[2:]] == [m["temperature/next"] for m in metrics[: STEPS - 2]]
+    assert sum(m["sampler/filtered_groups"] for m in metrics) > 0 and sum(m["sampler/extra_rounds"] for m in metrics) > 0
+    return run.run_dir
+
+
+@pytest.mark.slow
+def test_an_async_run_killed_at_step_3_and_at_a_random_moment_resumes_bit_identical(async_recipe, async_reference, tmp_path):
+    """The checkpoint holds the rollouts generated ahead for the next step (and the sampler state that drew them),
+    so a resumed async run trains on the very rollouts the undisturbed one did: same metrics, samples and weights."""
+    run_dir = tmp_path / "run"
+    run = Train(async_recipe, run_dir)
+    run.wait_for(checkpoint.step_dir(run_dir, 3).exists)
+    run.kill_tree()
+    saved = json.loads((checkpoint.step_dir(run_dir, 3) / checkpoint.DRIVER_STATE).read_text())
+    assert saved["pending_rollouts"]["step"] == 3 and len(saved["pending_rollouts"]["rollouts"]) == 16
+
+    run = Train(run_dir / "recipe.yaml", run_dir, "--resume")
+    run.wait_for(lambda: "resumed from" in run.out)
+    delay = random.Random().uniform(0.0, 3.0)  # a moment anywhere in the remaining steps (0.2-0.4 s each)
+    time.sleep(delay)
+    run.kill_tree()
+    if run.proc.returncode != -signal.SIGKILL:  # it finished before the kill: nothing more to resume
+        assert run.proc.returncode == 0, run.err
+    else:
+        run = Train(run_dir / "recipe.yaml", run_dir, "--resume")
+        assert run.finish() == 0, f"killed {delay:.2f} s after resuming\n{run.err}"
+    assert_same_run(run_dir, async_reference)
