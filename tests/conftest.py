@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlqa.cluster import remaining
+from leftover_check import left_behind, started
 
 CACHE = Path(__file__).resolve().parent / ".cache"  # ignored by git; kept between sessions
 
@@ -44,5 +44,7 @@ def smollm2_dir() -> Path:
 
 @pytest.fixture
 def leftovers():
-    """`leftovers(session_id, within_s=10)`: what of a session is still alive after waiting up to `within_s`."""
-    return remaining
+    """`leftovers(session_id, within_s=10)`: what of a session is still alive after waiting up to `within_s`, and
+    the temporary litter (wandb's directories) made in /tmp since the test began."""
+    since = started()
+    return lambda session_id, within_s=10.0: left_behind(session_id, since, within_s)

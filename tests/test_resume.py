@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from rlqa import checkpoint
-from rlqa.cluster import remaining
+from leftover_check import left_behind, started
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,7 @@ class Train:
 
     def __init__(self, recipe, run_dir, *args):
         self.run_dir = run_dir
+        self.started = started()
         run_dir.mkdir(parents=True, exist_ok=True)
         self.out_path, self.err_path = run_dir.parent / f"{run_dir.name}.out", run_dir.parent / f"{run_dir.name}.err"
         # the files collect every run in this directory; this run's output starts where they end now
@@ -98,7 +99,7 @@ class Train:
         except ProcessLookupError:
             pass
         self.proc.wait()
-        assert remaining(self.proc.pid) == {}, "processes of the run outlived it"
+        assert left_behind(self.proc.pid, self.started) == {}, "processes or temporary files of the run outlived it"
 
     @property
     def out(self):

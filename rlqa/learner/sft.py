@@ -14,9 +14,6 @@ import time
 import torch
 from datasets import Dataset, disable_progress_bars
 from transformers import PrinterCallback, TrainerCallback
-from trl import SFTConfig as TRLSFTConfig
-from trl import SFTTrainer
-
 from rlqa.config import SFTConfig
 
 
@@ -62,11 +59,28 @@ class ProgressLine(TrainerCallback):
         print(line, file=sys.stderr, flush=True)
 
 
+def import_trl():
+    """TRL's SFTConfig and SFTTrainer, with wandb hidden while TRL imports: TRL imports wandb whenever it is
+    installed, and wandb's import makes temporary directories (/tmp/tmp*wandb-media, -artifacts) that a process killed
+    rather than exited leaves behind. The warm-up reports to no tracker. (A None entry in sys.modules reads as "not
+    installed" to importlib.util.find_spec, which is how TRL and accelerate ask.)"""
+    hidden = "wandb" not in sys.modules
+    if hidden:
+        sys.modules["wandb"] = None
+    try:
+        from trl import SFTConfig, SFTTrainer
+    finally:
+        if hidden:
+            del sys.modules["wandb"]
+    return SFTConfig, SFTTrainer
+
+
 def run_sft(model, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig, seed: int, out_dir: str) -> dict:
     """Train `model` in place on (prompt, completion) pairs; returns the final loss and the wall time."""
     logging.getLogger("transformers").setLevel(logging.ERROR)
     disable_progress_bars()  # dataset preparation bars
     dataset = Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])
+    TRLSFTConfig, SFTTrainer = import_trl()
     args = TRLSFTConfig(
         output_dir=out_dir,
         num_train_epochs=cfg.epochs,
