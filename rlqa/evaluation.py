@@ -199,3 +199,24 @@ def evaluate_target(target: Path, *, data: str | None = None, k: int | None = No
                 max_new_tokens=recipe.rollout.max_new_tokens, version=0,  # the weights as loaded
             )
     return {"target": str(target), "model": str(model_dir), **results}
+
+
+def describe(results: dict) -> str:
+    """One readable line of `evaluate`'s results, for the console and log files:
+
+    >>> describe({"accuracy": 0.345, "boxed_rate": 1.0, "mean_length": 12.04, "pass@1": 0.4462, "pass@8": 0.97,
+    ...           "maj@8": 0.5, "sampled_boxed_rate": 0.75, "num_prompts": 200, "temperature": 1.0})
+    'greedy accuracy 0.345 (boxed 1.000, 12.0 tokens) | sampled at T=1: pass@1 0.446, pass@8 0.970, maj@8 0.500, boxed 0.750 | 200 prompts'
+    """
+    sampled = [f"{key} {results[key]:.3f}" for key in sorted(results, key=_k_order) if key.startswith(("pass@", "maj@"))]
+    sampled.append(f"boxed {results['sampled_boxed_rate']:.3f}")
+    return (
+        f"greedy accuracy {results['accuracy']:.3f} (boxed {results['boxed_rate']:.3f}, {results['mean_length']:.1f} tokens)"
+        f" | sampled at T={results['temperature']:g}: {', '.join(sampled)} | {results['num_prompts']} prompts"
+    )
+
+
+def _k_order(key: str) -> tuple[int, int]:
+    """pass@1, pass@8, ... then maj@k."""
+    name, _, k = key.partition("@")
+    return (name != "pass", int(k) if k.isdigit() else 0)

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from rlqa.config import Recipe, to_yaml
 from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
 from rlqa.errors import UserError
-from rlqa.evaluation import evaluate, scorer
+from rlqa.evaluation import describe, evaluate, scorer
 from rlqa.learner import lora
 from rlqa.learner.group import LearnerGroup, check_learner_gpus, start_learners
 from rlqa.length_history import LengthHistory
@@ -348,6 +349,8 @@ def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, add
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(to_yaml(recipe, with_base_dir=True))
     quiet_hf()
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):  # a log file: Ray's "(Learner pid=...)" prefixes uncoloured
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     address = address or recipe.ray.address or os.environ.get("RAY_ADDRESS")
     # Ctrl-C / SIGTERM once Ray is up (ray.init sets its own SIGTERM handler): at once, unless RL steps are running
     with ray_session(address, **ray_resources(recipe)), _Interrupt() as interrupt:
@@ -401,7 +404,7 @@ def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
     c.schedule.sync()
     if recipe.trainer.eval_before:
         summary["eval"]["before"] = run_eval(c)
-        print(f"held-out before RL: {json.dumps(summary['eval']['before'])}", flush=True)
+        print(f"held-out before RL: {describe(summary['eval']['before'])}", flush=True)
     return 0, summary
 
 
@@ -448,7 +451,7 @@ def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_st
 
     if recipe.trainer.eval_after:
         summary["eval"]["after"] = run_eval(c)
-        print(f"held-out after RL: {json.dumps(summary['eval']['after'])}", flush=True)
+        print(f"held-out after RL:  {describe(summary['eval']['after'])}", flush=True)
     ray.get(c.learner.save_pretrained(str(c.run_dir / "final")))
     summary["steps"] = step
     summary["wall_seconds"] = time.perf_counter() - wall_start

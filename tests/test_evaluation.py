@@ -99,3 +99,15 @@ def test_evaluate_reports_accuracy_lengths_pass_at_k_and_the_boxed_rate():
     assert results["sampled_boxed_rate"] == 3 / 4  # two boxes are not one final answer
     assert results["pass@1"] == (1 / 2 + 2 / 2) / 2 and results["pass@2"] == 1.0
     assert results["maj@2"] == (1 + 1) / 2  # a: a tie, the first answer ("2") wins; b: "4" twice
+
+
+def test_the_held_out_line_reads_as_a_person_wants_it():
+    from rlqa.evaluation import describe
+
+    results = {"accuracy": 0.345, "mean_length": 32.25, "mean_length_correct": 30.0, "boxed_rate": 0.98,
+               "sampled_accuracy": 0.7051, "sampled_boxed_rate": 0.9, "maj@8": 0.9, "num_prompts": 200,
+               "temperature": 0.6, "pass@1": 0.70512, "pass@8": 0.97}
+    assert describe(results) == (
+        "greedy accuracy 0.345 (boxed 0.980, 32.2 tokens) | sampled at T=0.6: pass@1 0.705, pass@8 0.970, "
+        "maj@8 0.900, boxed 0.900 | 200 prompts"
+    )

@@ -143,12 +143,21 @@ def assert_same_run(run_dir, reference, also_ignore=()):
 def reference(recipe, tmp_path_factory):
     run = Train(recipe, tmp_path_factory.mktemp("reference") / "run")
     assert run.finish() == 0, run.err
+    assert_reads_as_a_log(run.out + run.err)
     metrics = rows(run.run_dir / "metrics.jsonl")
     # the run learns (the weights move, the reward has spread) and crosses an epoch boundary every two steps
     assert [m["sampler/epoch"] for m in metrics] == [float(step // 2) for step in range(STEPS)]
     assert all(m["policy/grad_norm"] > 0 for m in metrics)
     assert [m["rollout/count"] for m in metrics] == [16.0] * STEPS
     return run.run_dir
+
+
+def assert_reads_as_a_log(output: str) -> None:
+    """Output to a file, not a terminal: no colour codes in Ray's "(Learner pid=...)" prefixes, no Ray notices that
+    say nothing about the run."""
+    assert "\x1b[" not in output
+    assert "Token authentication" not in output
+    assert "(Learner pid=" in output or "(RolloutWorker pid=" in output or "step" in output
 
 
 def processes(run_dir):
