@@ -153,11 +153,8 @@ def reference(recipe, tmp_path_factory):
 
 
 def assert_reads_as_a_log(output: str) -> None:
-    """Output to a file, not a terminal: no colour codes in Ray's "(Learner pid=...)" prefixes, no Ray notices that
-    say nothing about the run."""
-    assert "\x1b[" not in output
-    assert "Token authentication" not in output
-    assert "(Learner pid=" in output or "(RolloutWorker pid=" in output or "step" in output
+    """Output to a file, not a terminal: no colour codes in Ray's "(Learner pid=...)" prefixes."""
+    assert "(Learner pid=" in output and "\x1b[" not in output
 
 
 def processes(run_dir):
