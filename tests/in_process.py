@@ -38,7 +38,7 @@ class Schedule:
     def extra_round(self, step, temperature, num_prompts):
         return self.generate(step, temperature, self.version, num_prompts=num_prompts)
 
-    def train(self, samples, temperature, step):
+    def train(self, samples, temperature, step, next_temperature):
         metrics = self.learner.update(samples, temperature, step)
         self.version += 1
         return metrics
