@@ -28,7 +28,7 @@ from rlqa.errors import UserError
 from rlqa.rollout.seeding import stable_seed
 
 
-def allocate(difficulty: Sequence[float], budget: int, n_min: int, n_max: int) -> list[int]:
+def allocate(difficulty: Sequence[float | Fraction], budget: int, n_min: int, n_max: int) -> list[int]:
     """Split `budget` rollouts over prompts by difficulty r_i ≥ 0, each getting between n_min and n_max.
 
     E3's rule, with both bounds kept (B prompts, T = budget):
@@ -186,6 +186,9 @@ class RankEstimator:
 
         rank_i = position_i / N          positions 0, 1, ..., N - 1: distinct, as in E3, so rank ∈ [0, 1)
 
+    The ranks are exact fractions, so `allocate` sees 1/6, not the float below it: from float ranks, a share of
+    6 + 6·(1/6)/Σr floors to 6 instead of 7.
+
     Ties (equal accuracy, or never seen) go in the order of a hash of (run seed, e, prompt id). Not by prompt id: that
     would give the same prompts of a tied block the most rollouts in every epoch. The hash draws a fresh order each
     epoch, does not depend on which other prompts tie or on the data order, and a resumed run recomputes it.
@@ -197,15 +200,15 @@ class RankEstimator:
         self._priors = _checked_ranks(priors)
         self._seed = seed
         self._epoch = 0  # the epoch the ranks are for: 0 = the offline ranks
-        self._ranks = {prompt_id: self._priors.get(prompt_id, 0.0) for prompt_id in self._prompt_ids}
+        self._ranks: dict[str, Fraction | float] = {p: self._priors.get(p, 0.0) for p in self._prompt_ids}
         self._counts: dict[str, tuple[int, int]] = {}  # prompt id → (successes, trials), never forgotten
 
-    def difficulty(self, prompt_id: str) -> float:
+    def difficulty(self, prompt_id: str) -> Fraction | float:
         return self._ranks[prompt_id]
 
     def estimate(self, prompt_id: str) -> float | None:
         """The rank from outcomes once an epoch has ended; before that the offline rank, None without one."""
-        return self._ranks[prompt_id] if self._epoch > 0 else self._priors.get(prompt_id)
+        return float(self._ranks[prompt_id]) if self._epoch > 0 else self._priors.get(prompt_id)
 
     def pass_rate(self, prompt_id: str) -> float:
         if prompt_id in self._counts:
@@ -229,13 +232,13 @@ class RankEstimator:
             return (0 if seen else 1, -accuracy, stable_seed("rank-tie", self._seed, epoch, prompt_id))
 
         order = sorted(self._prompt_ids, key=easiest_first)
-        self._ranks = {prompt_id: position / len(order) for position, prompt_id in enumerate(order)}
+        self._ranks = {prompt_id: Fraction(position, len(order)) for position, prompt_id in enumerate(order)}
         self._epoch = epoch
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self._epoch,
-            "ranks": dict(self._ranks),
+            "ranks": {prompt_id: float(rank) for prompt_id, rank in self._ranks.items()},
             "counts": {prompt_id: list(c) for prompt_id, c in self._counts.items()},
         }
 
@@ -243,6 +246,10 @@ class RankEstimator:
         # checkpoints older than the live estimate have no epoch: their ranks came from outcomes once any were counted
         self._epoch = state.get("epoch", 1 if state["counts"] else 0)
         self._ranks = dict(state["ranks"])
+        if self._epoch > 0:
+            # ranks from outcomes are position / N: the nearest fraction with denominator <= N to the saved float is
+            # that one exactly (two such fractions lie >= 1/N² apart, the float within 1e-16 of it)
+            self._ranks = {p: Fraction(rank).limit_denominator(len(self._prompt_ids)) for p, rank in self._ranks.items()}
         self._counts = {prompt_id: (successes, trials) for prompt_id, (successes, trials) in state["counts"].items()}
 
 

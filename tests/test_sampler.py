@@ -72,32 +72,57 @@ def e3_reference(difficulty: list[float], budget: int, n_min: int) -> list[int]:
     return counts
 
 
+def e3_by_positions(positions: list[int], budget: int, n_min: int) -> list[int]:
+    """E3's rule for ranks k_i / N in integers only: n_i = n_min + (extra·k_i) // Σk, then +1 to the hardest.
+
+    Independent of the code: no floats and no Fraction; N cancels out of r_i / Σr = k_i / Σk.
+    """
+    extra = budget - n_min * len(positions)
+    total = sum(positions)
+    counts = [n_min + extra * k // total for k in positions]
+    for i in sorted(range(len(positions)), key=lambda i: (-positions[i], i))[: budget - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def test_allocate_with_rank_estimator_ranks_floors_exact_shares():
+    # ranks 1/6, 2/6, 3/6, T = 24, n_min = 6: extra = 6, Σr = 1 → 6 + 6·(1/6, 2/6, 3/6) = (7, 8, 9) exactly.
+    # From the floats 1/6, 2/6, 3/6 the shares come out just below 7, 8, 9 and floor to (6, 7, 8) + 3 → (6, 8, 10).
+    estimator = RankEstimator(list("uvwxyz"), seed=0)
+    for prompt_id, successes in zip("uvwxyz", [6, 5, 4, 3, 2, 1]):  # distinct accuracies: u easiest ... z hardest
+        estimator.update(prompt_id, successes, 6)
+    estimator.end_epoch(1)
+    ranks = [estimator.difficulty(p) for p in "vwx"]
+    assert ranks == [Fraction(1, 6), Fraction(2, 6), Fraction(3, 6)]
+    assert allocate(ranks, 24, 6, 10) == [7, 8, 9]
+
+
 @st.composite
-def allocation_cases(draw):
-    size = draw(st.integers(1, 40))
-    # Many exact ties and zeros, which are where ordering bugs hide.
-    difficulty = draw(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5]) | st.floats(0, 1), min_size=size, max_size=size))
+def rank_batches(draw):
+    """A batch of prompts drawn from N, with the ranks a real RankEstimator gives them, and E3's bounds."""
+    n = draw(st.sampled_from([3, 5, 6, 7, 9, 10, 12]))
+    size = draw(st.integers(1, n))
+    positions = draw(st.lists(st.integers(0, n - 1), min_size=size, max_size=size, unique=True))
     n_min = draw(st.integers(0, 8))
-    n_max = draw(st.integers(n_min, 16))
-    budget = draw(st.integers(n_min * size, n_max * size))
-    return difficulty, budget, n_min, n_max
+    budget = draw(st.integers(n_min * size, n_min * size + 8 * size))
+    return n, positions, budget, n_min
 
 
-@settings(max_examples=400, deadline=None)
-@given(allocation_cases())
-def test_allocate_properties(case):
-    difficulty, budget, n_min, n_max = case
-    counts = allocate(difficulty, budget, n_min, n_max)
-    assert sum(counts) == budget
-    assert all(n_min <= n <= n_max for n in counts)
-    for i, harder in enumerate(difficulty):
-        for j, easier in enumerate(difficulty):
-            if harder > easier:
-                assert counts[i] >= counts[j]
-    if sum(difficulty) > 0:
-        reference = e3_reference(difficulty, budget, n_min)
-        if max(reference) <= n_max:  # no bound binds: exactly E3
-            assert counts == reference
+@settings(max_examples=300, deadline=None)
+@given(rank_batches())
+def test_allocate_matches_e3_in_integers_on_rank_estimator_batches(case):
+    n, positions, budget, n_min = case
+    ids = [f"p{k}" for k in range(n)]
+    estimator = RankEstimator(ids, seed=0)
+    for k, prompt_id in enumerate(ids):  # p0 solved most often: position k is p<k>
+        estimator.update(prompt_id, n - k, n)
+    estimator.end_epoch(1)
+    difficulty = [estimator.difficulty(f"p{k}") for k in positions]
+    if sum(positions) == 0:
+        return  # all-zero ranks: even split, tested above
+    reference = e3_by_positions(positions, budget, n_min)
+    n_max = max(reference)  # the upper bound never binds: exactly E3
+    assert allocate(difficulty, budget, n_min, n_max) == reference
 
 
 # ---------------------------------------------------------------------------------------------------------- estimators
@@ -179,9 +204,10 @@ def test_rank_estimator_breaks_ties_afresh_each_epoch_by_seed():
 
     # the order of stable_seed("rank-tie", seed, epoch, id): (0, 1) → c b f a d e; (0, 2) → c e b a d f;
     # (1, 1) → d a e c f b. Ranks are position / 6.
-    assert ranks(0, 1) == [3 / 6, 1 / 6, 0.0, 4 / 6, 5 / 6, 2 / 6]
-    assert ranks(0, 2) == [3 / 6, 2 / 6, 0.0, 4 / 6, 1 / 6, 5 / 6]
-    assert ranks(1, 1) == [1 / 6, 5 / 6, 3 / 6, 0.0, 2 / 6, 4 / 6]
+    sixths = [Fraction(k, 6) for k in range(6)]
+    assert ranks(0, 1) == [sixths[k] for k in (3, 1, 0, 4, 5, 2)]
+    assert ranks(0, 2) == [sixths[k] for k in (3, 2, 0, 4, 1, 5)]
+    assert ranks(1, 1) == [sixths[k] for k in (1, 5, 3, 0, 2, 4)]
     assert ranks(0, 1) == ranks(0, 1)
 
 
@@ -196,7 +222,8 @@ def test_rank_estimator_state_round_trip():
     assert [restored.estimate(p) for p in "abc"] == [estimator.estimate(p) for p in "abc"] == [0.0, 1 / 3, 2 / 3]
     estimator.end_epoch(2)
     restored.end_epoch(2)
-    assert [restored.difficulty(p) for p in "abc"] == [estimator.difficulty(p) for p in "abc"] == [1 / 3, 2 / 3, 0.0]
+    thirds = [Fraction(1, 3), Fraction(2, 3), Fraction(0)]
+    assert [restored.difficulty(p) for p in "abc"] == [estimator.difficulty(p) for p in "abc"] == thirds
     # a checkpoint from before the estimator saved its epoch still resumes: counted outcomes mean ranks from outcomes
     old = {key: value for key, value in estimator.state_dict().items() if key != "epoch"}
     restored.load_state_dict(old)
@@ -506,7 +533,7 @@ def test_tied_prompts_get_distinct_ranks_and_so_distinct_allocations():
     batch = dict(sampler.next_batch(1))  # epoch 1 begins: ranks from the cumulative accuracies
     # easiest first: b 1; a, c 1/2 (tied: hash order for (seed 0, epoch 1) is c, a); d 0; e, f never seen (f, e)
     # → positions b 0, c 1, a 2, d 3, f 4, e 5; r = position / 6, Σr = 15/6.
-    assert [sampler.difficulty(p) for p in "abcdef"] == [2 / 6, 0.0, 1 / 6, 3 / 6, 5 / 6, 4 / 6]
+    assert [sampler.difficulty(p) for p in "abcdef"] == [Fraction(k, 6) for k in (2, 0, 1, 3, 5, 4)]
     # T = 48, n_min·B = 24: x = 4 + 24·(position / 15) = a 7.2, b 4, c 5.6, d 8.8, e 12, f 10.4
     # → floors 7, 4, 5, 8, 12, 10 (Σ 46); +1 each to the hardest with room: e is at n_max, so f → 11, d → 9
     assert batch == {"a": 7, "b": 4, "c": 5, "d": 9, "e": 12, "f": 11}
