@@ -78,8 +78,16 @@ def test_run_directory_contract(run):
     summary = json.loads((run / "summary.json").read_text())
     for when in ("before", "after"):
         result = summary["eval"][when]
-        assert 0.0 <= result["accuracy"] <= 1.0 and result["num_prompts"] == 6
-        assert result["pass@1"] <= result["pass@2"]
+        assert result["num_prompts"] == 6 and result["temperature"] == 1.0
+        # 6 prompts, greedy: accuracy is a whole number of sixths
+        assert result["accuracy"] * 6 == pytest.approx(round(result["accuracy"] * 6), abs=1e-12)
+        # k = n = 2 samples a prompt, c of them right: pass@1 = mean of c/2 = the share of the 12 samples that are
+        # right; pass@2 = the share of prompts with c >= 1; so 2·pass@1 - pass@2 = the share with c = 2
+        assert result["pass@1"] == pytest.approx(result["sampled_accuracy"], abs=1e-12)
+        both_right = 2 * result["pass@1"] - result["pass@2"]
+        assert both_right * 6 == pytest.approx(round(both_right * 6), abs=1e-9) and 0 <= both_right <= result["pass@1"]
+        assert result["pass@2"] * 6 == pytest.approx(round(result["pass@2"] * 6), abs=1e-12)
+        assert result["maj@2"] * 6 == pytest.approx(round(result["maj@2"] * 6), abs=1e-12)
     assert summary["steps"] == 2 and summary["wall_seconds"] > 0
     assert summary["sft"]["sft/steps"] == 3
     assert not (run / "sft_tmp").exists()  # TRL's output directory is not left behind
@@ -96,5 +104,6 @@ def test_rlqa_eval_on_the_run_directory(run, capsys):
     assert main(["eval", str(run), "--k", "2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((run / "summary.json").read_text())
-    # the same seeds and the same weights give the same greedy accuracy as the run's own final evaluation
-    assert printed["accuracy"] == summary["eval"]["after"]["accuracy"]
+    # the same seeds and the same weights give the run's own final evaluation, every figure of it
+    after = summary["eval"]["after"]
+    assert {key: printed[key] for key in after} == pytest.approx(after, nan_ok=True)

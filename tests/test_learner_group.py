@@ -152,6 +152,8 @@ def test_async_run_is_one_step_off_policy(no_ray, tmp_path):
         "rewards": {"terms": [{"fn": "accuracy"}, {"fn": "length_penalty"}]},
         "learner": {"lr": 1e-2, "torch_threads": 1},
         "sampler": {"allocation": "uniform"},
+        # a target far below the untrained model's entropy: the controller lowers T after every update
+        "temperature": {"mode": "entropy", "target": 0.1},
         "trainer": {"steps": 3, "eval_before": False, "eval_after": False},
         "logging": {"progress": False, "samples_per_step": 8},
     }
@@ -161,6 +163,10 @@ def test_async_run_is_one_step_off_policy(no_ray, tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # step 0 has nothing to overlap with; steps 1 and 2 were generated during the previous update
     assert [m["rollout/staleness"] for m in metrics] == [0.0, 1.0, 1.0]
+    # step 1 was submitted before update 0 ended, so it samples at T0 too; step 2 at what update 0 left (one step late)
+    temperatures = [m["rollout/temperature"] for m in metrics]
+    assert temperatures[:2] == [1.0, 1.0]
+    assert temperatures[2] == metrics[0]["temperature/next"] < 1.0
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert [sorted({s["policy_version"] for s in samples if s["step"] == t}) for t in range(3)] == [[0], [0], [1]]
     # on-policy at step 0 (ratio 1); afterwards the learner is one update ahead of the sampler, and the loss
