@@ -87,6 +87,7 @@ def _train(args) -> int:
             checkpoint.verify(resume_from)
         except checkpoint.CheckpointError as err:
             raise UserError(f"--resume-from: {err}") from None
+    from rlqa.yields import describe_yield
     from rlqa.trainer import RunStopped, train
 
     try:
@@ -105,6 +106,8 @@ def _train(args) -> int:
         before = summary["eval"].get("before", {}).get("accuracy")
         after = summary["eval"]["after"]["accuracy"]
         print(f"held-out greedy accuracy: {before if before is None else f'{before:.3f}'} -> {after:.3f}")
+    if "yield" in summary:
+        print(describe_yield(summary["yield"]))
     return 0
 
 

@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import yaml  # noqa: E402
 
 from rlqa.errors import UserError  # noqa: E402
+from rlqa.yields import describe_yield  # noqa: E402
 
 PHASES = ("generate", "reward", "train", "sync")  # time/<phase>; "other" is time/step minus their sum
 EVAL_COLORS = ("tab:red", "tab:brown", "tab:olive", "tab:cyan", "tab:pink", "tab:gray")  # apart from the train lines
@@ -213,6 +214,41 @@ def _merge_legends(left, right) -> None:
         left.legend(handles + more, labels + more_labels, loc="best", fontsize="small")
 
 
+def held_out_by_compute(run: Run, total: str) -> tuple[list[float], list[float]]:
+    """Held-out greedy accuracy against the running total `total` (yield/total_rollouts, ...): before RL at 0, every
+    eval/accuracy row at that row's total, after RL at the last row's total. Empty when the run logged no totals."""
+    rows = [r for r in run.rows if _finite(r.get(total))]
+    if not rows:
+        return [], []
+    points = []
+    before = run.summary.get("eval", {}).get("before", {}).get("accuracy")
+    if _finite(before):
+        points.append((0.0, before))
+    points += [(float(r[total]), float(r["eval/accuracy"])) for r in rows if _finite(r.get("eval/accuracy"))]
+    after = run.summary.get("eval", {}).get("after", {}).get("accuracy")
+    if _finite(after):
+        points.append((float(rows[-1][total]), after))
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def plot_accuracy_by_compute(run: Run):
+    """What the compute bought: held-out accuracy against rollouts generated, and against the generated tokens that
+    carried learning signal (yield/*)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.5), dpi=110, sharey=True)
+    fig.suptitle("Held-out greedy accuracy by compute spent")
+    drawn = False
+    for ax, total, label in ((left, "yield/total_rollouts", "rollouts generated"),
+                             (right, "yield/total_informative_tokens", "informative tokens generated")):
+        xs, ys = held_out_by_compute(run, total)
+        if len(xs) > 0:
+            ax.plot(xs, ys, marker="o", color="tab:red", label="held-out greedy accuracy")
+            drawn = True
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    left.set_ylabel("accuracy")
+    return fig, left, drawn
+
+
 PLOTS = {
     "reward_accuracy.png": plot_reward_accuracy,
     "entropy_temperature.png": plot_entropy_temperature,
@@ -220,6 +256,7 @@ PLOTS = {
     "rollout_allocation.png": plot_allocation,
     "step_time.png": plot_step_time,
     "reward_health.png": plot_reward_health,
+    "accuracy_by_compute.png": plot_accuracy_by_compute,
 }
 
 
@@ -320,6 +357,8 @@ def markdown(run: Run, written: list[str], skipped: list[str]) -> str:
     head = [f"# Run report: {run.path.name}", "", f"Run directory: `{run.path}`", "", recipe_line(run.recipe), ""]
     if s:
         head.append(f"{_fmt(s.get('steps'))} RL steps in {_fmt(s.get('wall_seconds'))} s of wall time (SFT warm-up included).")
+        if "yield" in s:
+            head.append(describe_yield(s["yield"]).capitalize() + ".")
         if "sft" in s:
             head.append(f"SFT warm-up: {_fmt(s['sft'].get('sft/steps'))} steps, final loss {_fmt(s['sft'].get('sft/loss'))}, {_fmt(s['sft'].get('time/sft'))} s.")
     else:

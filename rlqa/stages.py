@@ -10,6 +10,7 @@ grouping of rollouts by prompt once (`group_ids`, `groups`), and every stage use
                                  (only with `sampler.dynamic_sampling`)                             extra_rounds, prompts_generated
     advance_sampler        4     difficulty estimates and the length history                       sampler/*
     estimate_advantages    5     outcome advantages (token-level ones, GAE, are the learner's)     advantage/*
+    account_yield          5b    rollouts and tokens with learning signal, step and run totals     yield/*
     (the Schedule trains: 5, the learner's update; and syncs the weights: 7)                      policy/*, critic/*,
                                  the learner's log-prob gap to the sampler before it updates   rollout/logprob_diff_*
     update_temperature     6     the controller follows the entropy just measured                  policy/target_entropy,
@@ -37,6 +38,7 @@ from rlqa.rollout.seeding import sample_seed
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 from rlqa.sampler import RolloutSampler
 from rlqa.temperature import TemperatureController
+from rlqa.yields import YieldTotals
 from rewards.pipeline import RewardPipeline
 
 
@@ -293,6 +295,44 @@ def estimate_advantages(batch: StepBatch, estimator_name: str) -> dict[str, floa
     kept = batch.kept
     batch.advantages = estimator(batch.kept_rewards(), batch.group_ids[kept])  # (K,)
     return {"advantage/nonzero_frac": float((batch.advantages.abs() > 1e-8).float().mean()) if kept else 0.0}
+
+
+# -- 5b. yield: how much of what was generated carried any learning signal ----------------------------------------------
+
+
+def informative_rollouts(batch: StepBatch) -> list[int]:
+    """Indices of the rollouts the update learns from: kept rollouts of a trained group whose advantages are not all
+    zero. A token-level estimator (GAE) has no outcome advantages here; its groups count when their rewards differ
+    (the critic's values make every advantage nonzero, signal or not)."""
+    kept = batch.kept
+    if batch.advantages is None:
+        flags = batch.informative()
+        return [i for i in kept if flags[int(batch.group_ids[i])]]
+    signal = {int(g) for g, a in zip(batch.group_ids[kept].tolist(), batch.advantages.tolist()) if a != 0.0}
+    return [i for i in kept if int(batch.group_ids[i]) in signal]
+
+
+def account_yield(batch: StepBatch, totals: YieldTotals) -> dict[str, float]:
+    """yield/*: the step's informative rollouts and their generated tokens, against everything generated this step
+    (filtered groups and dropped rollouts included, as they were paid for), and the running totals of the run."""
+    informative = informative_rollouts(batch)
+    tokens = batch.generated_tokens()
+    informative_tokens = sum(len(batch.rollouts[i].completion_tokens) for i in informative)
+    totals.rollouts += len(batch.rollouts)
+    totals.tokens += tokens
+    totals.informative_rollouts += len(informative)
+    totals.informative_tokens += informative_tokens
+    return {
+        "yield/informative_rollouts": float(len(informative)),
+        "yield/informative_tokens": float(informative_tokens),
+        "yield/informative_rollout_frac": len(informative) / len(batch.rollouts),
+        "yield/informative_token_frac": informative_tokens / tokens if tokens else 0.0,
+        "yield/total_rollouts": float(totals.rollouts),
+        "yield/total_tokens": float(totals.tokens),
+        "yield/total_informative_rollouts": float(totals.informative_rollouts),
+        "yield/total_informative_tokens": float(totals.informative_tokens),
+        "yield/total_informative_token_frac": totals.informative_tokens / totals.tokens if totals.tokens else 0.0,
+    }
 
 
 # -- 6. temperature ------------------------------------------------------------------------------------------------------

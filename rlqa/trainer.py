@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -52,6 +52,7 @@ from rlqa.placement import actor_options, shortfall
 from rlqa.rollout.backends import check_backend
 from rlqa.rollout.group import RolloutFailure, RolloutGroup, actor_pid
 from rlqa.rollout.sync import make_weight_sync
+from rlqa.yields import YieldTotals
 from rlqa.sampler import RolloutSampler
 from rlqa.schedule import Schedule
 from rlqa.temperature import TemperatureController
@@ -73,6 +74,7 @@ class Driver:
     sampler: RolloutSampler
     temperature: TemperatureController
     history: LengthHistory
+    yields: YieldTotals = field(default_factory=YieldTotals)
 
 
 @dataclass
@@ -193,6 +195,7 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
         )
     sampler_metrics = stages.advance_sampler(batch, d.sampler, d.history)  # 4
     advantage_metrics = stages.estimate_advantages(batch, recipe.algorithm.advantage)  # 5
+    yield_metrics = stages.account_yield(batch, d.yields)
     with clock("train"):
         train_metrics = c.schedule.train(batch.train_samples(), batch.temperature, step, d.temperature.temperature)
     temperature_metrics = stages.update_temperature(d.temperature, train_metrics, step)  # 6
@@ -201,8 +204,8 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     clock.seconds["time/step"] = time.perf_counter() - started
     rollout_metrics = stages.rollout_metrics(batch, version, c.rollout_workers.restarts)  # 8
     metrics = merge(
-        rollout_metrics, reward_metrics, dynamic_metrics, sampler_metrics, advantage_metrics, train_metrics, temperature_metrics,
-        clock.seconds,
+        rollout_metrics, reward_metrics, dynamic_metrics, sampler_metrics, advantage_metrics, yield_metrics, train_metrics,
+        temperature_metrics, clock.seconds,
         {"throughput/tokens_per_s": batch.generated_tokens() / clock.seconds["time/step"], "policy/version": float(version)},
     )
     return metrics, stages.sample_rows(batch, d.train, recipe.logging.samples_per_step)
@@ -243,6 +246,7 @@ def save_checkpoint(c: Components, step: int, summary: dict, metrics: dict | Non
         "sampler": c.driver.sampler.state_dict(),
         "temperature": c.driver.temperature.state_dict(),
         "length_history": c.driver.history.state_dict(),
+        "yield": c.driver.yields.state_dict(),
         "rng": checkpoint.rng_state(),
         "rollout_worker_restarts": c.rollout_workers.restarts,
         "summary": summary,
@@ -283,6 +287,7 @@ def restore(c: Components, ckpt: Path) -> tuple[int, dict]:
     c.driver.sampler.load_state_dict(state["sampler"])
     c.driver.temperature.load_state_dict(state["temperature"])
     c.driver.history.load_state_dict(state["length_history"])
+    c.driver.yields.load_state_dict(state.get("yield", {}))  # absent before yield accounting: counted from here
     checkpoint.set_rng_state(state["rng"])
     c.rollout_workers.restarts = state["rollout_worker_restarts"]
     pending = state.get("pending_rollouts")  # absent in checkpoints from before async runs saved them
@@ -454,6 +459,7 @@ def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_st
         print(f"held-out after RL:  {describe(summary['eval']['after'])}", flush=True)
     ray.get(c.learner.save_pretrained(str(c.run_dir / "final")))
     summary["steps"] = step
+    summary["yield"] = c.driver.yields.summary()
     summary["wall_seconds"] = time.perf_counter() - wall_start
     (c.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

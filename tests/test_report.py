@@ -8,7 +8,10 @@ import pytest
 
 from rlqa.cli import main
 from rlqa.errors import UserError
-from rlqa.report import load_run, plot_reward_accuracy, plot_reward_health, step_phases, write_report
+from rlqa.report import (
+    held_out_by_compute, load_run, plot_accuracy_by_compute, plot_reward_accuracy, plot_reward_health, step_phases,
+    write_report,
+)
 
 # two steps; per-phase seconds chosen so every share is exact
 ROWS = [
@@ -16,17 +19,21 @@ ROWS = [
      "rollout/temperature": 1.0, "rollout/length_mean": 30.0, "rollout/length_correct_mean": None,
      "sampler/alloc_min": 4.0, "sampler/alloc_mean": 8.0, "sampler/alloc_max": 12.0, "rollout/count": 16.0, "rollout/tokens": 400.0,
      "time/generate": 2.0, "time/reward": 0.5, "time/train": 1.0, "time/sync": 0.25, "time/step": 4.0,
-     "reward/accuracy/unparsed_frac": 0.5, "reward/accuracy/timeout_frac": 0.0, "learner/pad_frac": 0.125},
+     "reward/accuracy/unparsed_frac": 0.5, "reward/accuracy/timeout_frac": 0.0, "learner/pad_frac": 0.125,
+     "yield/total_rollouts": 16.0, "yield/total_informative_tokens": 100.0},
     {"step": 1, "reward/mean": 0.75, "correct/mean": 0.5, "policy/entropy": 0.7, "policy/target_entropy": 0.8,
      "rollout/temperature": 1.1, "rollout/length_mean": 20.0, "rollout/length_correct_mean": 18.0,
      "sampler/alloc_min": 2.0, "sampler/alloc_mean": 8.0, "sampler/alloc_max": 14.0, "rollout/count": 16.0, "rollout/tokens": 600.0,
      "time/generate": 3.0, "time/reward": 0.5, "time/train": 1.5, "time/sync": 0.25, "time/step": 6.0,
      "eval/accuracy": 0.6, "eval/pass@4": 0.8, "eval/mean_length": 19.0,
-     "reward/accuracy/unparsed_frac": 0.25, "reward/accuracy/timeout_frac": 0.125, "learner/pad_frac": 0.0625},
+     "reward/accuracy/unparsed_frac": 0.25, "reward/accuracy/timeout_frac": 0.125, "learner/pad_frac": 0.0625,
+     "yield/total_rollouts": 32.0, "yield/total_informative_tokens": 250.0},
 ]
 SUMMARY = {"eval": {"before": {"accuracy": 0.5, "pass@4": 0.75, "num_prompts": 200, "temperature": 1.0},
                     "after": {"accuracy": 0.625, "pass@4": 0.875, "num_prompts": 200, "temperature": 1.0}},
-           "steps": 2, "wall_seconds": 42.0}
+           "steps": 2, "wall_seconds": 42.0,
+           "yield": {"rollouts": 32, "tokens": 1000, "informative_rollouts": 12, "informative_tokens": 250,
+                     "informative_rollout_frac": 0.375, "informative_token_frac": 0.25}}
 
 
 def make_run(tmp_path, rows=ROWS, summary=SUMMARY):
@@ -45,12 +52,12 @@ def test_other_is_step_time_minus_the_timed_phases(tmp_path):
     assert phases["generate"] == [2.0, 3.0]
 
 
-def test_report_writes_six_pngs_and_the_figures(tmp_path):
+def test_report_writes_seven_pngs_and_the_figures(tmp_path):
     run = make_run(tmp_path)
     assert main(["report", str(run)]) == 0
     out = run / "report"
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["entropy_temperature.png", "response_length.png", "reward_accuracy.png", "reward_health.png",
+    assert pngs == ["accuracy_by_compute.png", "entropy_temperature.png", "response_length.png", "reward_accuracy.png", "reward_health.png",
                     "rollout_allocation.png", "step_time.png"]
     for name in pngs:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -71,6 +78,7 @@ def test_report_writes_six_pngs_and_the_figures(tmp_path):
     # completions/s: 16/4 = 4 and 16/6 = 2.667, median 3.333; tokens/s: 400/4 = 600/6 = 100
     assert "Median step 5.000 s over 2 steps; 3.3 completions/s, 100 generated tokens/s." in md
     assert "2 RL steps in 42 s" in md
+    assert "Yield: 12 of 32 rollouts (37.5%) and 250 of 1,000 generated tokens (25.0%) carried learning signal." in md
     # sync shares 0.25/4 = 6.25% and 0.25/6 = 4.17%, median (their mean) 5.2%; pad_frac 12.5% and 6.25%
     assert "Weight sync (time/sync / time/step): median 5.2%, max 6.2% of a step." in md
     assert "Learner padding (learner/pad_frac): median 9.4%, max 12.5% of a step." in md
@@ -118,3 +126,15 @@ def test_missing_run_directory_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "metrics.jsonl: not found" in err
+
+
+def test_held_out_accuracy_is_plotted_against_rollouts_and_informative_tokens(tmp_path):
+    run = load_run(make_run(tmp_path))
+    # before RL at 0; step 1's eval (0.6) at its totals; after RL (0.625) at the last row's totals
+    assert held_out_by_compute(run, "yield/total_rollouts") == ([0.0, 32.0, 32.0], [0.5, 0.6, 0.625])
+    assert held_out_by_compute(run, "yield/total_informative_tokens") == ([0.0, 250.0, 250.0], [0.5, 0.6, 0.625])
+    fig, _, drawn = plot_accuracy_by_compute(run)
+    assert drawn and [ax.get_xlabel() for ax in fig.axes] == ["rollouts generated", "informative tokens generated"]
+    (tmp_path / "old").mkdir()
+    old = load_run(make_run(tmp_path / "old", [{k: v for k, v in r.items() if not k.startswith("yield/")} for r in ROWS]))
+    assert held_out_by_compute(old, "yield/total_rollouts") == ([], [])

@@ -9,6 +9,7 @@ import torch
 
 import in_process
 from rlqa import stages, trainer
+from rlqa.yields import YieldTotals, describe_yield
 from rlqa.config import SamplerConfig, validate_recipe
 from rlqa.data.example import Example
 from rlqa.length_history import LengthHistory
@@ -232,3 +233,50 @@ def test_dynamic_sampling_in_a_real_step_is_seeded_and_its_draws_are_in_the_samp
     # every prompt the rounds drew is in the checkpointed state, so a resumed run draws what follows them
     assert len(state["step_prompts"]) == metrics["sampler/prompts_generated"]
     assert metrics["rollout/count"] == 2 * metrics["sampler/prompts"]  # what trains: 2 rollouts per kept prompt
+
+
+def test_yield_counts_the_rollouts_and_tokens_of_groups_with_signal_step_by_step_and_in_total():
+    # batch(): a (lengths 2, 2) rewards 1, 0 → advantages ±0.71: informative; b alone → 0; c: rollout 3 dropped,
+    # kept 0.5, 0.25 → ±0.71: informative. Every rollout has 2 completion tokens.
+    b = batch()
+    b.rollouts[4] = rollout("c", 1, length=5)
+    stages.estimate_advantages(b, "grpo")
+    totals = YieldTotals()
+    metrics = stages.account_yield(b, totals)
+    # informative: a0, a1, c1 (5 tokens), c2 → 4 rollouts of 6, 2 + 2 + 5 + 2 = 11 tokens of 2·5 + 5 = 15
+    assert stages.informative_rollouts(b) == [0, 1, 4, 5]
+    assert metrics["yield/informative_rollouts"] == 4 and metrics["yield/informative_tokens"] == 11
+    assert metrics["yield/informative_rollout_frac"] == pytest.approx(4 / 6)
+    assert metrics["yield/informative_token_frac"] == pytest.approx(11 / 15)
+    # step 2, dynamic sampling: of a, b, c, d only a and c trained; their advantages are ±0.71; b, d constant, filtered
+    second = scored(1, {"a": [1.0, 0.0], "b": [1.0, 1.0], "c": [0.0, 0.5], "d": [0.0, 0.0]})
+    second.filtered = [False, True, False, True]
+    stages.estimate_advantages(second, "grpo")
+    metrics = stages.account_yield(second, totals)
+    assert metrics["yield/informative_rollouts"] == 4 and metrics["yield/informative_tokens"] == 8
+    assert metrics["yield/informative_rollout_frac"] == 0.5  # 4 of the 8 generated
+    # totals over both steps: 14 rollouts, 15 + 16 = 31 tokens; 8 informative rollouts, 11 + 8 = 19 tokens
+    assert (metrics["yield/total_rollouts"], metrics["yield/total_tokens"]) == (14, 31)
+    assert (metrics["yield/total_informative_rollouts"], metrics["yield/total_informative_tokens"]) == (8, 19)
+    assert metrics["yield/total_informative_token_frac"] == pytest.approx(19 / 31)
+    restored = YieldTotals()
+    restored.load_state_dict(totals.state_dict())
+    assert restored == totals
+    assert describe_yield(totals.summary()) == (
+        "yield: 8 of 14 rollouts (57.1%) and 19 of 31 generated tokens (61.3%) carried learning signal"
+    )
+
+
+def test_yield_of_a_token_level_estimator_counts_groups_whose_rewards_differ():
+    b = scored(0, {"a": [1.0, 0.0], "b": [0.5, 0.5]})
+    stages.estimate_advantages(b, "gae")  # the learner's: no outcome advantages here
+    assert stages.informative_rollouts(b) == [0, 1]
+
+
+def test_the_yield_line_example_holds():
+    import doctest
+
+    import rlqa.yields
+
+    result = doctest.testmod(rlqa.yields)
+    assert result.attempted == 1 and result.failed == 0
