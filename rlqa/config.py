@@ -270,6 +270,10 @@ class SamplerConfig(Section):
     )
     dynamic_sampling: bool = Field(False, description="DAPO: leave constant-reward groups out of the update; generate more prompts until rollout.prompts_per_step groups have signal")
     max_extra_rounds: int = Field(3, ge=0, description="cap on dynamic sampling's extra rounds of generation per step")
+    curriculum: Literal["none", "signal"] = Field(
+        "none", description="signal: draw each step's prompts with probability in proportion to their expected learning signal 1 - p^n - (1-p)^n (p: estimated pass rate, n: rollouts_per_prompt) instead of in epochs"
+    )
+    curriculum_floor: float = Field(0.05, gt=0, le=1, description="curriculum signal: no prompt's weight falls below this, so mastered and hopeless prompts come back rarely, not never")
 
     def phases(self) -> tuple[BoundsPhase, ...]:
         """The bounds schedule by share of the run, `e3` spelled out; empty without one."""
@@ -317,6 +321,15 @@ class SamplerConfig(Section):
         if isinstance(value, str) and value != "e3":
             raise ValueError(f"a list of phases, or the named schedule 'e3'; got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _curriculum_without_epochs(self) -> SamplerConfig:
+        if self.curriculum == "signal":
+            if self.estimator != "beta":
+                raise ValueError("curriculum 'signal' needs the online estimator (estimator: beta); the rank estimator moves only at epochs")
+            if self.schedule_delta or self.skip_mastered is not None:
+                raise ValueError("curriculum 'signal' has no epochs and weighs mastered prompts itself: leave out schedule_delta and skip_mastered")
+        return self
 
     @model_validator(mode="after")
     def _schedule_alone(self) -> SamplerConfig:

@@ -90,6 +90,12 @@ def _capped_shares(
         capped += 1
 
 
+def signal_weight(pass_rate: float, n: int, floor: float) -> float:
+    """The chance that a group of n rollouts at `pass_rate` has both a right and a wrong answer, so that its
+    advantages are not all zero: 1 - p^n - (1 - p)^n, at least `floor`."""
+    return max(1.0 - pass_rate**n - (1.0 - pass_rate) ** n, floor)
+
+
 def phase_starts(phases: Sequence[BoundsPhase], total_steps: int) -> list[tuple[int, int, int]]:
     """(first step, n_min, n_max) of each phase of a bounds schedule, steps counted from 0:
 
@@ -280,6 +286,11 @@ class RolloutSampler:
     `sampler.bounds_schedule` instead sets the bounds by step (`phase_starts`): for runs too short to see three
     epochs, `e3` holds the same three pairs over thirds of trainer.steps.
 
+    curriculum "signal" replaces the epochs: each draw takes prompts not yet in the step, without replacement, with
+    probability in proportion to w_i = max(1 - p_i^n - (1 - p_i)^n, floor) (`signal_weight`): the chance that a group
+    of n rollouts at pass rate p_i is informative. The keys are Efraimidis-Spirakis ones, log(u_i) / w_i, the
+    largest k drawn, with u from a Generator seeded by (seed, step, prompts the step already holds): nothing to store.
+
     skip_mastered: a drawn prompt whose estimated pass rate exceeds it is passed over (it still counts as seen this
     epoch), except with probability revisit_prob, and the next prompt in order takes its place. A step looks at no
     more than N prompts: once skipping would need more, the rest of it skips nothing.
@@ -316,6 +327,7 @@ class RolloutSampler:
             raise ValueError("a bounds schedule needs total_steps")
         self._phases = phase_starts(cfg.phases(), total_steps or 0)
         self._skip_mastered = cfg.skip_mastered
+        self._curriculum_floor = cfg.curriculum_floor if cfg.curriculum == "signal" else None
         self._revisit_prob = cfg.revisit_prob
         self._known = set(self._prompt_ids)
         self._estimator: DifficultyEstimator = (
@@ -370,7 +382,7 @@ class RolloutSampler:
                 f"{len(self._prompt_ids)} training prompts: lower the dynamic-sampling rounds or the prompts per step"
             )
         self._last_step = step
-        prompt_ids = self._draw(count)
+        prompt_ids = self._draw(count) if self._curriculum_floor is None else self._draw_by_signal(step, count)
         if self._phases:
             self._n_min, self._n_max = self.bounds_at(step)
         difficulty = [self._estimator.difficulty(prompt_id) for prompt_id in prompt_ids]
@@ -473,6 +485,15 @@ class RolloutSampler:
             else:
                 chosen.append(prompt_id)
         return chosen
+
+    def _draw_by_signal(self, step: int, count: int) -> list[str]:
+        held = set(self._step_prompts)
+        candidates = [p for p in self._prompt_ids if p not in held]
+        weights = np.array([signal_weight(self._estimator.pass_rate(p), self._rollouts_per_prompt, self._curriculum_floor) for p in candidates])
+        u = np.random.default_rng([self._seed, step, len(self._step_prompts)]).random(len(candidates))
+        keys = np.log(u) / weights  # Efraimidis-Spirakis: the k largest are a weighted draw without replacement
+        order = sorted(range(len(candidates)), key=lambda i: (-keys[i], i))
+        return [candidates[i] for i in order[:count]]
 
     def _is_skipped(self, prompt_id: str) -> bool:
         if self._skip_mastered is None or self._estimator.pass_rate(prompt_id) <= self._skip_mastered:

@@ -604,3 +604,71 @@ def test_state_round_trip_in_the_middle_of_a_step():
     # The refill must see what the step already drew (to defer it) and how much it already skipped.
     assert resumed.next_batch(0, num_prompts=4) == original.next_batch(0, num_prompts=4)
     assert resumed.metrics() == original.metrics()
+
+
+# ---------------------------------------------------------------------------------------------------------- curriculum
+
+
+def test_signal_weight_by_hand():
+    from rlqa.sampler import signal_weight
+
+    assert signal_weight(0.5, 4, 0.05) == pytest.approx(1 - 2 / 16)  # 1 - 0.5⁴ - 0.5⁴ = 0.875
+    assert signal_weight(0.9, 8, 0.05) == pytest.approx(1 - 0.43046721 - 1e-8)  # 0.9⁸ = 0.43046721
+    assert signal_weight(1.0, 8, 0.05) == 0.05 and signal_weight(0.0, 8, 0.05) == 0.05  # never informative: the floor
+
+
+def curriculum_sampler(**section) -> RolloutSampler:
+    """Three prompts, one drawn a step, 4 rollouts each; decay 1: the pass rate is (1 + successes) / (2 + trials)."""
+    cfg = SamplerConfig(curriculum="signal", allocation="uniform", decay=1.0, **section)
+    sampler = RolloutSampler(["easy", "half", "hard"], cfg, prompts_per_step=1, rollouts_per_prompt=4, seed=3)
+    sampler.update({"easy": [True] * 20, "half": [True, False] * 10, "hard": [False] * 60})
+    return sampler
+
+
+def test_curriculum_draws_in_proportion_to_expected_signal_and_brings_mastered_prompts_back_rarely():
+    sampler = curriculum_sampler(curriculum_floor=0.05)
+    # easy: p = 21/22 → w = 1 - (21/22)⁴ - (1/22)⁴ = 0.169789; half: p = 11/22 = 0.5 → w = 0.875;
+    # hard: p = 1/62 → w = 1 - (1/62)⁴ - (61/62)⁴ = 0.063003 (above the floor 0.05)
+    weights = {"easy": 0.169789, "half": 0.875, "hard": 0.063003}
+    draws = 6000
+    counts = {p: 0 for p in weights}
+    for step in range(draws):
+        [(prompt_id, n)] = sampler.next_batch(step)
+        counts[prompt_id] += 1
+        assert n == 4
+    total = sum(weights.values())
+    for prompt_id, w in weights.items():
+        share = w / total  # easy 0.1536, half 0.7894, hard 0.0570
+        assert abs(counts[prompt_id] / draws - share) < 4 * math.sqrt(share * (1 - share) / draws)
+    assert counts["easy"] > 0 and counts["hard"] > 0  # rarely, not never
+
+
+def test_curriculum_floor_sets_how_often_a_hopeless_prompt_comes_back():
+    def share_of_hard(floor: float) -> float:
+        sampler = curriculum_sampler(curriculum_floor=floor)
+        return sum(sampler.next_batch(step)[0][0] == "hard" for step in range(3000)) / 3000
+
+    # floor 0.5 lifts easy and hard to 0.5 each: hard's share 0.5 / 1.875 = 0.267; floor 0.05 leaves it at 0.057
+    assert share_of_hard(0.5) == pytest.approx(0.5 / 1.875, abs=0.03)
+    assert share_of_hard(0.05) == pytest.approx(0.063003 / 1.107792, abs=0.015)
+
+
+def test_curriculum_draws_are_seeded_hold_no_prompt_twice_and_resume_exactly():
+    cfg = SamplerConfig(curriculum="signal")
+    first = RolloutSampler(IDS, cfg, prompts_per_step=4, rollouts_per_prompt=8, seed=7)
+    batch = first.next_batch(0)
+    refill = first.next_batch(0, 3)  # dynamic sampling's extra round: 3 more, none of the 4 again
+    assert len({p for p, _ in batch + refill}) == 7
+    first.update(fake_outcomes(batch + refill, 0))
+    saved = json.loads(json.dumps(first.state_dict()))
+    resumed = RolloutSampler(IDS, cfg, prompts_per_step=4, rollouts_per_prompt=8, seed=7)
+    resumed.load_state_dict(saved)
+    assert [resumed.next_batch(s) for s in (1, 2)] == [first.next_batch(s) for s in (1, 2)]
+    other_seed = RolloutSampler(IDS, cfg, prompts_per_step=4, rollouts_per_prompt=8, seed=8)
+    assert other_seed.next_batch(0) != batch
+
+
+@pytest.mark.parametrize("section", [{"estimator": "rank"}, {"schedule_delta": 2}, {"skip_mastered": 0.9}])
+def test_curriculum_refuses_epoch_keys(section):
+    with pytest.raises(ValueError, match="curriculum"):
+        SamplerConfig(curriculum="signal", **section)
