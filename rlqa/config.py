@@ -244,6 +244,18 @@ class BoundsPhase(Section):
     n_max: int = Field(ge=1, description="most rollouts per prompt in the phase")
 
 
+class HintsConfig(Section):
+    """QuestA's hints: a prompt the policy (nearly) never solves is shown with the first lines of its reference
+    solution, a share that fades per prompt as it starts being solved and over the run (rlqa/hints.py)."""
+
+    column: str = Field("solution", description="where the reference solution is: 'solution' (the example's SFT solution) or a dataset column")
+    below: float = Field(0.1, gt=0, le=1, description="hint prompts whose estimated pass rate is below this (once the sampler has an estimate)")
+    fraction: float = Field(0.5, gt=0, lt=1, description="share of the solution's lines before its last (the answer) shown at first")
+    solved_at: float = Field(0.5, gt=0, le=1, description="a hinted group whose pass rate reaches this fades its prompt's hint")
+    fade: float = Field(0.5, ge=0, lt=1, description="each such group multiplies its prompt's hint share by this")
+    until: float = Field(0.8, gt=0, le=1, description="share of trainer.steps by which every hint has faded to nothing (linearly)")
+
+
 # E3's three epochs at (n_min, n_max) = (8, 8), (6, 10), (4, 12) (ALGORITHMS.md §4), as thirds of the run
 E3_BOUNDS = (
     BoundsPhase(from_fraction=0.0, n_min=8, n_max=8),
@@ -273,6 +285,7 @@ class SamplerConfig(Section):
     curriculum: Literal["none", "signal"] = Field(
         "none", description="signal: draw each step's prompts with probability in proportion to their expected learning signal 1 - p^n - (1-p)^n (p: estimated pass rate, n: rollouts_per_prompt) instead of in epochs"
     )
+    hints: HintsConfig | None = Field(None, description="QuestA hints for prompts the policy cannot solve (held-out evaluation never sees them)")
     curriculum_floor: float = Field(0.05, gt=0, le=1, description="curriculum signal: no prompt's weight falls below this, so mastered and hopeless prompts come back rarely, not never")
 
     def phases(self) -> tuple[BoundsPhase, ...]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from rlqa.config import BoundsPhase, SamplerConfig
 from rlqa.errors import UserError
+from rlqa.hints import HintSchedule, split_hinted
 from rlqa.rollout.seeding import stable_seed
 
 
@@ -306,9 +307,11 @@ class RolloutSampler:
         seed: int,
         priors: Mapping[str, float] | None = None,
         total_steps: int | None = None,
+        hint_lines: Mapping[str, int] | None = None,
     ):
         """`cfg` is the recipe's validated sampler section; `priors` the offline ranks in [0, 1) by prompt id;
-        `total_steps` (trainer.steps) places the phases of a bounds schedule."""
+        `total_steps` (trainer.steps) places the phases of a bounds schedule and the hints' fading; `hint_lines`
+        (with `cfg.hints`) how many solution lines each prompt's hint may show (rlqa.hints.schedule_lines)."""
         self._prompt_ids = list(prompt_ids)
         if len(set(self._prompt_ids)) != len(self._prompt_ids):
             raise ValueError("prompt ids must be unique")
@@ -328,6 +331,9 @@ class RolloutSampler:
         self._phases = phase_starts(cfg.phases(), total_steps or 0)
         self._skip_mastered = cfg.skip_mastered
         self._curriculum_floor = cfg.curriculum_floor if cfg.curriculum == "signal" else None
+        if cfg.hints is not None and (hint_lines is None or total_steps is None):
+            raise ValueError("hints need hint_lines and total_steps")
+        self._hints = None if cfg.hints is None else HintSchedule(cfg.hints, hint_lines, total_steps)
         self._revisit_prob = cfg.revisit_prob
         self._known = set(self._prompt_ids)
         self._estimator: DifficultyEstimator = (
@@ -344,6 +350,7 @@ class RolloutSampler:
         self._step_prompts: list[str] = []
         self._step_counts: list[int] = []
         self._step_skipped = 0
+        self._step_hinted = 0
 
     @property
     def epoch(self) -> int:
@@ -375,7 +382,7 @@ class RolloutSampler:
         if self._last_step is not None and step not in (self._last_step, self._last_step + 1):
             raise ValueError(f"sampler asked for step {step} after step {self._last_step}")
         if step != self._last_step:
-            self._step_prompts, self._step_counts, self._step_skipped = [], [], 0
+            self._step_prompts, self._step_counts, self._step_skipped, self._step_hinted = [], [], 0, 0
         if len(self._step_prompts) + count > len(self._prompt_ids):
             raise UserError(
                 f"step {step} would draw {len(self._step_prompts) + count} prompts, more than the "
@@ -389,15 +396,23 @@ class RolloutSampler:
         counts = allocate(difficulty, count * self._rollouts_per_prompt, self._n_min, self._n_max)
         self._step_prompts += prompt_ids
         self._step_counts += counts
+        if self._hints is not None:
+            drawn = [self._hints.choose(p, step, self.pass_rate(p), self.estimate(p) is not None) for p in prompt_ids]
+            self._step_hinted += sum(d != p for d, p in zip(drawn, prompt_ids))
+            prompt_ids = drawn
         return list(zip(prompt_ids, counts, strict=True))
 
     def update(self, outcomes: Mapping[str, Sequence[bool | None]]) -> None:
-        """Record whether each rollout was correct, per prompt id. None (no verdict) is left out of the counts."""
+        """Record whether each rollout was correct, per prompt id. None (no verdict) is left out of the counts. A
+        hinted group's outcomes fade its prompt's hint; they are not the plain prompt's pass rate."""
         for prompt_id, correct in outcomes.items():
-            if prompt_id not in self._known:
+            base, hint = split_hinted(prompt_id)
+            if base not in self._known or (hint and self._hints is None):
                 raise KeyError(f"unknown prompt id {prompt_id!r}")
             verdicts = [bool(c) for c in correct if c is not None]
-            if verdicts:
+            if hint:
+                self._hints.record(base, verdicts)
+            elif verdicts:
                 self._estimator.update(prompt_id, sum(verdicts), len(verdicts))
 
     def bounds_at(self, step: int) -> tuple[int, int]:
@@ -407,15 +422,16 @@ class RolloutSampler:
         return n_min, n_max
 
     def difficulty(self, prompt_id: str) -> float:
-        return self._estimator.difficulty(prompt_id)
+        return self._estimator.difficulty(split_hinted(prompt_id)[0])
 
     def estimate(self, prompt_id: str) -> float | None:
         """The live difficulty (0 easiest), None when the sampler knows nothing of the prompt yet: no outcome and no
-        offline rank. Rank estimator: E3's rank, which moves when an epoch begins; beta: 1 - estimated pass rate."""
-        return self._estimator.estimate(prompt_id)
+        offline rank. Rank estimator: E3's rank, which moves when an epoch begins; beta: 1 - estimated pass rate.
+        A hinted id reads its plain prompt's."""
+        return self._estimator.estimate(split_hinted(prompt_id)[0])
 
     def pass_rate(self, prompt_id: str) -> float:
-        return self._estimator.pass_rate(prompt_id)
+        return self._estimator.pass_rate(split_hinted(prompt_id)[0])
 
     def metrics(self) -> dict[str, float]:
         """Allocation of the last step (refills included), the current bounds and epoch."""
@@ -431,6 +447,8 @@ class RolloutSampler:
                 "sampler/alloc_max": float(max(self._step_counts)),
                 "sampler/skipped": float(self._step_skipped),
             }
+        if self._hints is not None:
+            metrics["sampler/hinted_prompts"] = float(self._step_hinted)
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
@@ -447,6 +465,7 @@ class RolloutSampler:
             "step_counts": list(self._step_counts),
             "step_skipped": self._step_skipped,
             "estimator": self._estimator.state_dict(),
+            **({} if self._hints is None else {"step_hinted": self._step_hinted, "hints": self._hints.state_dict()}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -466,6 +485,11 @@ class RolloutSampler:
         self._step_counts = list(state["step_counts"])
         self._step_skipped = state["step_skipped"]
         self._estimator.load_state_dict(state["estimator"])
+        if self._hints is not None:
+            if "hints" not in state:
+                raise UserError("the sampler checkpoint has no hint state: sampler.hints was added to the recipe; resume without it")
+            self._step_hinted = state["step_hinted"]
+            self._hints.load_state_dict(state["hints"])
 
     def _draw(self, count: int) -> list[str]:
         chosen: list[str] = []

@@ -43,6 +43,7 @@ from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
 from rlqa.errors import UserError
 from rlqa.evaluation import describe, evaluate, scorer
+from rlqa.hints import HintedExamples, HintedTokens, schedule_lines
 from rlqa.learner import lora
 from rlqa.learner.group import LearnerGroup, check_learner_gpus, start_learners
 from rlqa.length_history import LengthHistory
@@ -124,6 +125,7 @@ def rollout_sampler(recipe: Recipe, train: list[Example]) -> RolloutSampler:
         seed=recipe.trainer.seed,
         priors=priors or None,
         total_steps=recipe.trainer.steps,
+        hint_lines=None if recipe.sampler.hints is None else schedule_lines(train, recipe.sampler.hints),
     )
 
 
@@ -135,13 +137,16 @@ def build_driver(recipe: Recipe, run_dir: Path) -> Driver:
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
     train = build_examples(recipe.data.train, recipe, tokenizer, "data.train")
     test = build_examples(recipe.data.test, recipe, tokenizer, "data.test")
+    # a hinted prompt's example and tokens are made from its prompt's when first asked for (rlqa.hints)
+    examples = HintedExamples({e.prompt_id: e for e in train}, recipe.sampler.hints.column if recipe.sampler.hints else "solution")
+    tokens = {e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in train + test}
     return Driver(
         recipe=recipe,
         model_dir=model_dir,
         tokenizer=tokenizer,
-        train={e.prompt_id: e for e in train},
+        train=examples,
         test=test,
-        prompt_tokens={e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in train + test},
+        prompt_tokens=HintedTokens(tokens, examples, tokenizer),
         sampler=rollout_sampler(recipe, train),
         # steps=0 is an SFT-only run
         temperature=TemperatureController(recipe.temperature, vocab_size=len(tokenizer), total_steps=max(recipe.trainer.steps, 1)),

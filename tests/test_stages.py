@@ -280,3 +280,25 @@ def test_the_yield_line_example_holds():
 
     result = doctest.testmod(rlqa.yields)
     assert result.attempted == 1 and result.failed == 0
+
+
+def test_a_real_step_with_hints_generates_and_scores_the_hinted_prompts_as_their_own_groups(tmp_path, rewards):
+    raw = {
+        "model": {"tiny": TINY},
+        "data": {"train": {"task": "arithmetic", "size": 8, "levels": [3]}},  # 3 operands: 2 step lines, then the box
+        "rollout": {"prompts_per_step": 2, "rollouts_per_prompt": 2, "max_new_tokens": 6},
+        # below 1: every prompt the sampler has an estimate for (here: its offline rank) is hinted
+        "sampler": {"hints": {"column": "steps", "below": 1.0, "fraction": 0.5}},
+        "trainer": {"steps": 2},
+    }
+    c = in_process.components(validate_recipe(raw, source="test", base_dir=tmp_path), tmp_path, rewards)
+    metrics, samples = trainer.rl_step(c, 0)
+    # k = floor(0.5 · 1 · 2) = 1 line at step 0
+    assert metrics["sampler/hinted_prompts"] == 2.0
+    assert {s["prompt_id"].rpartition("#")[2] for s in samples} == {"hint1"}
+    for s in samples:
+        plain = c.driver.train[s["prompt_id"].rpartition("#")[0]]
+        first_line = plain.columns["steps"].splitlines()[0]
+        assert s["prompt"] == plain.prompt + first_line + "\n"
+        assert c.driver.prompt_tokens[s["prompt_id"]][: len(c.driver.prompt_tokens[plain.prompt_id])] == c.driver.prompt_tokens[plain.prompt_id]
+    assert metrics["rollout/count"] == 4 and "reward/accuracy" in metrics

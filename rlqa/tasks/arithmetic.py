@@ -253,10 +253,11 @@ def _example(problem: _Problem, level: int, split: str, *, verbose: bool, worked
     solution, value = _solution(problem, verbose, worked)
     if answer_only:
         solution = f"\\boxed{{{value}}}"
+    # "steps": the direct step-by-step solution whatever the SFT style, for hints (sampler.hints.column: steps)
     return Example(
         prompt_id=f"arith-{split}-{_sha(problem.text)[:12]}",
         prompt=f"{problem.text}=?\n",
         answer=str(value),
         solution=solution,
-        columns={"level": level, "rank": level_rank(level)},
+        columns={"level": level, "rank": level_rank(level), "steps": _solution(problem, verbose=False)[0]},
     )
