@@ -44,6 +44,16 @@ def step_of(ckpt: Path) -> int:
     return int(ckpt.name.removeprefix("step_"))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """`path` holds the old text or the new one, never a torn mix (a kill mid-write leaves only a temporary file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -129,9 +139,11 @@ def read_driver_state(ckpt: Path) -> dict:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's committed checkpoints, oldest first (temporary directories are not checkpoints)."""
+    """The run's committed checkpoints, oldest first by step number (not by name: step_100000000 comes after
+    step_99999999); temporary directories and other names are not checkpoints."""
     root = run_dir / "checkpoints"
-    return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()] if root.is_dir() else []
+    return sorted(found, key=step_of)
 
 
 def latest_good(run_dir: Path, warn=print) -> Path | None:
@@ -179,10 +191,12 @@ def is_better(value: float | None, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def prune(run_dir: Path, keep_last: int, keep: Path | None = None) -> None:
-    """Delete all but the newest `keep_last` checkpoints (and `keep`, e.g. the best one)."""
+def prune(run_dir: Path, keep_last: int, keep: tuple[Path | None, ...] = ()) -> None:
+    """Delete all but the newest `keep_last` checkpoints and those in `keep` (the one just saved, the best one):
+    whatever else the directory holds, the checkpoint a run has just committed is never the one deleted."""
+    kept = {p.resolve() for p in keep if p is not None}
     for ckpt in list_checkpoints(run_dir)[:-keep_last]:
-        if keep is None or ckpt.resolve() != keep.resolve():
+        if ckpt.resolve() not in kept:
             shutil.rmtree(ckpt)
 
 

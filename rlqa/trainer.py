@@ -252,7 +252,7 @@ def save_checkpoint(c: Components, step: int, summary: dict, metrics: dict | Non
     }
     final = checkpoint.commit(tmp, checkpoint.step_dir(c.run_dir, step), driver_state)
     keep = checkpoint.step_dir(c.run_dir, best["step"]) if best else None
-    checkpoint.prune(c.run_dir, c.recipe.checkpoint.keep_last, keep=keep)
+    checkpoint.prune(c.run_dir, c.recipe.checkpoint.keep_last, keep=(final, keep))
     return final
 
 
@@ -347,7 +347,8 @@ class _Interrupt:
 
 def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, address: str | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(to_yaml(recipe, with_base_dir=True))
+    if resume_from is None:  # a resumed run rewrites it only once its checkpoint has loaded (`_start`)
+        write_recipe(recipe, run_dir)
     quiet_hf()
     if not (sys.stdout.isatty() and sys.stderr.isatty()):  # a log file: Ray's "(Learner pid=...)" prefixes uncoloured
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
@@ -364,6 +365,11 @@ def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, add
             return _run(c, interrupt, resume_from, wall_start)
         finally:
             c.rewards.close()
+
+
+def write_recipe(recipe: Recipe, run_dir: Path) -> None:
+    """RUN_DIR/recipe.yaml, with every override: the file the printed resume command starts from."""
+    checkpoint.write_text_atomic(run_dir / "recipe.yaml", to_yaml(recipe, with_base_dir=True))
 
 
 def wait_for_resources(recipe: Recipe) -> None:
@@ -388,6 +394,7 @@ def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
         for change in checkpoint.recipe_changes(resume_from, recipe.model_dump(mode="json")):
             print(f"note: resuming with a changed recipe key, {change}", flush=True)
         start_step, summary = restore(c, resume_from)
+        write_recipe(recipe, c.run_dir)  # a resume that failed has left the run's recipe as it was
         checkpoint.discard_after(c.run_dir, start_step)
         print(f"resumed from {resume_from} (step {start_step})", flush=True)
         c.schedule.sync()

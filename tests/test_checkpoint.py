@@ -79,7 +79,7 @@ def test_auto_resume_with_only_bad_checkpoints_exits_2_naming_the_file(tmp_path,
 def test_prune_keeps_the_last_k_and_the_best(tmp_path):
     for step in range(1, 6):
         fake_checkpoint(tmp_path, step)
-    checkpoint.prune(tmp_path, keep_last=2, keep=checkpoint.step_dir(tmp_path, 2))
+    checkpoint.prune(tmp_path, keep_last=2, keep=(checkpoint.step_dir(tmp_path, 2),))
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000004", "step_00000005"]
 
 
