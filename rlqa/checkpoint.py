@@ -202,10 +202,16 @@ def prune(run_dir: Path, keep_last: int, keep: tuple[Path | None, ...] = ()) -> 
 
 def discard_after(run_dir: Path, step: int, say=print) -> None:
     """Resuming at `step` abandons what came after it: later checkpoints (they belong to a future this run will
-    rewrite, and auto-resume must not jump back into it) and unfinished temporary directories."""
+    rewrite, and auto-resume must not jump back into it) and unfinished temporary directories. Only the holder of
+    the run directory's lock may: then no other live run is writing them."""
+    from rlqa.rundir import holds_lock
+
+    if not holds_lock(run_dir):
+        raise RuntimeError(f"{run_dir}: discard_after without the run directory's lock")
     root = run_dir / "checkpoints"
     for tmp in root.glob(".tmp_step_*") if root.is_dir() else []:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir() and tmp.name[10:].isdigit():  # what `begin` makes, nothing else
+            shutil.rmtree(tmp, ignore_errors=True)
     for ckpt in list_checkpoints(run_dir):
         if step_of(ckpt) > step:
             say(f"removing {ckpt}: it comes after the checkpoint this run resumes from")

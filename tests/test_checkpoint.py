@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlqa import checkpoint
+from rlqa import checkpoint, rundir
 from rlqa.cli import main
 from rlqa.config import TinyModelConfig
 from rlqa.metrics import MetricsWriter, truncate_jsonl
@@ -95,7 +95,10 @@ def test_resuming_discards_later_checkpoints_and_unfinished_saves(tmp_path):
         fake_checkpoint(tmp_path, step)
     checkpoint.begin(tmp_path, 7)
     said = []
-    checkpoint.discard_after(tmp_path, 4, say=said.append)
+    with pytest.raises(RuntimeError, match="without the run directory's lock"):
+        checkpoint.discard_after(tmp_path, 4, say=said.append)
+    with rundir.locked(tmp_path):
+        checkpoint.discard_after(tmp_path, 4, say=said.append)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000004"]
     assert not list((tmp_path / "checkpoints").glob(".tmp_*"))
     assert len(said) == 1 and "step_00000006" in said[0]

@@ -83,3 +83,45 @@ def test_a_failed_resume_leaves_the_run_recipe_as_it_was(tmp_path, capsys):
     assert f"resuming from {checkpoint.step_dir(run, 1)}" in captured.out
     assert "the cluster cannot hold this recipe" in captured.err.strip().splitlines()[-1]
     assert (run / "recipe.yaml").read_text() == saved
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from rlqa import checkpoint, rundir
+with rundir.locked(Path(sys.argv[1])):
+    checkpoint.begin(Path(sys.argv[1]), 5)  # its checkpoint in progress
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_the_lock(run):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_second_run_on_a_locked_directory_exits_2_naming_the_holder_and_leaves_its_files(tmp_path, recipe, capsys):
+    run = tmp_path / "run"
+    fake_checkpoint(run, 4)
+    holder = hold_the_lock(run)
+    try:
+        for extra in ([], ["--resume"]):
+            assert main(["train", str(recipe), "--run-dir", str(run), *extra]) == 2
+            line = one_error_line(capsys)
+            assert line.startswith(f"rlqa: error: --run-dir {run}: in use by another rlqa run (pid {holder.pid}, started ")
+            assert line.endswith("); wait for it to end or stop it")
+        assert (run / "checkpoints" / ".tmp_step_00000005").is_dir()  # the live run's save is untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    # SIGKILL released the flock: the lock is free at once though the file still names the dead holder
+    assert json.loads((run / rundir.LOCK).read_text())["pid"] == holder.pid
+    with rundir.locked(run):
+        assert json.loads((run / rundir.LOCK).read_text())["pid"] == os.getpid()
+        assert rundir.holds_lock(run)
+        checkpoint.discard_after(run, 4, say=lambda m: None)  # the dead run's unfinished save goes
+    assert not rundir.holds_lock(run) and (run / rundir.LOCK).read_text() == ""
+    assert not (run / "checkpoints" / ".tmp_step_00000005").exists()
+    assert [checkpoint.step_of(p) for p in checkpoint.list_checkpoints(run)] == [4]
