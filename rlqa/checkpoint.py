@@ -96,6 +96,12 @@ def commit(tmp: Path, final: Path, driver_state: dict) -> Path:
     `step_*` that auto-resume could pick up.
     """
     (tmp / DRIVER_STATE).write_text(json.dumps(driver_state, sort_keys=True))
+    return seal(tmp, final)
+
+
+def seal(tmp: Path, final: Path) -> Path:
+    """Give a finished directory its manifest and rename it into place (a checkpoint, or RUN_DIR/final): a kill at
+    any moment leaves the old `final` or the new one, and a temporary directory that `verify` never accepts."""
     files = {
         p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
         for p in sorted(tmp.rglob("*"))
@@ -104,9 +110,14 @@ def commit(tmp: Path, final: Path, driver_state: dict) -> Path:
     (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
     for p in [*tmp.rglob("*"), tmp]:
         _fsync(p)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if final.exists():  # moved aside, not deleted first: there is always a complete one under some name
+        old = final.with_name(f".old_{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
     _fsync(final.parent)
     return final
 
@@ -115,27 +126,69 @@ def commit(tmp: Path, final: Path, driver_state: dict) -> Path:
 
 
 def verify(ckpt: Path) -> None:
-    """Raise CheckpointError naming the first file that is missing, truncated or altered."""
+    """Raise CheckpointError naming the first file that is missing, truncated, altered or not in the manifest.
+
+    The manifest must cover the directory exactly: a file it does not list (a weight file slipped in, or a
+    manifest trimmed to leave a corrupt file out) fails as surely as a listed one that changed. A malformed
+    manifest is a bad checkpoint too, never a crash."""
+    try:
+        files = _manifest_files(ckpt)
+        present = {p.relative_to(ckpt).as_posix(): p for p in ckpt.rglob("*") if not p.is_dir() or p.is_symlink()}
+        present.pop(MANIFEST)
+        for name, path in sorted(present.items()):
+            if name not in files:
+                raise CheckpointError(f"{path}: not in the manifest (an added file, or a trimmed manifest)")
+            if path.is_symlink() or not path.is_file():
+                raise CheckpointError(f"{path}: not a regular file")
+        for name, meta in files.items():
+            path = ckpt / name
+            if name not in present:
+                raise CheckpointError(f"{path}: missing")
+            size = path.stat().st_size
+            if size != meta["bytes"]:
+                raise CheckpointError(f"{path}: truncated or altered ({size} bytes, the manifest says {meta['bytes']})")
+            if _sha256(path) != meta["sha256"]:
+                raise CheckpointError(f"{path}: checksum mismatch (corrupt)")
+    except OSError as err:  # unreadable (permissions, I/O error): as bad as corrupt
+        raise CheckpointError(f"{err.filename or ckpt}: cannot be read ({err.strerror or err})") from None
+
+
+def _manifest_files(ckpt: Path) -> dict[str, dict]:
+    """The manifest's `files`, each name a relative path inside the checkpoint with an integer size and a SHA-256."""
     manifest = ckpt / MANIFEST
     if not manifest.is_file():
         raise CheckpointError(f"{ckpt}: no {MANIFEST} (not a checkpoint, or an incomplete one)")
     try:
-        files = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        data = json.loads(manifest.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{manifest}: unreadable manifest (not UTF-8: byte {err.start})") from None
+    except json.JSONDecodeError as err:
         raise CheckpointError(f"{manifest}: unreadable manifest ({err})") from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{manifest}: unreadable manifest (expected {{\"files\": {{name: {{bytes, sha256}}, ...}}}})")
     for name, meta in files.items():
-        path = ckpt / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing")
-        size = path.stat().st_size
-        if size != meta["bytes"]:
-            raise CheckpointError(f"{path}: truncated or altered ({size} bytes, the manifest says {meta['bytes']})")
-        if _sha256(path) != meta["sha256"]:
-            raise CheckpointError(f"{path}: checksum mismatch (corrupt)")
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts or name != Path(name).as_posix() or name == MANIFEST:
+            raise CheckpointError(f"{manifest}: unreadable manifest (entry {name!r} is not a file inside the checkpoint)")
+        if not (
+            isinstance(meta, dict) and type(meta.get("bytes")) is int and meta["bytes"] >= 0
+            and isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64
+        ):
+            raise CheckpointError(f"{manifest}: unreadable manifest (entry {name!r}: expected {{bytes, sha256}}, got {meta!r:.60})")
+    return files
 
 
 def read_driver_state(ckpt: Path) -> dict:
-    return json.loads((ckpt / DRIVER_STATE).read_text())
+    """The driver's state of a verified checkpoint; one that is no JSON object is a bad checkpoint."""
+    path = ckpt / DRIVER_STATE
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return state
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -151,6 +204,7 @@ def latest_good(run_dir: Path, warn=print) -> Path | None:
     for ckpt in reversed(list_checkpoints(run_dir)):
         try:
             verify(ckpt)
+            read_driver_state(ckpt)
             return ckpt
         except CheckpointError as err:
             warn(f"skipping bad checkpoint: {err}")

@@ -459,8 +459,31 @@ def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_st
     if recipe.trainer.eval_after:
         summary["eval"]["after"] = run_eval(c)
         print(f"held-out after RL:  {describe(summary['eval']['after'])}", flush=True)
-    ray.get(c.learner.save_pretrained(str(c.run_dir / "final")))
+    save_final(c)
     summary["steps"] = step
     summary["wall_seconds"] = time.perf_counter() - wall_start
-    (c.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    pause_for_kill_test("summary")
+    checkpoint.write_text_atomic(c.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def save_final(c: Components) -> Path:
+    """RUN_DIR/final, the trained policy as a Hugging Face directory, with a manifest (`rlqa eval` verifies it),
+    written under a temporary name and renamed into place: complete or absent, like a checkpoint."""
+    tmp = c.run_dir / ".tmp_final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ray.get(c.learner.save_pretrained(str(tmp)))
+    pause_for_kill_test("final")
+    return checkpoint.seal(tmp, c.run_dir / "final")
+
+
+PAUSE_VARIABLE = "RLQA_TEST_PAUSE_AT"
+
+
+def pause_for_kill_test(point: str) -> None:
+    """A fault-injection point for the kill tests: with RLQA_TEST_PAUSE_AT=<point> the driver says so on stderr
+    and waits there (half-way through writing final/ or summary.json) until it is killed. Unset: nothing."""
+    if os.environ.get(PAUSE_VARIABLE) == point:
+        os.write(2, f"rlqa: paused at {point}\n".encode())
+        while True:
+            time.sleep(1.0)

@@ -75,14 +75,20 @@ def test_a_failed_resume_leaves_the_run_recipe_as_it_was(tmp_path, capsys):
     printed resume command starts from, keeps what it held, not the failed command's overrides."""
     run = tmp_path / "run"
     fake_checkpoint(run, 1)
+    newest = fake_checkpoint(run, 2)  # a corrupt policy, left out of a trimmed manifest: --resume takes step 1
+    (newest / "policy.safetensors").write_bytes(b"corrupt")
+    (newest / checkpoint.MANIFEST).write_text(json.dumps({"files": {"driver.json": json.loads(
+        (newest / checkpoint.MANIFEST).read_text())["files"]["driver.json"]}}))
     saved = "trainer: {steps: 2}\nlogging: {progress: false}\n"
     (run / "recipe.yaml").write_text(saved)
     args = ["train", str(run / "recipe.yaml"), "--run-dir", str(run), "--resume", "ray.num_cpus=1", "rollout.workers=3"]
     assert main(args) == 2
     captured = capsys.readouterr()
     assert f"resuming from {checkpoint.step_dir(run, 1)}" in captured.out
+    assert f"skipping bad checkpoint: {newest / 'policy.safetensors'}: not in the manifest" in captured.err
     assert "the cluster cannot hold this recipe" in captured.err.strip().splitlines()[-1]
     assert (run / "recipe.yaml").read_text() == saved
+    assert checkpoint.step_dir(run, 2).exists()  # a bad checkpoint is skipped, not deleted
 
 
 HOLD_LOCK = """
