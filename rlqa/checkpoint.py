@@ -44,6 +44,16 @@ def step_of(ckpt: Path) -> int:
     return int(ckpt.name.removeprefix("step_"))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """`path` holds the old text or the new one, never a torn mix (a kill mid-write leaves only a temporary file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -86,6 +96,12 @@ def commit(tmp: Path, final: Path, driver_state: dict) -> Path:
     `step_*` that auto-resume could pick up.
     """
     (tmp / DRIVER_STATE).write_text(json.dumps(driver_state, sort_keys=True))
+    return seal(tmp, final)
+
+
+def seal(tmp: Path, final: Path) -> Path:
+    """Give a finished directory its manifest and rename it into place (a checkpoint, or RUN_DIR/final): a kill at
+    any moment leaves the old `final` or the new one, and a temporary directory that `verify` never accepts."""
     files = {
         p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
         for p in sorted(tmp.rglob("*"))
@@ -94,9 +110,14 @@ def commit(tmp: Path, final: Path, driver_state: dict) -> Path:
     (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
     for p in [*tmp.rglob("*"), tmp]:
         _fsync(p)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if final.exists():  # moved aside, not deleted first: there is always a complete one under some name
+        old = final.with_name(f".old_{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
     _fsync(final.parent)
     return final
 
@@ -105,33 +126,77 @@ def commit(tmp: Path, final: Path, driver_state: dict) -> Path:
 
 
 def verify(ckpt: Path) -> None:
-    """Raise CheckpointError naming the first file that is missing, truncated or altered."""
+    """Raise CheckpointError naming the first file that is missing, truncated, altered or not in the manifest.
+
+    The manifest must cover the directory exactly: a file it does not list (a weight file slipped in, or a
+    manifest trimmed to leave a corrupt file out) fails as surely as a listed one that changed. A malformed
+    manifest is a bad checkpoint too, never a crash."""
+    try:
+        files = _manifest_files(ckpt)
+        present = {p.relative_to(ckpt).as_posix(): p for p in ckpt.rglob("*") if not p.is_dir() or p.is_symlink()}
+        present.pop(MANIFEST)
+        for name, path in sorted(present.items()):
+            if name not in files:
+                raise CheckpointError(f"{path}: not in the manifest (an added file, or a trimmed manifest)")
+            if path.is_symlink() or not path.is_file():
+                raise CheckpointError(f"{path}: not a regular file")
+        for name, meta in files.items():
+            path = ckpt / name
+            if name not in present:
+                raise CheckpointError(f"{path}: missing")
+            size = path.stat().st_size
+            if size != meta["bytes"]:
+                raise CheckpointError(f"{path}: truncated or altered ({size} bytes, the manifest says {meta['bytes']})")
+            if _sha256(path) != meta["sha256"]:
+                raise CheckpointError(f"{path}: checksum mismatch (corrupt)")
+    except OSError as err:  # unreadable (permissions, I/O error): as bad as corrupt
+        raise CheckpointError(f"{err.filename or ckpt}: cannot be read ({err.strerror or err})") from None
+
+
+def _manifest_files(ckpt: Path) -> dict[str, dict]:
+    """The manifest's `files`, each name a relative path inside the checkpoint with an integer size and a SHA-256."""
     manifest = ckpt / MANIFEST
     if not manifest.is_file():
         raise CheckpointError(f"{ckpt}: no {MANIFEST} (not a checkpoint, or an incomplete one)")
     try:
-        files = json.loads(manifest.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        data = json.loads(manifest.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{manifest}: unreadable manifest (not UTF-8: byte {err.start})") from None
+    except json.JSONDecodeError as err:
         raise CheckpointError(f"{manifest}: unreadable manifest ({err})") from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{manifest}: unreadable manifest (expected {{\"files\": {{name: {{bytes, sha256}}, ...}}}})")
     for name, meta in files.items():
-        path = ckpt / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing")
-        size = path.stat().st_size
-        if size != meta["bytes"]:
-            raise CheckpointError(f"{path}: truncated or altered ({size} bytes, the manifest says {meta['bytes']})")
-        if _sha256(path) != meta["sha256"]:
-            raise CheckpointError(f"{path}: checksum mismatch (corrupt)")
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts or name != Path(name).as_posix() or name == MANIFEST:
+            raise CheckpointError(f"{manifest}: unreadable manifest (entry {name!r} is not a file inside the checkpoint)")
+        if not (
+            isinstance(meta, dict) and type(meta.get("bytes")) is int and meta["bytes"] >= 0
+            and isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64
+        ):
+            raise CheckpointError(f"{manifest}: unreadable manifest (entry {name!r}: expected {{bytes, sha256}}, got {meta!r:.60})")
+    return files
 
 
 def read_driver_state(ckpt: Path) -> dict:
-    return json.loads((ckpt / DRIVER_STATE).read_text())
+    """The driver's state of a verified checkpoint; one that is no JSON object is a bad checkpoint."""
+    path = ckpt / DRIVER_STATE
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return state
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's committed checkpoints, oldest first (temporary directories are not checkpoints)."""
+    """The run's committed checkpoints, oldest first by step number (not by name: step_100000000 comes after
+    step_99999999); temporary directories and other names are not checkpoints."""
     root = run_dir / "checkpoints"
-    return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()] if root.is_dir() else []
+    return sorted(found, key=step_of)
 
 
 def latest_good(run_dir: Path, warn=print) -> Path | None:
@@ -139,6 +204,7 @@ def latest_good(run_dir: Path, warn=print) -> Path | None:
     for ckpt in reversed(list_checkpoints(run_dir)):
         try:
             verify(ckpt)
+            read_driver_state(ckpt)
             return ckpt
         except CheckpointError as err:
             warn(f"skipping bad checkpoint: {err}")
@@ -179,19 +245,27 @@ def is_better(value: float | None, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def prune(run_dir: Path, keep_last: int, keep: Path | None = None) -> None:
-    """Delete all but the newest `keep_last` checkpoints (and `keep`, e.g. the best one)."""
+def prune(run_dir: Path, keep_last: int, keep: tuple[Path | None, ...] = ()) -> None:
+    """Delete all but the newest `keep_last` checkpoints and those in `keep` (the one just saved, the best one):
+    whatever else the directory holds, the checkpoint a run has just committed is never the one deleted."""
+    kept = {p.resolve() for p in keep if p is not None}
     for ckpt in list_checkpoints(run_dir)[:-keep_last]:
-        if keep is None or ckpt.resolve() != keep.resolve():
+        if ckpt.resolve() not in kept:
             shutil.rmtree(ckpt)
 
 
 def discard_after(run_dir: Path, step: int, say=print) -> None:
     """Resuming at `step` abandons what came after it: later checkpoints (they belong to a future this run will
-    rewrite, and auto-resume must not jump back into it) and unfinished temporary directories."""
+    rewrite, and auto-resume must not jump back into it) and unfinished temporary directories. Only the holder of
+    the run directory's lock may: then no other live run is writing them."""
+    from rlqa.rundir import holds_lock
+
+    if not holds_lock(run_dir):
+        raise RuntimeError(f"{run_dir}: discard_after without the run directory's lock")
     root = run_dir / "checkpoints"
     for tmp in root.glob(".tmp_step_*") if root.is_dir() else []:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir() and tmp.name[10:].isdigit():  # what `begin` makes, nothing else
+            shutil.rmtree(tmp, ignore_errors=True)
     for ckpt in list_checkpoints(run_dir):
         if step_of(ckpt) > step:
             say(f"removing {ckpt}: it comes after the checkpoint this run resumes from")

@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from rlqa import checkpoint
+    from rlqa import checkpoint, rundir
     from rlqa.config import load_recipe
     from rlqa.metrics import require_sinks
 
@@ -72,6 +72,15 @@ def _train(args) -> int:
     if args.resume_from is not None and args.run_dir is None:  # continue in the run the checkpoint belongs to
         args.run_dir = args.resume_from.parent.parent
     run_dir = args.run_dir or Path(recipe.trainer.output_dir) / f"{Path(args.recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir}: exists and is not a directory")
+    with rundir.locked(run_dir):  # one run per directory, for as long as this one lives
+        return _train_locked(args, recipe, run_dir)
+
+
+def _train_locked(args, recipe, run_dir: Path) -> int:
+    from rlqa import checkpoint, rundir
+
     resume_from = None
     if args.resume:  # the same command starts a run and continues it after any stop (preemption, requeue, crash)
         resume_from = checkpoint.latest_good(run_dir, warn=lambda m: print(m, file=sys.stderr))
@@ -87,6 +96,8 @@ def _train(args) -> int:
             checkpoint.verify(resume_from)
         except checkpoint.CheckpointError as err:
             raise UserError(f"--resume-from: {err}") from None
+    else:  # a fresh run: never over another run's logs and checkpoints
+        rundir.refuse_fresh_start(run_dir)
     from rlqa.yields import describe_yield
     from rlqa.trainer import RunStopped, train
 

@@ -7,6 +7,7 @@ so its numbers are comparable with a run's summary.json.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -163,9 +164,14 @@ def resolve_target(target: Path, scratch: Path) -> tuple[Path, Recipe]:
         raise UserError(f"{target}: no such file or directory")
     if (target / "recipe.yaml").is_file():  # a run directory: its final policy, else its newest good checkpoint
         recipe = _recipe_of(target)
-        if (target / "final" / "config.json").is_file():
-            return target / "final", recipe
-        ckpt = checkpoint.latest_good(target)
+        final = target / "final"
+        if final.is_dir():
+            try:
+                checkpoint.verify(final)
+                return final, recipe
+            except checkpoint.CheckpointError as err:  # torn, altered, or from before final/ had a manifest
+                print(f"skipping final/: {err}", file=sys.stderr)
+        ckpt = checkpoint.latest_good(target, warn=lambda m: print(m, file=sys.stderr))
         if ckpt is None:
             raise UserError(f"{target}: the run has neither final/ nor a usable checkpoint")
         return _checkpoint_model(ckpt, recipe, scratch), recipe

@@ -261,7 +261,7 @@ def save_checkpoint(c: Components, step: int, summary: dict, metrics: dict | Non
     }
     final = checkpoint.commit(tmp, checkpoint.step_dir(c.run_dir, step), driver_state)
     keep = checkpoint.step_dir(c.run_dir, best["step"]) if best else None
-    checkpoint.prune(c.run_dir, c.recipe.checkpoint.keep_last, keep=keep)
+    checkpoint.prune(c.run_dir, c.recipe.checkpoint.keep_last, keep=(final, keep))
     return final
 
 
@@ -357,7 +357,8 @@ class _Interrupt:
 
 def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, address: str | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(to_yaml(recipe, with_base_dir=True))
+    if resume_from is None:  # a resumed run rewrites it only once its checkpoint has loaded (`_start`)
+        write_recipe(recipe, run_dir)
     quiet_hf()
     if not (sys.stdout.isatty() and sys.stderr.isatty()):  # a log file: Ray's "(Learner pid=...)" prefixes uncoloured
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
@@ -374,6 +375,11 @@ def train(recipe: Recipe, run_dir: Path, *, resume_from: Path | None = None, add
             return _run(c, interrupt, resume_from, wall_start)
         finally:
             c.rewards.close()
+
+
+def write_recipe(recipe: Recipe, run_dir: Path) -> None:
+    """RUN_DIR/recipe.yaml, with every override: the file the printed resume command starts from."""
+    checkpoint.write_text_atomic(run_dir / "recipe.yaml", to_yaml(recipe, with_base_dir=True))
 
 
 def wait_for_resources(recipe: Recipe) -> None:
@@ -398,6 +404,7 @@ def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
         for change in checkpoint.recipe_changes(resume_from, recipe.model_dump(mode="json")):
             print(f"note: resuming with a changed recipe key, {change}", flush=True)
         start_step, summary = restore(c, resume_from)
+        write_recipe(recipe, c.run_dir)  # a resume that failed has left the run's recipe as it was
         checkpoint.discard_after(c.run_dir, start_step)
         print(f"resumed from {resume_from} (step {start_step})", flush=True)
         c.schedule.sync()
@@ -462,9 +469,32 @@ def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_st
     if recipe.trainer.eval_after:
         summary["eval"]["after"] = run_eval(c)
         print(f"held-out after RL:  {describe(summary['eval']['after'])}", flush=True)
-    ray.get(c.learner.save_pretrained(str(c.run_dir / "final")))
+    save_final(c)
     summary["steps"] = step
     summary["yield"] = c.driver.yields.summary()
     summary["wall_seconds"] = time.perf_counter() - wall_start
-    (c.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    pause_for_kill_test("summary")
+    checkpoint.write_text_atomic(c.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def save_final(c: Components) -> Path:
+    """RUN_DIR/final, the trained policy as a Hugging Face directory, with a manifest (`rlqa eval` verifies it),
+    written under a temporary name and renamed into place: complete or absent, like a checkpoint."""
+    tmp = c.run_dir / ".tmp_final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ray.get(c.learner.save_pretrained(str(tmp)))
+    pause_for_kill_test("final")
+    return checkpoint.seal(tmp, c.run_dir / "final")
+
+
+PAUSE_VARIABLE = "RLQA_TEST_PAUSE_AT"
+
+
+def pause_for_kill_test(point: str) -> None:
+    """A fault-injection point for the kill tests: with RLQA_TEST_PAUSE_AT=<point> the driver says so on stderr
+    and waits there (half-way through writing final/ or summary.json) until it is killed. Unset: nothing."""
+    if os.environ.get(PAUSE_VARIABLE) == point:
+        os.write(2, f"rlqa: paused at {point}\n".encode())
+        while True:
+            time.sleep(1.0)

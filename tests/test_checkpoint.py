@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlqa import checkpoint
+from rlqa import checkpoint, rundir
 from rlqa.cli import main
 from rlqa.config import TinyModelConfig
 from rlqa.metrics import MetricsWriter, truncate_jsonl
@@ -79,7 +79,7 @@ def test_auto_resume_with_only_bad_checkpoints_exits_2_naming_the_file(tmp_path,
 def test_prune_keeps_the_last_k_and_the_best(tmp_path):
     for step in range(1, 6):
         fake_checkpoint(tmp_path, step)
-    checkpoint.prune(tmp_path, keep_last=2, keep=checkpoint.step_dir(tmp_path, 2))
+    checkpoint.prune(tmp_path, keep_last=2, keep=(checkpoint.step_dir(tmp_path, 2),))
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000004", "step_00000005"]
 
 
@@ -95,7 +95,10 @@ def test_resuming_discards_later_checkpoints_and_unfinished_saves(tmp_path):
         fake_checkpoint(tmp_path, step)
     checkpoint.begin(tmp_path, 7)
     said = []
-    checkpoint.discard_after(tmp_path, 4, say=said.append)
+    with pytest.raises(RuntimeError, match="without the run directory's lock"):
+        checkpoint.discard_after(tmp_path, 4, say=said.append)
+    with rundir.locked(tmp_path):
+        checkpoint.discard_after(tmp_path, 4, say=said.append)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000004"]
     assert not list((tmp_path / "checkpoints").glob(".tmp_*"))
     assert len(said) == 1 and "step_00000006" in said[0]
@@ -179,3 +182,66 @@ def test_the_best_checkpoint_moves_only_when_a_step_beats_it(mode, expected_step
     assert steps == expected_steps
     assert summary["best_checkpoint"] == {"step": expected_steps[-1], "metric": "eval/accuracy", "value": values[expected_steps[-1] - 1]}
     assert track_best(Recipe(), {}, 1, {"eval/accuracy": 1.0}) is None  # no best_metric: only the last K are kept
+
+
+def test_a_trimmed_manifest_does_not_hide_a_corrupt_file_and_resume_takes_the_previous_checkpoint(tmp_path):
+    older = fake_checkpoint(tmp_path, 1)
+    newer = fake_checkpoint(tmp_path, 2)
+    (newer / "policy.safetensors").write_bytes(b"corrupt!")
+    manifest = json.loads((newer / checkpoint.MANIFEST).read_text())
+    del manifest["files"]["policy.safetensors"]  # the corrupt file left out: everything listed still checks out
+    (newer / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(checkpoint.CheckpointError, match=r"step_00000002/policy.safetensors: not in the manifest"):
+        checkpoint.verify(newer)
+    (newer / "policy.safetensors").unlink()
+    (newer / "hf" / "extra.safetensors").write_bytes(b"")  # an added file is as bad
+    with pytest.raises(checkpoint.CheckpointError, match=r"step_00000002/hf/extra.safetensors: not in the manifest"):
+        checkpoint.verify(newer)
+    warnings = []
+    assert checkpoint.latest_good(tmp_path, warn=warnings.append) == older
+    assert warnings == [f"skipping bad checkpoint: {newer / 'hf' / 'extra.safetensors'}: not in the manifest (an added file, or a trimmed manifest)"]
+
+
+MALFORMED = {
+    "empty object": (b"{}", "expected"),
+    "a number": (b"5", "expected"),
+    "files a list": (b'{"files": []}', "expected"),
+    "no files": (b'{"files": {}}', "expected"),
+    "an entry not an object": (b'{"files": {"driver.json": 5}}', "entry 'driver.json': expected {bytes, sha256}, got 5"),
+    "a size as text": (b'{"files": {"driver.json": {"bytes": "7", "sha256": "' + b"0" * 64 + b'"}}}', "entry 'driver.json'"),
+    "a path outside": (b'{"files": {"../x": {"bytes": 1, "sha256": "' + b"0" * 64 + b'"}}}', "entry '../x' is not a file inside"),
+    "not UTF-8": (b'{"files": {"\xff": 1}}', "not UTF-8: byte 12"),
+    "not JSON": (b'{"files": ', "Expecting value"),
+}
+
+
+@pytest.mark.parametrize("content", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_manifest_is_a_bad_checkpoint_never_a_crash(tmp_path, content):
+    raw, message = content
+    older = fake_checkpoint(tmp_path, 1)
+    newer = fake_checkpoint(tmp_path, 2)
+    (newer / checkpoint.MANIFEST).write_bytes(raw)
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable manifest") as err:
+        checkpoint.verify(newer)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    warnings = []
+    assert checkpoint.latest_good(tmp_path, warn=warnings.append) == older  # the previous good one, no traceback
+    assert len(warnings) == 1 and str(newer / checkpoint.MANIFEST) in warnings[0]
+
+
+def test_a_driver_state_that_is_no_object_is_a_bad_checkpoint(tmp_path):
+    older = fake_checkpoint(tmp_path, 1)
+    tmp = checkpoint.begin(tmp_path, 2)
+    checkpoint.commit(tmp, checkpoint.step_dir(tmp_path, 2), [])  # verifies, but holds no state
+    assert checkpoint.latest_good(tmp_path, warn=lambda m: None) == older
+
+
+def test_seal_replaces_a_directory_whole_and_leaves_no_temporary_one(tmp_path):
+    for text in ("old", "new"):
+        tmp = tmp_path / ".tmp_final"
+        tmp.mkdir()
+        (tmp / "config.json").write_text(text)
+        checkpoint.seal(tmp, tmp_path / "final")
+    checkpoint.verify(tmp_path / "final")
+    assert (tmp_path / "final" / "config.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
