@@ -27,7 +27,7 @@ import inspect
 import logging
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -414,16 +414,24 @@ def _call_reward(functions: list[Callable], task: tuple) -> list[float | None] |
     if per_sample:
         scores, parsed, answers = zip(*values)
         return [_as_float(value, i) for i, value in enumerate(scores)], [bool(f) for f in parsed], list(answers)
-    if hasattr(values, "tolist"):  # a NumPy array or a torch tensor
+    if hasattr(values, "tolist") and getattr(values, "ndim", 0) >= 1:  # a NumPy array or a torch tensor
         values = values.tolist()
+    if isinstance(values, Iterator):  # TRL iterates the return value, so a generator works there too
+        values = list(values)
     if not isinstance(values, (list, tuple)):
         return type(values).__name__
     return [_as_float(value, i) for i, value in enumerate(values)]
 
 
 def _as_float(value: Any, index: int) -> float | None:
+    """A value as TRL takes it (`torch.tensor(values, dtype=float32)`): None, a bool or a number, and also NumPy's
+    scalars (np.bool_, np.float32, np.int64, ...) and 0-d arrays or tensors, read with `.item()`."""
     if value is None:
         return None
-    if isinstance(value, numbers.Real):
+    if isinstance(value, (bool, numbers.Real)):
         return float(value)
+    if callable(getattr(value, "item", None)) and tuple(getattr(value, "shape", (None,))) == ():
+        item = value.item()
+        if isinstance(item, (bool, numbers.Real)):
+            return float(item)
     raise TypeError(f"value {index} has type {type(value).__name__}, not a number or None")
