@@ -9,6 +9,9 @@ term on the whole batch under the term's deadline. The built-in correctness rewa
 instead one task per completion, each under its own deadline (`verify_deadline_s`, default 5 s) and all under the
 term's deadline as the batch's: a hung answer costs its own sample, never the batch.
 
+A total that is not finite though its terms are (1e308 x 10) is zeroed, or dropped under failure_value="drop", and
+counted in `reward/nonfinite_total`.
+
 A failed sample (error, timeout, NaN/inf, wrong-length return) scores 0 (failure_value="zero") or is dropped
 (failure_value="drop": its total is NaN and the caller removes it from its group); failures are counted in metrics,
 the first of each kind per term is logged, and strict=True turns any failure into a `RewardError`.
@@ -24,7 +27,7 @@ import inspect
 import logging
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -280,6 +283,24 @@ class RewardPipeline:
             if result.parsed is not None:
                 metrics[f"reward/{term.name}/unparsed_frac"] = result.parsed.count(False) / batch if batch else 0.0
         total = [math.nan if dropped[i] else _weighted_sum(self.terms, terms, i) for i in range(batch)]
+        # Finite terms can still sum to inf (1e308 x 10, an infinite weight given in code) or NaN (inf - inf), which
+        # would make every advantage of the group NaN: such a total is zeroed, or dropped with failure_value="drop".
+        nonfinite = [i for i in range(batch) if not dropped[i] and not math.isfinite(total[i])]
+        for i in nonfinite:
+            if drop:
+                dropped[i], total[i] = True, math.nan
+                for values in terms.values():
+                    values[i] = math.nan
+            else:
+                total[i] = 0.0
+        metrics["reward/nonfinite_total"] = float(len(nonfinite))
+        if nonfinite and "nonfinite_total" not in {kind for _, kind in self._logged}:
+            self._logged.add(("", "nonfinite_total"))
+            logger.warning(
+                "the weighted sum of the reward terms is not finite for %d of %d samples (first: sample %d); "
+                "they score %s (later ones counted in reward/nonfinite_total)",
+                len(nonfinite), batch, nonfinite[0], "nothing and are dropped" if drop else "0",
+            )
         metrics["reward/mean"] = _nanmean(total)
         if self._correctness is not None:
             known = [value for value in correct if value is not None]
@@ -393,16 +414,24 @@ def _call_reward(functions: list[Callable], task: tuple) -> list[float | None] |
     if per_sample:
         scores, parsed, answers = zip(*values)
         return [_as_float(value, i) for i, value in enumerate(scores)], [bool(f) for f in parsed], list(answers)
-    if hasattr(values, "tolist"):  # a NumPy array or a torch tensor
+    if hasattr(values, "tolist") and getattr(values, "ndim", 0) >= 1:  # a NumPy array or a torch tensor
         values = values.tolist()
+    if isinstance(values, Iterator):  # TRL iterates the return value, so a generator works there too
+        values = list(values)
     if not isinstance(values, (list, tuple)):
         return type(values).__name__
     return [_as_float(value, i) for i, value in enumerate(values)]
 
 
 def _as_float(value: Any, index: int) -> float | None:
+    """A value as TRL takes it (`torch.tensor(values, dtype=float32)`): None, a bool or a number, and also NumPy's
+    scalars (np.bool_, np.float32, np.int64, ...) and 0-d arrays or tensors, read with `.item()`."""
     if value is None:
         return None
-    if isinstance(value, numbers.Real):
+    if isinstance(value, (bool, numbers.Real)):
         return float(value)
+    if callable(getattr(value, "item", None)) and tuple(getattr(value, "shape", (None,))) == ():
+        item = value.item()
+        if isinstance(item, (bool, numbers.Real)):
+            return float(item)
     raise TypeError(f"value {index} has type {type(value).__name__}, not a number or None")

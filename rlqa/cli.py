@@ -62,10 +62,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from rlqa import checkpoint, rundir
-    from rlqa.config import load_recipe
+    from rlqa.config import check_paths, load_recipe
     from rlqa.metrics import require_sinks
 
     recipe = load_recipe(args.recipe, args.overrides)
+    check_paths(recipe)  # before Ray starts or anything is written
     require_sinks(recipe.logging, args.recipe)
     if args.resume and args.run_dir is None:
         raise UserError("--resume needs --run-dir DIR (the run to continue)")
@@ -157,9 +158,10 @@ def _import_gguf(args) -> int:
 
 def _check(args) -> int:
     from rewards.registry import check_call, load_reward_fn
-    from rlqa.config import load_recipe, to_yaml
+    from rlqa.config import check_paths, load_recipe, to_yaml
 
     recipe = load_recipe(args.recipe, args.overrides)
+    check_paths(recipe)
     calls = [(term.fn, term.kwargs) for term in recipe.rewards.terms] + [(recipe.rewards.correctness, {})]
     for spec, kwargs in calls:
         if spec is not None:  # a misspelt or broken reward, or one TRL's call cannot reach, fails here

@@ -6,6 +6,7 @@ are `UserError`s that name the file and the key path.
 
 from __future__ import annotations
 
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -17,8 +18,29 @@ from pydantic_core import PydanticUndefined
 from rlqa.errors import UserError
 
 
+# The ceiling of an integer key that sets no bound of its own: a count past it is a typo (`steps: 1e12`), and numbers
+# this size overflow the C code they reach (torch, Ray, select timeouts).
+INT_CEILING = 2**31 - 1
+# Ceilings of the keys that size processes, rollouts and waits: past them a recipe cannot run on any machine.
+MAX_PROCESSES = 4096
+MAX_ROLLOUTS_PER_PROMPT = 4096
+MAX_DEADLINE_S = 7 * 24 * 3600.0  # a week; an infinite or astronomic deadline overflows time.monotonic() + it
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A recipe section: unknown keys refused, frozen, and every float finite (`.inf`, `.nan` are refused in every
+    key, lists and tuples included); an integer key without its own upper bound is capped at INT_CEILING."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int_ceiling(cls, value, info):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_CEILING:
+            field = cls.model_fields[info.field_name]
+            if not any(hasattr(bound, "le") or hasattr(bound, "lt") for bound in field.metadata):
+                raise ValueError(f"{value} is out of range (at most {INT_CEILING} in absolute value)")
+        return value
 
 
 class TinyModelConfig(Section):
@@ -45,7 +67,7 @@ class LoraConfig(Section):
 
 
 class ModelConfig(Section):
-    path: str | None = Field(None, description="local Hugging Face model directory; null builds the tiny model")
+    path: str | None = Field(None, min_length=1, description="local Hugging Face model directory; null builds the tiny model")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="shape of the tiny built-in model")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
     trust_remote_code: bool = Field(False, description="allow custom modelling code from model.path")
@@ -54,7 +76,7 @@ class ModelConfig(Section):
 
 class DatasetConfig(Section):
     path: str | None = Field(
-        None, description="JSONL or Parquet file, or a Hugging Face `datasets` directory (save_to_disk); relative paths: to the recipe's directory"
+        None, min_length=1, description="JSONL or Parquet file, or a Hugging Face `datasets` directory (save_to_disk); relative paths: to the recipe's directory"
     )
     task: Literal["arithmetic"] | None = Field(None, description="a built-in generated task instead of a file")
     split: Literal["train", "test"] = Field("train", description="which split of the built-in task, or of a saved DatasetDict")
@@ -63,7 +85,7 @@ class DatasetConfig(Section):
     verbose_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions padded with restating and re-checking (built-in task)")
     worked_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions showing place-value work (built-in task)")
     answer_only_fraction: float = Field(0.0, ge=0, le=1, description="share of solutions that state the boxed answer alone, without steps (built-in task)")
-    seed: int = Field(0, description="seed of the built-in task generator")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of the built-in task generator")
     format: Literal["auto", "jsonl", "parquet", "verl", "gsm8k"] = Field("auto", description="file format")
     prompt_key: str | None = Field(None, description="column holding the prompt (default: the format's own)")
     answer_key: str | None = Field(None, description="column holding the gold answer, dotted for nested (default: the format's)")
@@ -102,7 +124,7 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    workers: int = Field(2, ge=1, description="RolloutWorker actors")
+    workers: int = Field(2, ge=1, le=MAX_PROCESSES, description="RolloutWorker actors")
     backend: Literal["hf", "vllm"] = Field("hf", description="generation backend: hf (CPU or GPU) or vllm (GPU, extra rlqa[vllm])")
     vllm_gpu_memory: float = Field(0.4, gt=0, le=1, description="share of its GPU a vLLM engine may take (weights + KV cache)")
     async_steps: int = Field(0, ge=0, le=1, description="1: generate step t+1 while step t trains (one step off-policy, importance-corrected)")
@@ -110,7 +132,7 @@ class RolloutConfig(Section):
         "shared_memory", description="how new weights reach the workers: a shared-memory file mapped by the workers on the driver's node (object store beyond it); object store; broadcast (NCCL on GPUs, gloo on CPU); CUDA IPC (colocated GPUs)"
     )
     prompts_per_step: int = Field(16, ge=1, description="prompts in each step's batch")
-    rollouts_per_prompt: int = Field(8, ge=1, description="nominal rollouts per prompt (budget = prompts x this)")
+    rollouts_per_prompt: int = Field(8, ge=1, le=MAX_ROLLOUTS_PER_PROMPT, description="nominal rollouts per prompt (budget = prompts x this)")
     max_new_tokens: int = Field(64, ge=1, description="generation limit per completion")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling (log-probs stay those of logits / T)")
     top_k: int = Field(0, ge=0, description="top-k sampling, 0 = off")
@@ -118,12 +140,12 @@ class RolloutConfig(Section):
     cpus_per_worker: float = Field(1.0, ge=0, description="CPUs Ray reserves for each worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs Ray reserves for each worker")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker on CPU")
-    deadline_s: float = Field(600.0, gt=0, description="a worker's share of a step taking longer counts as hung: the worker is replaced and the share redone")
+    deadline_s: float = Field(600.0, gt=0, le=MAX_DEADLINE_S, description="a worker's share of a step taking longer counts as hung: the worker is replaced and the share redone")
     max_retries: int = Field(2, ge=0, description="replacements of one worker within a step before the run stops")
 
 
 class LearnerConfig(Section):
-    workers: int = Field(1, ge=1, description="Learner actors (more than one: DeepSpeed data parallel)")
+    workers: int = Field(1, ge=1, le=MAX_PROCESSES, description="Learner actors (more than one: DeepSpeed data parallel)")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage for learner.workers > 1")
     lr: float = Field(1e-5, gt=0, description="peak learning rate of AdamW")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
@@ -145,7 +167,7 @@ class LearnerConfig(Section):
 
 class CriticConfig(Section):
     kind: Literal["head", "separate"] = Field("head", description="value head on the policy's backbone, or a separate model")
-    path: str | None = Field(None, description="separate critic: local HF model directory (default: a copy of the policy when RL starts)")
+    path: str | None = Field(None, min_length=1, description="separate critic: local HF model directory (default: a copy of the policy when RL starts)")
     lr: float = Field(1e-5, gt=0, description="learning rate of the value head (and of the separate critic's backbone)")
     vf_coef: float = Field(0.5, gt=0, description="weight of the value loss (ReFT: 5)")
     value_clip: float | None = Field(0.2, gt=0, description="clip new values to old ± this in the value loss (null: no clipping)")
@@ -204,7 +226,15 @@ class RewardTermConfig(Section):
     name: str | None = Field(None, description="metric name (default: the function's name)")
     weight: float = Field(1.0, description="weight in the total reward")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments")
-    deadline_s: float = Field(30.0, gt=0, description="per-call deadline; past it the samples count as timeouts")
+    deadline_s: float = Field(30.0, gt=0, le=MAX_DEADLINE_S, description="per-call deadline; past it the samples count as timeouts")
+
+    @field_validator("kwargs", mode="after")
+    @classmethod
+    def _finite_kwargs(cls, value: dict) -> dict:
+        for key, item in value.items():  # a per-sample deadline (verify_deadline_s: .inf) would overflow at the first call
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{key}: {item} is not a finite number")
+        return value
 
 
 class RewardsConfig(Section):
@@ -214,7 +244,7 @@ class RewardsConfig(Section):
     correctness: str | None = Field("accuracy", description="function whose 1/0 gives `correct`")
     strict: bool = Field(False, description="stop the run on any reward failure")
     failure_value: Literal["zero", "drop"] = Field("zero", description="what a failed sample gets")
-    workers: int = Field(1, ge=1, description="reward worker processes")
+    workers: int = Field(1, ge=1, le=MAX_PROCESSES, description="reward worker processes")
 
     def term_names(self) -> list[str]:
         """Each term's metric name: its `name`, else its function's own name."""
@@ -240,8 +270,8 @@ class RolloutBounds(NamedTuple):
 
 class BoundsPhase(Section):
     from_fraction: float = Field(ge=0, lt=1, description="share of trainer.steps done when the phase begins (the first phase: 0)")
-    n_min: int = Field(ge=1, description="fewest rollouts per prompt in the phase")
-    n_max: int = Field(ge=1, description="most rollouts per prompt in the phase")
+    n_min: int = Field(ge=1, le=MAX_ROLLOUTS_PER_PROMPT, description="fewest rollouts per prompt in the phase")
+    n_max: int = Field(ge=1, le=MAX_ROLLOUTS_PER_PROMPT, description="most rollouts per prompt in the phase")
 
 
 class HintsConfig(Section):
@@ -266,11 +296,11 @@ E3_BOUNDS = (
 
 class SamplerConfig(Section):
     allocation: Literal["uniform", "difficulty"] = Field("difficulty", description="how a step's rollouts are spread")
-    n_min: int | None = Field(None, ge=1, description="fewest rollouts per prompt (default: rollout.rollouts_per_prompt)")
-    n_max: int | None = Field(None, ge=1, description="most rollouts per prompt (default: rollout.rollouts_per_prompt)")
+    n_min: int | None = Field(None, ge=1, le=MAX_ROLLOUTS_PER_PROMPT, description="fewest rollouts per prompt (default: rollout.rollouts_per_prompt)")
+    n_max: int | None = Field(None, ge=1, le=MAX_ROLLOUTS_PER_PROMPT, description="most rollouts per prompt (default: rollout.rollouts_per_prompt)")
     schedule_delta: int = Field(0, ge=0, description="after each epoch n_min -= delta and n_max += delta (E3: 2)")
-    n_low: int | None = Field(None, ge=1, description="floor of the n_min schedule (E3: 4)")
-    n_high: int | None = Field(None, ge=1, description="ceiling of the n_max schedule (E3: 12)")
+    n_low: int | None = Field(None, ge=1, le=MAX_ROLLOUTS_PER_PROMPT, description="floor of the n_min schedule (E3: 4)")
+    n_high: int | None = Field(None, ge=1, le=MAX_ROLLOUTS_PER_PROMPT, description="ceiling of the n_max schedule (E3: 12)")
     decay: float = Field(0.9, gt=0, le=1, description="forgetting factor of each prompt's pass-rate estimate")
     prior_strength: float = Field(2.0, gt=0, description="pseudo-counts of the prior from the offline rank")
     estimator: Literal["beta", "rank"] = Field("beta", description="difficulty estimate: online Beta posterior, or E3's rank by cumulative accuracy (refreshed each epoch)")
@@ -383,9 +413,9 @@ class SFTConfig(Section):
 
 
 class TrainerConfig(Section):
-    steps: int = Field(50, ge=0, description="RL steps")
-    seed: int = Field(0, description="run seed: every random choice derives from it")
-    output_dir: str = Field("runs", description="parent of run directories when --run-dir is not given")
+    steps: int = Field(50, ge=0, le=10**7, description="RL steps")
+    seed: int = Field(0, ge=0, lt=2**63, description="run seed: every random choice derives from it")
+    output_dir: str = Field("runs", min_length=1, description="parent of run directories when --run-dir is not given")
     eval_before: bool = Field(True, description="evaluate on data.test before RL")
     eval_after: bool = Field(True, description="evaluate on data.test after RL")
     eval_every: int = Field(0, ge=0, description="also evaluate every N steps (0: never)")
@@ -409,14 +439,14 @@ class LoggingConfig(Section):
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="cluster to join (default: start an embedded local Ray)")
+    address: str | None = Field(None, min_length=1, description="cluster to join (default: start an embedded local Ray)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: what actors need)")
     num_gpus: int | None = Field(None, ge=0, description="GPUs of the embedded Ray (default: those Ray detects)")
     placement: Literal["none", "separate", "colocate"] = Field(
         "none", description="none: plain actor requests; separate: one placement group, own bundles for learners and rollout workers; colocate: each bundle shared by a learner and a rollout worker (engines sleep during training)"
     )
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="placement group strategy across nodes")
-    wait_for_resources_s: float = Field(0.0, ge=0, description="how long to wait for a cluster too small for the recipe to grow (an autoscaler adding nodes) before exit 2; 0: exit 2 at once")
+    wait_for_resources_s: float = Field(0.0, ge=0, le=MAX_DEADLINE_S, description="how long to wait for a cluster too small for the recipe to grow (an autoscaler adding nodes) before exit 2; 0: exit 2 at once")
 
 
 class Recipe(Section):
@@ -464,6 +494,27 @@ class Recipe(Section):
         return self
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, where PyYAML keeps the last one silently."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise UserError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+def parse_yaml(text: str):
+    """YAML as the recipe reads it: safe types only, a duplicate key a UserError naming its line."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def apply_override(raw: dict, override: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3`, `0.5`, `true`, `[1, 2]`)."""
     if "=" not in override:
@@ -472,8 +523,12 @@ def apply_override(raw: dict, override: str) -> None:
     parts = key.strip().split(".")
     if not all(parts):
         raise UserError(f"override '{override}': empty key in '{key}'")
+    if not text.strip():  # `model.path=` would be null, i.e. the default, which is never what was meant
+        raise UserError(f"override '{override}': empty value (write {key.strip()}=null to mean null)")
     try:
-        value = yaml.safe_load(text)
+        value = parse_yaml(text)
+    except UserError as err:
+        raise UserError(f"override '{override}': {err}") from None
     except yaml.YAMLError as err:
         raise UserError(f"override '{override}': value is not valid YAML ({err.problem})") from None
     node = raw
@@ -513,7 +568,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text()) or {}
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
@@ -527,6 +584,24 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for override in overrides:
         apply_override(raw, override)
     return validate_recipe(raw, source=str(path), base_dir=base_dir)
+
+
+def check_paths(recipe: Recipe) -> None:
+    """Every file and directory the recipe names exists, so that `rlqa check` catches a typo that `rlqa train`
+    would meet only after starting Ray (and writing a run directory): a UserError naming the first missing one."""
+    model = recipe.model.path
+    if model is not None and not (resolve_path(recipe, model) / "config.json").is_file():
+        raise UserError(f"model.path: {resolve_path(recipe, model)} is not a Hugging Face model directory (no config.json)")
+    datasets = {"data.train": recipe.data.train, "data.test": recipe.data.test}
+    if recipe.sft is not None and recipe.sft.data is not None:
+        datasets["sft.data"] = recipe.sft.data
+    for where, spec in datasets.items():
+        if spec.path is not None and not resolve_path(recipe, spec.path).exists():
+            raise UserError(f"{where}.path: file not found: {resolve_path(recipe, spec.path)}")
+    critic = recipe.algorithm.critic
+    if critic is not None and critic.kind == "separate" and critic.path is not None:
+        if not (Path(critic.path).expanduser() / "config.json").is_file():  # the critic loads it as given
+            raise UserError(f"algorithm.critic.path: {critic.path} is not a Hugging Face model directory (no config.json)")
 
 
 def resolve_path(recipe: Recipe, path: str) -> Path:

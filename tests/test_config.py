@@ -54,6 +54,20 @@ def test_overrides_parse_yaml_values_and_create_sections():
         ("sampler: {bounds_schedule: [{from_fraction: 1, n_min: 8, n_max: 8}]}\n", "sampler.bounds_schedule.0.from_fraction: Input should be less than 1"),
         ("sampler: {bounds_schedule: e3}\nrollout: {rollouts_per_prompt: 4}\n", "bounds_schedule phase 1: need n_min <= rollouts_per_prompt <= n_max, got 8, 4, 8"),
         ("sampler: {bounds_schedule: e3, allocation: uniform}\n", "sampler: allocation 'uniform' gives every prompt rollouts_per_prompt"),
+        # issue 28: non-finite numbers in any key (lists and reward terms included), absurd sizes, duplicate keys
+        ("learner: {lr: .inf}\n", "r.yaml: learner.lr: Input should be a finite number"),
+        ("learner: {betas: [.nan, .nan]}\n", "r.yaml: learner.betas.0: Input should be a finite number"),
+        ("rewards: {terms: [{fn: accuracy, weight: .nan}]}\n", "r.yaml: rewards.terms.0.weight: Input should be a finite number"),
+        ("rewards: {terms: [{fn: accuracy, deadline_s: .inf}]}\n", "r.yaml: rewards.terms.0.deadline_s: Input should be a finite number"),
+        ("rewards: {terms: [{fn: accuracy, kwargs: {verify_deadline_s: .nan}}]}\n", "rewards.terms.0.kwargs: verify_deadline_s: nan is not a finite number"),
+        ("algorithm: {clip_high: .inf}\n", "r.yaml: algorithm.clip_high: Input should be a finite number"),
+        ("rollout: {deadline_s: 1.0e+300}\n", "r.yaml: rollout.deadline_s: Input should be less than or equal to 604800"),
+        ("rollout: {rollouts_per_prompt: 1000000000}\n", "r.yaml: rollout.rollouts_per_prompt: Input should be less than or equal to 4096"),
+        ("rollout: {workers: 100000}\n", "r.yaml: rollout.workers: Input should be less than or equal to 4096"),
+        ("trainer: {steps: 100000000000000000000000}\n", "r.yaml: trainer.steps: Input should be less than or equal to 10000000"),
+        ("trainer: {eval_every: 3000000000}\n", "r.yaml: trainer.eval_every: 3000000000 is out of range (at most 2147483647"),
+        ("model: {path: ''}\n", "r.yaml: model.path: String should have at least 1 character"),
+        ("trainer:\n  steps: 3\n  seed: 1\n  steps: 4\n", "r.yaml: line 4: key 'steps' is given twice"),
     ],
 )
 def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
@@ -75,6 +89,27 @@ def test_bad_override():
         load_recipe(QUICKSTART, ["trainer.steps"])
     with pytest.raises(UserError, match="override .trainer.steps.x=1.: trainer.steps is not a section"):
         load_recipe(QUICKSTART, ["trainer.steps.x=1"])
+
+
+def test_bad_override_values():
+    with pytest.raises(UserError, match="override 'model.path=': empty value"):  # was: the tiny model, silently
+        load_recipe(QUICKSTART, ["model.path="])
+    with pytest.raises(UserError, match="override 'rollout={workers: 1, workers: 2}': line 1: key 'workers' is given twice"):
+        load_recipe(QUICKSTART, ["rollout={workers: 1, workers: 2}"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.path=no_such_model", "model.path: {base}/no_such_model is not a Hugging Face model directory (no config.json)"),
+        ("data.train={path: missing.jsonl}", "data.train.path: file not found: {base}/missing.jsonl"),
+        ("data.test={path: gone.parquet}", "data.test.path: file not found: {base}/gone.parquet"),
+    ],
+)
+def test_check_refuses_missing_paths(capsys, override, message):
+    assert main(["check", str(QUICKSTART), override]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["rlqa: error: " + message.format(base=QUICKSTART.parent)]
 
 
 def test_missing_recipe_file(tmp_path):

@@ -130,6 +130,10 @@ class DeepSpeedEngine:
             norm = self.engine.get_global_grad_norm()
         return float(norm)
 
+    def discard(self, model: torch.nn.Module, optimizer) -> None:
+        """The engine's own zero_grad clears the gradients (and ZeRO's reduced partitions) without a step."""
+        self.engine.zero_grad()
+
     def all_ranks(self, stats: dict[str, float]) -> dict[str, float]:
         """Each rank's metrics are its share of the whole; their sum is the single learner's number."""
         import torch.distributed as dist

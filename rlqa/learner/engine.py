@@ -55,6 +55,9 @@ class TrainEngine(Protocol):
     def step(self, model: torch.nn.Module, optimizer, scheduler) -> float:
         """Clip, step the optimizer and the schedule; the gradient norm before clipping."""
 
+    def discard(self, model: torch.nn.Module, optimizer) -> None:
+        """Drop the accumulated gradients of a step that will not be taken (its loss was not finite)."""
+
     def all_ranks(self, stats: dict[str, float]) -> dict[str, float]:
         """Each process's share of the step's metrics summed: the whole batch's numbers."""
 
@@ -99,6 +102,9 @@ class LocalEngine:
         optimizer.step()
         scheduler.step()
         return float(norm)
+
+    def discard(self, model: torch.nn.Module, optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
 
     def all_ranks(self, stats: dict[str, float]) -> dict[str, float]:
         return stats

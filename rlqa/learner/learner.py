@@ -15,12 +15,16 @@ the moving policy. When that pass would yield nothing but the gap (sampling log-
 critic, one mini-batch, a model without dropout), it is skipped: the first optimizer step's forward sees every sample
 before any weight moves, with the same log-probs, and measures the gap there at no extra cost.
 
+An optimizer step whose loss is not finite (NaN or inf, over the whole batch) is skipped: the weights, the optimizer's
+moments and the schedule stay as they were, and `learner/nonfinite_steps` counts it.
+
 The policy version is the driver's to count (it tags the weights it sends to the rollout workers), not the learner's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -130,6 +134,7 @@ class Learner:
         # over every forward pass of the update (the preparing pass and the micro-batches of every rank)
         padded, processed = (metrics.pop(key) + sums.pop(key) for key in ("learner/padded_tokens", "learner/processed_tokens"))
         metrics["learner/pad_frac"] = padded / processed
+        metrics["learner/nonfinite_steps"] = sums.pop("learner/nonfinite_steps", 0.0)  # a count, not a mean
         metrics.update({key: value / updates for key, value in sums.items()})
         metrics["policy/lr"] = self.scheduler.get_last_lr()[0]
         metrics["policy/kl_coef"] = kl_coef
@@ -336,7 +341,14 @@ class Learner:
             stats["policy/kl"] += float(pg["kl"]) * token_share
             stats["policy/clip_frac"] += float(pg["clip_frac"]) * token_share
             stats["policy/approx_kl_old"] += float(pg["approx_kl"]) * token_share
-        stats = self.engine.all_ranks(stats)
+        stats = self.engine.all_ranks(stats)  # the whole batch's numbers: every rank takes the same decision below
+        if not all(math.isfinite(stats[key]) for key in ("policy/loss", "policy/pg_loss")):
+            # A NaN or inf loss would write NaN into every weight (and AdamW's moments): skip the step, keep the
+            # weights, the optimizer and the schedule as they are, and count it (learner/nonfinite_steps).
+            self.engine.discard(self.policy.model, self.optimizer)
+            if self.critic_optimizer is not None:
+                self.critic_optimizer.zero_grad(set_to_none=True)
+            return stats | {"policy/grad_norm": math.nan, "learner/nonfinite_steps": 1.0}
         stats["policy/grad_norm"] = self.engine.step(self.policy.model, self.optimizer, self.scheduler)
         if self.critic_optimizer is not None:
             stats["critic/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.grad_clip))

@@ -173,6 +173,27 @@ def test_call_reward_calls_by_keyword_and_returns_plain_floats():
         call(lambda completions, **kw: [1.0, "2"], ["a", "b"])
 
 
+def test_call_reward_takes_what_trl_takes():
+    """TRL's GRPOTrainer builds `torch.tensor(values, dtype=float32)` from the list it iterates out of the return
+    value, so NumPy scalars (np.bool_ included), 0-d arrays and 0-d tensors are rewards there, and must be here."""
+    torch = pytest.importorskip("torch")
+
+    def call(values, batch=None):
+        batch = len(values) if batch is None else batch
+        arguments = {"prompts": ["p"] * batch, "completions": ["c"] * batch}
+        return _call_reward([lambda completions, **kw: values], (0, arguments, False))
+
+    scalars = [np.bool_(True), np.bool_(False), np.float32(0.5), np.int64(3), np.array(2.5), torch.tensor(1.5), torch.tensor(True), False]
+    assert call(scalars) == [1.0, 0.0, 0.5, 3.0, 2.5, 1.5, 1.0, 0.0]
+    assert call(np.array([True, False])) == [1.0, 0.0]  # an array of np.bool_
+    assert _call_reward([lambda completions, **kw: (len(c) for c in completions)], (0, {"prompts": ["p"], "completions": ["ab"]}, False)) == [2.0]
+    with pytest.raises(TypeError, match="value 0 has type Tensor"):  # a 1-element vector is no scalar, in TRL either
+        call([torch.tensor([1.0])])
+    with pytest.raises(TypeError, match="value 0 has type complex"):
+        call([1j])
+    assert call(torch.tensor(1.0), batch=1) == "Tensor"  # a 0-d return is no list of values (TRL cannot iterate it)
+
+
 def test_judge_flags_a_return_that_is_not_a_list():
     judged = judge(Outcome("ok", value="float"), 2, "f", 30.0)
     assert judged.failures == ["wrong_length", "wrong_length"]
