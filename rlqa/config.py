@@ -202,7 +202,7 @@ class AlgorithmConfig(Section):
         "sampling", description="pi_old for the ratio: the rollout workers' log-probs, or a learner forward pass before the update"
     )
     tis_cap: float | None = Field(
-        None, ge=1, description="truncated importance sampling: weigh each token's policy loss by min(pi_learner/pi_sampler, this) for the engine/learner mismatch (null: off)"
+        None, ge=1, description="truncated importance sampling for the engine/learner mismatch: the ratio is against the learner's own pi_old and each token's policy loss is weighed by min(pi_old_learner/pi_sampler, this), as verl and TRL do (null: off)"
     )
     critic: CriticConfig | None = Field(None, description="the learned value function (required by ppo)")
 

@@ -7,7 +7,8 @@ a DeepSpeed group, is the `TrainEngine` it is given (rlqa.learner.engine). It al
 policy that RL starts from never leaves the process that trains it.
 
 An update first makes one gradient-free pass over the rollout batch (`_prepare`): the learner's own log-probs of the
-sampled tokens, whose gap to the sampler's it reports (and, with `algorithm.tis_cap`, turns into TIS weights), π_old's
+sampled tokens, whose gap to the sampler's it reports (and, with `algorithm.tis_cap`, turns into TIS weights and
+takes as π_old, so the ratio is against the learner's π_old and π_sampler enters once, through the weight), π_old's
 log-probs when recomputed, reference log-probs, and for PPO the critic's values, from which the token-level rewards,
 the token-level advantages (the registry's GAE) and returns follow. Then
 `epochs` passes of `mini_batches` optimizer steps run on those fixed targets, so every ratio is against π_old, not
@@ -228,10 +229,13 @@ class Learner:
 
     @torch.no_grad()
     def _prepare(self, samples: list[TrainSample], temperature: float) -> tuple[list[TrainSample], dict[str, float]]:
-        """What stays fixed during the update, per sample: π_old's log-probs (`old_logprobs: recompute`), TIS weights
-        (`tis_cap`), reference log-probs (β > 0), and for PPO the critic's values, token-level advantages and
+        """What stays fixed during the update, per sample: π_old's log-probs (`old_logprobs: recompute`, or with
+        `tis_cap` whatever `old_logprobs` says), TIS weights min(π_old,learner / π_sampler, C) (`tis_cap`), reference log-probs (β > 0), and for PPO the critic's values, token-level advantages and
         returns. Also the gap between the learner's and the sampler's log-probs before any update."""
-        recompute, tis_cap = self.algo.old_logprobs == "recompute", self.algo.tis_cap
+        tis_cap = self.algo.tis_cap
+        # TIS takes the ratio against the learner's own π_old and leaves π_sampler to the weight (verl, TRL): with the
+        # sampler's log-probs as π_old the ratio would already hold π_sampler, and the weight would correct twice
+        learner_old = self.algo.old_logprobs == "recompute" or tis_cap is not None
         self.policy.model.eval()  # π_old, V_old and π_ref as functions, without dropout noise
         if self.critic is not None:
             self.critic.eval()
@@ -246,12 +250,12 @@ class Learner:
             fields: dict[str, list[list[float]]] = {}
             out = self.policy.forward(batch, temperature, hidden=head)
             gap.add(batch.mask, *logprob_gap(out.logprobs, batch.old_logprobs, batch.mask))
-            if recompute:
-                fields["old_logprobs"] = per_sample(out.logprobs, chunk)
             if tis_cap is not None:
-                weights = tis_weights(out.logprobs, batch.old_logprobs, tis_cap)  # (B, L-1)
+                weights = tis_weights(out.logprobs, batch.old_logprobs, tis_cap)  # (B, L-1) π_old,learner / π_sampler
                 gap.add_tis(batch.mask, weights, tis_cap)
                 fields["tis_weights"] = per_sample(weights, chunk)
+            if learner_old:
+                fields["old_logprobs"] = per_sample(out.logprobs, chunk)
             if self.reference is not None:
                 fields["ref_logprobs"] = per_sample(self.reference.logprobs(batch, temperature), chunk)
             if self.critic is not None:

@@ -31,15 +31,35 @@ def test_logprob_gap_is_the_mean_and_max_of_abs_diff_over_the_mask():
     assert [float(x) for x in logprob_gap(LEARNER, SAMPLER, torch.zeros(1, 4))] == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("policy_loss", ["clip", "gspo", "cispo"])
-def test_tis_with_equal_logprobs_leaves_the_loss_unchanged(policy_loss):
-    cfg = AlgorithmConfig(policy_loss=policy_loss)
-    logprobs = torch.tensor([[-1.0, -0.5, -2.0, -0.1]], requires_grad=True)
-    old = torch.tensor([[-1.2, -0.4, -2.0, -0.3]])
-    mask, advantages = torch.ones(1, 4), torch.tensor([0.7])
-    plain, _ = policy_objective(logprobs, old, advantages, mask, cfg)
-    weighted, _ = policy_objective(logprobs, old, advantages, mask, cfg, tis_weights=tis_weights(old, old, 2.0))
-    assert torch.equal(plain, weighted)
+# Issue 25's example: log π_sampler = -1.0, log π_old,learner = log π_θ = -0.5, A = 1, C = 2, ε_high = 0.28, one token.
+# w = min(e^0.5, 2) = 1.648721 and ρ = π_θ / π_old,learner = 1:
+#   clip, gspo: J = -min(ρ A w, clip(ρ) A w) = -1.648721, dJ/dlog π = -ρ A w = -1.648721
+#   cispo:      J = -sg(min(ρ, 5)) A w log π = -1.648721 · (-0.5) = 0.824361, dJ/dlog π = -1.648721
+@pytest.mark.parametrize("policy_loss, loss", [("clip", -1.648721), ("gspo", -1.648721), ("cispo", 0.824361)])
+def test_tis_weighs_the_ratio_against_the_learners_pi_old(policy_loss, loss):
+    cfg = AlgorithmConfig(policy_loss=policy_loss, clip_high=0.28, tis_cap=2.0)
+    logprobs = torch.tensor([[-0.5]], requires_grad=True)
+    learner_old, sampler = torch.tensor([[-0.5]]), torch.tensor([[-1.0]])
+    weights = tis_weights(learner_old, sampler, cfg.tis_cap)
+    assert weights.item() == pytest.approx(1.648721, abs=1e-6)
+    objective, stats = policy_objective(logprobs, learner_old, torch.tensor([1.0]), torch.ones(1, 1), cfg, tis_weights=weights)
+    assert objective.item() == pytest.approx(loss, abs=1e-6)
+    objective.backward()
+    assert logprobs.grad.item() == pytest.approx(-1.648721, abs=1e-6)
+    assert float(stats["clip_frac"]) == 0.0
+
+
+def test_tis_with_the_sampler_as_pi_old_would_correct_twice():
+    # What the learner must not do: the ratio against π_sampler, ρ = e^0.5 = 1.648721 > 1.28, clipped, times w again:
+    #   J = -1.28 · 1.648721 = -2.110363 and no gradient
+    cfg = AlgorithmConfig(clip_high=0.28, tis_cap=2.0)
+    logprobs = torch.tensor([[-0.5]], requires_grad=True)
+    sampler = torch.tensor([[-1.0]])
+    weights = tis_weights(logprobs, sampler, cfg.tis_cap)
+    objective, _ = policy_objective(logprobs, sampler, torch.tensor([1.0]), torch.ones(1, 1), cfg, tis_weights=weights)
+    assert objective.item() == pytest.approx(-2.110363, abs=1e-6)
+    objective.backward()
+    assert logprobs.grad.item() == 0.0
 
 
 def test_tis_scales_each_tokens_policy_loss_by_its_weight():

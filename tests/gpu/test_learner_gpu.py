@@ -10,9 +10,12 @@ import torch
 import yaml
 
 import in_process
+import tis_check
 from rlqa import trainer
 from rlqa.cli import main
 from rlqa.config import validate_recipe
+from rlqa.learner.learner import Learner
+from rlqa.models import create_model_dir
 from rewards.pipeline import RewardPipeline, RewardTermSpec
 
 pytestmark = pytest.mark.gpu
@@ -44,6 +47,18 @@ def test_one_grpo_step_with_the_learner_on_the_gpu(tmp_path):
     assert metrics["rollout/logprob_diff_max"] < 1e-2
     assert metrics["policy/tis_weight_mean"] == pytest.approx(1.0, abs=1e-2)
     assert all(v.device.type == "cpu" for v in learner.weights().values())  # what the workers load
+
+
+def test_tis_corrects_an_off_policy_token_once_on_the_gpu(tmp_path):
+    # Off-policy by 0.5 nats, TIS as verl and TRL apply it: loss -e^0.5 = -1.6487 and gradient -1.6487 · ∇log π,
+    # worked in tests/tis_check.py; tests/learner/test_ppo_learner.py runs the same check on the CPU
+    raw = {"model": RAW["model"], "learner": {"gpus": 1}, "algorithm": tis_check.TIS_ALGORITHM}
+    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
+    create_model_dir(recipe.model, tmp_path / "model", seed=0)
+    learner = Learner(str(tmp_path / "model"), recipe, total_steps=1)
+    learner.start_rl()
+    assert next(learner.policy.model.parameters()).device.type == "cuda"
+    tis_check.check_tis_update(learner, rel=1e-3)  # fp32 on the GPU: other kernels, the same arithmetic
 
 
 def test_rlqa_train_runs_a_step_with_its_learner_actor_on_the_gpu(tmp_path):

@@ -2,11 +2,13 @@
 synthetic samples stand in for a rollout batch so each property can be checked on its own in a few seconds."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+import tis_check
 from rlqa.config import validate_recipe
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.learner import Learner
@@ -17,9 +19,10 @@ pytestmark = pytest.mark.integration  # trains a model (a tiny one)
 TINY = {"hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64, "max_positions": 64}
 
 
-def _learner(tmp_path: Path, algorithm: dict, learner: dict | None = None) -> Learner:
+def _learner(tmp_path: Path, algorithm: dict, learner: dict | None = None, rollout: dict | None = None) -> Learner:
     raw = {
         "model": {"tiny": TINY},
+        "rollout": rollout or {},
         "learner": {"lr": 1e-3, "micro_batch_size": 3, **(learner or {})},
         "algorithm": algorithm,
     }
@@ -106,17 +109,54 @@ def test_old_logprobs_are_pi_old_not_the_moving_policy(tmp_path):
     assert two_epochs["policy/approx_kl_old"] > 1e-5
 
 
+def _model_logprobs(learner: Learner, sample: TrainSample) -> list[float]:
+    """log π(y_j | y_<j) of each completion token, from the model's own unpadded forward pass (no learner code)."""
+    ids = torch.tensor([sample.prompt_tokens + sample.completion_tokens])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(learner.policy.model(input_ids=ids).logits[0].float(), dim=-1)  # (L, V)
+    start = len(sample.prompt_tokens) - 1  # the position that predicts the first completion token
+    return [float(logprobs[start + j, token]) for j, token in enumerate(sample.completion_tokens)]
+
+
 def test_prepare_reports_the_gap_to_the_sampler_and_caps_the_tis_weights(tmp_path):
-    # The sampling log-probs are a deliberately wrong -4: the gap is |log π_learner + 4| and w = min(e^(log π + 4), 2)
-    learner = _learner(tmp_path, {"old_logprobs": "recompute", "tis_cap": 2.0})
-    prepared, metrics = learner._prepare(_samples(), 1.0)
-    learned = torch.tensor([lp for s in prepared for lp in s.old_logprobs])  # the learner's π_old, recomputed
-    weights = torch.tensor([w for s in prepared for w in s.tis_weights])
-    assert torch.allclose(weights, (learned + 4).exp().clamp(max=2.0))
-    assert metrics["rollout/logprob_diff_mean"] == pytest.approx(float((learned + 4).abs().mean()), rel=1e-5)
-    assert metrics["rollout/logprob_diff_max"] == pytest.approx(float((learned + 4).abs().max()), rel=1e-5)
-    assert metrics["policy/tis_weight_mean"] == pytest.approx(float(weights.mean()), rel=1e-5)
-    assert metrics["policy/tis_capped_frac"] == pytest.approx(float((weights >= 2.0).float().mean()))
+    # The sampler's log-prob of each token is the model's plus d, d cycling over the 20 response tokens through
+    # 0, -ln 1.5, -ln 3, ln 2 (5 tokens each). π_learner / π_sampler = e^-d = 1, 1.5, 3, 0.5, so with C = 2:
+    #   w = 1, 1.5, 2 (capped), 0.5 → mean (1 + 1.5 + 2 + 0.5) / 4 = 1.25, capped 5 / 20 = 0.25
+    #   |gap| = 0, ln 1.5, ln 3, ln 2 → mean (ln 1.5 + ln 3 + ln 2) / 4 = ln 9 / 4 = 0.549306, max ln 3 = 1.098612
+    learner = _learner(tmp_path, {"tis_cap": 2.0})  # old_logprobs: sampling, the default
+    offsets = [0.0, -math.log(1.5), -math.log(3.0), math.log(2.0)]
+    samples, model, expected_weights, index = [], [], [], 0
+    for sample in _samples():
+        own = _model_logprobs(learner, sample)
+        cycle = [offsets[(index + j) % 4] for j in range(len(own))]
+        index += len(own)
+        samples.append(replace(sample, old_logprobs=[lp + d for lp, d in zip(own, cycle)]))
+        model += own
+        expected_weights += [{0.0: 1.0, offsets[1]: 1.5, offsets[2]: 2.0, offsets[3]: 0.5}[d] for d in cycle]
+    assert index == 20
+    prepared, metrics = learner._prepare(samples, 1.0)
+    weights = [w for s in prepared for w in s.tis_weights]
+    assert weights == pytest.approx(expected_weights, abs=1e-5)
+    # π_old is the learner's own log-probs, not the sampler's: the ratio must not hold π_sampler as well as w
+    assert [lp for s in prepared for lp in s.old_logprobs] == pytest.approx(model, abs=1e-5)
+    assert metrics["rollout/logprob_diff_mean"] == pytest.approx(math.log(9) / 4, abs=1e-5)
+    assert metrics["rollout/logprob_diff_max"] == pytest.approx(math.log(3), abs=1e-5)
+    assert metrics["policy/tis_weight_mean"] == pytest.approx(1.25, abs=1e-5)
+    assert metrics["policy/tis_capped_frac"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    "old_logprobs, async_steps", [("sampling", 0), ("recompute", 0), ("sampling", 1)], ids=["sync", "sync-recompute", "async"]
+)
+def test_tis_corrects_the_sampler_gap_once(tmp_path, old_logprobs, async_steps):
+    # tests/tis_check.py works the numbers: loss -e^0.5 = -1.6487 and gradient -1.6487 · ∇log π (the double
+    # correction gave -2.1104 and no gradient). Async: the batch was sampled a version behind, so the learner has
+    # trained once since; π_old is the learner's weights now, whatever sampled.
+    learner = _learner(tmp_path, {**tis_check.TIS_ALGORITHM, "old_logprobs": old_logprobs}, rollout={"async_steps": async_steps})
+    assert learner.recipe.rollout.async_steps == async_steps
+    if async_steps:
+        learner.update(_samples(), 1.0, 0)
+    tis_check.check_tis_update(learner, step=async_steps)
 
 
 def test_the_gap_to_the_sampler_costs_no_extra_forward_pass(tmp_path, monkeypatch):
