@@ -81,7 +81,7 @@ class DatasetConfig(Section):
     task: Literal["arithmetic"] | None = Field(None, description="a built-in generated task instead of a file")
     split: Literal["train", "test"] = Field("train", description="which split of the built-in task, or of a saved DatasetDict")
     size: int = Field(1000, gt=0, description="number of examples generated for a built-in task")
-    levels: list[int] = Field([1, 2, 3, 4], description="difficulty levels of the built-in task (distinct, from one family: 1-5 mixed +-*, 6-8 sums of 2-4 numbers in 1-30)")
+    levels: list[int] = Field([1, 2, 3, 4], description="difficulty levels of the built-in task (distinct, from one family: 1-5 mixed +-*, 6-8 sums of 2-4 numbers in 1-30, 9-11 sums of 2, 3 and 5 numbers in 1-30)")
     verbose_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions padded with restating and re-checking (built-in task)")
     worked_fraction: float = Field(0.5, ge=0, le=1, description="share of solutions showing place-value work (built-in task)")
     answer_only_fraction: float = Field(0.0, ge=0, le=1, description="share of solutions that state the boxed answer alone, without steps (built-in task)")
@@ -108,7 +108,7 @@ class DatasetConfig(Section):
             if not self.levels or len(set(self.levels)) != len(self.levels) or not set(self.levels) <= set(LEVELS):
                 raise ValueError(f"levels must be distinct values among {sorted(LEVELS)}, got {self.levels}")
             if not set(self.levels) <= set(family_levels(self.levels[0])):
-                raise ValueError(f"levels must come from one family (1-5 mixed, 6-8 sums of small numbers), got {self.levels}")
+                raise ValueError(f"levels must come from one family (1-5 mixed, 6-8 sums of small numbers, 9-11 sums of 2, 3 and 5 numbers), got {self.levels}")
         return self
 
 
@@ -421,6 +421,7 @@ class TrainerConfig(Section):
     eval_every: int = Field(0, ge=0, description="also evaluate every N steps (0: never)")
     eval_k: int = Field(4, ge=1, description="samples per prompt for pass@k")
     eval_temperature: float = Field(1.0, gt=0, description="temperature of the pass@k samples")
+    eval_by: str | None = Field(None, description="also report held-out accuracy and pass@k per value of this dataset column (e.g. level): <column>=<value>/accuracy, ...")
 
 
 class CheckpointConfig(Section):

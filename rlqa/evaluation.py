@@ -101,9 +101,11 @@ def evaluate(
     temperature: float,
     max_new_tokens: int,
     version: int,
+    by: str | None = None,
 ) -> dict[str, float]:
     """`score(texts, examples) -> (correct flags, extracted answers)` decides correctness, as in training; the
-    workers hold policy `version`."""
+    workers hold policy `version`. `by`: a dataset column; accuracy and pass@k are also given for the prompts of each
+    of its values, as `<by>=<value>/accuracy` etc."""
     greedy_requests = [GenerationRequest(e.prompt_id, 0, prompt_tokens[e.prompt_id], 0) for e in examples]
     greedy = group.generate(greedy_requests, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), version)
     greedy_correct, _ = score([r.text for r in greedy], examples)
@@ -137,6 +139,24 @@ def evaluate(
     }
     for kk in sorted({1, k}):
         results[f"pass@{kk}"] = mean_pass_at_k(counts, kk)
+    if by is not None:
+        results |= _by_column(examples, by, greedy_correct, per_prompt, k)
+    return results
+
+
+def _by_column(examples, column: str, greedy_correct: list[bool], per_prompt: dict, k: int) -> dict[str, float]:
+    """Greedy accuracy and pass@1 / pass@k of the prompts of each value of `column` (those without it left out)."""
+    values: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        if column in e.columns:
+            values[str(e.columns[column])].append(i)
+    results = {}
+    for value in sorted(values, key=lambda v: (len(v), v)):
+        members = values[value]
+        counts = [(len(per_prompt[examples[i].prompt_id]), sum(ok for ok, _ in per_prompt[examples[i].prompt_id])) for i in members]
+        results[f"{column}={value}/accuracy"] = sum(greedy_correct[i] for i in members) / len(members)
+        for kk in sorted({1, k}):
+            results[f"{column}={value}/pass@{kk}"] = mean_pass_at_k(counts, kk)
     return results
 
 
@@ -203,6 +223,7 @@ def evaluate_target(target: Path, *, data: str | None = None, k: int | None = No
                 group, examples, prompt_tokens, scorer(pipeline),
                 seed=t.seed, k=k or t.eval_k, temperature=t.eval_temperature,
                 max_new_tokens=recipe.rollout.max_new_tokens, version=0,  # the weights as loaded
+                by=t.eval_by,
             )
     return {"target": str(target), "model": str(model_dir), **results}
 

@@ -234,6 +234,7 @@ def run_eval(c: Components) -> dict[str, float]:
     return evaluate(
         c.rollout_workers, c.driver.test, c.driver.prompt_tokens, scorer(c.rewards), seed=t.seed, k=t.eval_k,
         temperature=t.eval_temperature, max_new_tokens=c.recipe.rollout.max_new_tokens, version=c.schedule.version,
+        by=t.eval_by,
     )
 
 

@@ -101,6 +101,26 @@ def test_evaluate_reports_accuracy_lengths_pass_at_k_and_the_boxed_rate():
     assert results["maj@2"] == (1 + 1) / 2  # a: a tie, the first answer ("2") wins; b: "4" twice
 
 
+def test_evaluate_by_a_column_reports_each_value_on_its_own():
+    examples = [Example("a", "1+1=?", "2", columns={"level": 1}), Example("b", "2+2=?", "4", columns={"level": 2}),
+                Example("c", "3+3=?", "6", columns={"level": 2}), Example("d", "4+4=?", "8")]
+    greedy = {"a": "\\boxed{2}", "b": "\\boxed{4}", "c": "\\boxed{7}", "d": "\\boxed{8}"}
+    sampled = {"a": ["\\boxed{2}", "\\boxed{2}"], "b": ["\\boxed{4}", "\\boxed{5}"], "c": ["\\boxed{1}", "\\boxed{1}"],
+               "d": ["\\boxed{8}", "\\boxed{8}"]}
+
+    def score(texts, rows):
+        answers = [t.split("{")[-1].rstrip("}") for t in texts]
+        return [a == e.answer for a, e in zip(answers, rows)], answers
+
+    results = evaluate(ScriptedGenerator(greedy, sampled), examples, {p: (1,) for p in "abcd"}, score, seed=0, k=2,
+                       temperature=1.0, max_new_tokens=8, version=0, by="level")
+    # level 1: a right greedy, 2 of 2 sampled; level 2: b right, c wrong greedy → 1/2; pass@1 (1/2 + 0) / 2 = 1/4,
+    # pass@2 (1 + 0) / 2 = 1/2. d has no level: only in the overall figures.
+    assert results["level=1/accuracy"] == 1.0 and results["level=1/pass@1"] == 1.0 and results["level=1/pass@2"] == 1.0
+    assert results["level=2/accuracy"] == 0.5 and results["level=2/pass@1"] == 0.25 and results["level=2/pass@2"] == 0.5
+    assert results["accuracy"] == 0.75 and not any(key.startswith("level=None") for key in results)
+
+
 def test_the_held_out_line_reads_as_a_person_wants_it():
     from rlqa.evaluation import describe
 

@@ -67,6 +67,11 @@ LEVELS: dict[int, LevelSpec] = {
     6: LevelSpec(operand_count=2, min_operand=1, max_operand=30, operators="+", family="sums"),
     7: LevelSpec(operand_count=3, min_operand=1, max_operand=30, operators="+", family="sums"),
     8: LevelSpec(operand_count=4, min_operand=1, max_operand=30, operators="+", family="sums"),
+    # sums of 2, 3 and 5 small numbers: recipes/spread.yaml, whose warm-up sees only 2 and 3, so after it the
+    # training prompts span mastered, in between and (nearly) never solved
+    9: LevelSpec(operand_count=2, min_operand=1, max_operand=30, operators="+", family="spread"),
+    10: LevelSpec(operand_count=3, min_operand=1, max_operand=30, operators="+", family="spread"),
+    11: LevelSpec(operand_count=5, min_operand=1, max_operand=30, operators="+", family="spread"),
 }
 
 

@@ -223,9 +223,14 @@ def test_bad_sections_are_refused_by_the_schema():
             validate_recipe({"data": {"train": {"task": "arithmetic", **section}}}, source="r.yaml", base_dir=".")
         return str(err.value)
 
-    assert message({"levels": [1, 9]}) == "r.yaml: data.train: levels must be distinct values among [1, 2, 3, 4, 5, 6, 7, 8], got [1, 9]"
+    assert message({"levels": [1, 12]}) == "r.yaml: data.train: levels must be distinct values among [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], got [1, 12]"
+    assert message({"levels": [8, 9]}) == (
+        "r.yaml: data.train: levels must come from one family (1-5 mixed, 6-8 sums of small numbers, 9-11 sums of 2, 3 and 5 "
+        "numbers), got [8, 9]"
+    )
     assert message({"levels": [2, 6]}) == (
-        "r.yaml: data.train: levels must come from one family (1-5 mixed, 6-8 sums of small numbers), got [2, 6]"
+        "r.yaml: data.train: levels must come from one family (1-5 mixed, 6-8 sums of small numbers, 9-11 sums of 2, 3 "
+        "and 5 numbers), got [2, 6]"
     )
     assert message({"levels": [2, 2]}).endswith("got [2, 2]")
     assert message({"levels": []}).endswith("got []")
