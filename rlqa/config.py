@@ -414,6 +414,7 @@ class SFTConfig(Section):
 
 class TrainerConfig(Section):
     steps: int = Field(50, ge=0, le=10**7, description="RL steps")
+    rollout_budget: int | None = Field(None, ge=1, le=10**12, description="also stop after the step that brings the rollouts generated (yield/total_rollouts) to this many: arms that generate extra rounds then compare at equal compute")
     seed: int = Field(0, ge=0, lt=2**63, description="run seed: every random choice derives from it")
     output_dir: str = Field("runs", min_length=1, description="parent of run directories when --run-dir is not given")
     eval_before: bool = Field(True, description="evaluate on data.test before RL")

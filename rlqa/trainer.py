@@ -426,6 +426,12 @@ def _start(c: Components, resume_from: Path | None) -> tuple[int, dict]:
     return 0, summary
 
 
+def budget_spent(c: Components) -> bool:
+    """trainer.rollout_budget is reached: the run is complete, as at trainer.steps."""
+    budget = c.recipe.trainer.rollout_budget
+    return budget is not None and c.driver.yields.rollouts >= budget
+
+
 def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_start: float) -> dict:
     recipe = c.recipe
     steps, every = recipe.trainer.steps, recipe.checkpoint.every
@@ -436,7 +442,7 @@ def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_st
     metrics = None
     try:
         with interrupt.step():  # a first Ctrl-C / SIGTERM from here: finish the step, save, stop
-            while step < steps and not interrupt.requested:
+            while step < steps and not interrupt.requested and not budget_spent(c):
                 restarts = c.rollout_workers.restarts
                 metrics, samples = rl_step(c, step)
                 if recipe.trainer.eval_every and (step + 1) % recipe.trainer.eval_every == 0:
@@ -459,7 +465,7 @@ def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_st
         ) from err
     finally:
         writer.close()
-    if step < steps:  # interrupted: what is done is saved, say how to continue
+    if step < steps and not budget_spent(c):  # interrupted: what is done is saved, say how to continue
         print(
             f"stopped after step {step}; checkpoint {checkpoint.step_dir(c.run_dir, step)}\n"
             f"resume with: {resume_command(c.run_dir)}",

@@ -173,3 +173,28 @@ def test_async_run_is_one_step_off_policy(no_ray, tmp_path):
     # corrects with the sampling log-probs: the ratio moves off 1
     assert abs(metrics[0]["policy/approx_kl_old"]) < 1e-6
     assert all(abs(m["policy/approx_kl_old"]) > 1e-6 for m in metrics[1:])
+
+
+def test_a_rollout_budget_ends_the_run_like_its_last_step(no_ray, tmp_path, capsys):
+    raw = {
+        "model": TINY_MODEL,
+        "data": {
+            "train": {"task": "arithmetic", "size": 16, "levels": [1]},
+            "test": {"task": "arithmetic", "split": "test", "size": 2, "levels": [1]},
+        },
+        "rollout": {"workers": 1, "prompts_per_step": 2, "rollouts_per_prompt": 4, "max_new_tokens": 8},
+        "learner": {"torch_threads": 1},
+        "sampler": {"allocation": "uniform"},
+        # 8 rollouts a step: 8, 16, 24 ≥ 20 after step 3 of 6
+        "trainer": {"steps": 6, "rollout_budget": 20, "eval_before": False, "eval_k": 2},
+        "logging": {"progress": False},
+    }
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["yield"]["rollouts"] == 24
+    assert "after" in summary["eval"] and (tmp_path / "run" / "final" / "config.json").is_file()  # a complete run
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["yield/total_rollouts"] for m in metrics] == [8.0, 16.0, 24.0]
+    assert "yield: " in capsys.readouterr().out  # the run's last line
