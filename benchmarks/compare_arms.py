@@ -2,6 +2,7 @@
 
     python benchmarks/compare_arms.py e3 --seeds 0 1 2 3 4 --out runs/bench/e3
     python benchmarks/compare_arms.py dapo --seeds 0 1 2 --out runs/bench/dapo
+    python benchmarks/compare_arms.py spread --seeds 0 1 2 3 4 --steps 40 --out runs/bench/spread
 
 Presets:
   e3    E3's difficulty-based allocation with its (n_min, n_max) schedule, (8, 8) -> (6, 10) -> (4, 12), and the
@@ -10,6 +11,15 @@ Presets:
   dapo  recipes/dapo.yaml (dynamic sampling on) against the same recipe with dynamic sampling off. Dynamic sampling
         generates extra rounds, so the GRPO arm of each seed runs for as many steps as it takes to generate as many
         rollouts as the DAPO arm did (`rollout/generated`).
+
+  spread  recipes/spread.yaml (prompts from mastered to never solved after the warm-up): uniform GRPO against DAPO's
+        dynamic sampling, E3 (allocation with its schedule, and the temperature), QuestA hints, the learning-signal
+        curriculum, and all of them together. Every arm stops at the same rollout budget (trainer.rollout_budget:
+        --steps x prompts x rollouts per step), so arms that generate extra rounds train fewer steps (and reach
+        less of schedules set by share of trainer.steps). Reports, per
+        arm against uniform (paired by seed): the rollouts needed to reach the uniform arm's final held-out greedy
+        accuracy as a ratio to uniform's budget, the final figures with bootstrap 95% intervals, the yield, and the
+        final accuracy per level (a third of the prompts each).
 
 The warm-up runs once (the recipe with trainer.steps=0) and every arm and seed starts RL from it. Held-out greedy
 accuracy, pass@1 and pass@k are measured every --eval-every steps. Prints a markdown table with the paired
@@ -46,9 +56,10 @@ class Arm:
 
 @dataclass(frozen=True)
 class Preset:
-    arms: tuple[Arm, Arm]
+    arms: tuple[Arm, ...]
     common: list[str]  # overrides for every RL run
     equal_generated: bool  # the second arm runs until it has generated what the first did
+    budget: bool = False  # every arm stops at --steps x the step's rollouts (trainer.rollout_budget); the first is the reference
 
 
 PRESETS = {
@@ -62,13 +73,29 @@ PRESETS = {
         common=["data.train.size=256"],
         equal_generated=False,
     ),
+    "spread": Preset(
+        arms=(
+            Arm("uniform", "recipes/spread.yaml"),
+            Arm("dapo", "recipes/spread.yaml", ["sampler.dynamic_sampling=true"]),
+            Arm("e3", "recipes/spread.yaml", ["sampler.allocation=difficulty", "sampler.bounds_schedule=e3", "temperature.mode=entropy"]),
+            Arm("hints", "recipes/spread.yaml", ["sampler.hints={column: steps}"]),
+            Arm("curriculum", "recipes/spread.yaml", ["sampler.curriculum=signal"]),
+            Arm("all", "recipes/spread.yaml", [
+                "sampler.dynamic_sampling=true", "sampler.allocation=difficulty", "sampler.bounds_schedule=e3",
+                "temperature.mode=entropy", "sampler.hints={column: steps}", "sampler.curriculum=signal",
+            ]),
+        ),
+        common=[],
+        equal_generated=False,
+        budget=True,
+    ),
     "dapo": Preset(
         arms=(Arm("dapo", "recipes/dapo.yaml"), Arm("grpo", "recipes/dapo.yaml", ["sampler.dynamic_sampling=false"])),
         common=[],
         equal_generated=True,
     ),
 }
-COLORS = ("tab:blue", "tab:orange")
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
 def rlqa_train(recipe: str, overrides: list[str], run_dir: Path) -> None:
@@ -157,6 +184,76 @@ def plot(runs: dict, arms: tuple[Arm, Arm], seeds: list[int], k: int, out: Path)
     return path
 
 
+def rollouts_to_reach(rows: list[dict], summary: dict, target: float) -> float:
+    """Rollouts generated when held-out greedy accuracy first reached `target` (inf: never)."""
+    for x, y in zip(*eval_curve(rows, summary, "accuracy")):
+        if y >= target - 1e-12:
+            return x
+    return float("inf")
+
+
+def interval(values: list[float]) -> str:
+    low, high = bootstrap_interval(values)
+    return f"{statistics.fmean(values):+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def budget_report(runs: dict, arms: tuple[Arm, ...], seeds: list[int], k: int) -> str:
+    """Every arm against the first, paired by seed (module docstring, preset spread)."""
+    reference = arms[0].name
+    levels = sorted({key.split("/")[0] for (_, s) in runs.values() for key in s["eval"]["after"] if key.startswith("level=")},
+                    key=lambda v: int(v.split("=")[1]))
+    head = ["| arm | rollouts generated | greedy after | pass@1 after | " + f"pass@{k} after | informative tokens | "
+            + " | ".join(f"{v} greedy after" for v in levels) + " |", "|---|" + "---|" * (5 + len(levels))]
+    for arm in arms:
+        results = [runs[(arm.name, seed)] for seed in seeds]
+        cells = [mean_sd([sum(generated(r) for r in rows) for rows, _ in results])]
+        cells += [mean_sd([s["eval"]["after"][key] for _, s in results]) for key in ("accuracy", "pass@1", f"pass@{k}")]
+        cells.append(mean_sd([s["yield"]["informative_token_frac"] for _, s in results]))
+        cells += [mean_sd([s["eval"]["after"][f"{v}/accuracy"] for _, s in results]) for v in levels]
+        head.append(f"| {arm.name} | " + " | ".join(cells) + " |")
+    before = [runs[(reference, seed)][1]["eval"]["before"] for seed in seeds]
+    head += ["", "Before RL (the shared warm-up): greedy " + mean_sd([b["accuracy"] for b in before]) + ", "
+             + ", ".join(f"{v} {mean_sd([b[f'{v}/accuracy'] for b in before])}" for v in levels) + "."]
+    lines = ["", f"Against {reference}, paired by seed: rollouts to reach {reference}'s final greedy accuracy as a share of "
+             f"{reference}'s budget (per seed; inf: never), and the final differences, mean and bootstrap 95% interval:", "",
+             "| arm | rollouts to reach, per seed | mean ratio [95%] | greedy | pass@1 | " + f"pass@{k} |", "|---|---|---|---|---|---|"]
+    for arm in arms:
+        ratios, diffs = [], {key: [] for key in ("accuracy", "pass@1", f"pass@{k}")}
+        for seed in seeds:
+            ref_rows, ref_summary = runs[(reference, seed)]
+            budget = sum(generated(r) for r in ref_rows)
+            rows, summary = runs[(arm.name, seed)]
+            ratios.append(rollouts_to_reach(rows, summary, ref_summary["eval"]["after"]["accuracy"]) / budget)
+            for key in diffs:
+                diffs[key].append(summary["eval"]["after"][key] - ref_summary["eval"]["after"][key])
+        finite = all(r != float("inf") for r in ratios)
+        low, high = bootstrap_interval(ratios) if finite else (float("nan"), float("inf"))
+        ratio = f"{statistics.fmean(ratios):.2f} [{low:.2f}, {high:.2f}]" if finite else f"inf ({sum(r == float('inf') for r in ratios)} seeds never)"
+        lines.append(f"| {arm.name} | " + ", ".join(f"{r:.2f}" for r in ratios) + f" | {ratio} | "
+                     + " | ".join(interval(diffs[key]) for key in diffs) + " |")
+    return "\n".join(head + lines)
+
+
+def plot_levels(runs: dict, arms: tuple[Arm, ...], seeds: list[int], out: Path) -> Path:
+    """Held-out greedy accuracy per level against rollouts generated, each arm's seeds in its colour."""
+    some = next(iter(runs.values()))[1]
+    levels = sorted({key.split("/")[0] for key in some["eval"]["after"] if key.startswith("level=")}, key=lambda v: int(v.split("=")[1]))
+    fig, axes = plt.subplots(1, len(levels) + 1, figsize=(5 * (len(levels) + 1), 4), sharey=True)
+    for ax, key in zip(axes, ["accuracy", *[f"{v}/accuracy" for v in levels]]):
+        for arm, color in zip(arms, COLORS):
+            for seed in seeds:
+                xs, ys = eval_curve(*runs[(arm.name, seed)], key)
+                ax.plot(xs, ys, color=color, alpha=0.6, marker="o", ms=2, label=arm.name if seed == seeds[0] else None)
+        ax.set(title=f"held-out greedy {key.removesuffix('/accuracy')}", xlabel="rollouts generated")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "arms_by_level.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("preset", choices=sorted(PRESETS))
@@ -179,6 +276,12 @@ def main() -> None:
     common = ["sft=null", f"model.path={sft_dir / 'final'}", f"trainer.eval_every={args.eval_every}",
               f"trainer.eval_k={args.k}", *preset.common, *args.overrides]
     runs = {}
+    if preset.budget:
+        rollout = yaml.safe_load((sft_dir / "recipe.yaml").read_text())["rollout"]
+        budget = args.steps * rollout["prompts_per_step"] * rollout["rollouts_per_prompt"]
+        # trainer.steps as given (schedules by share of the run stay where they are): an arm whose extra rounds cost
+        # more stops at the budget first, after fewer steps
+        common += [f"trainer.rollout_budget={budget}"]
     for seed in args.seeds:
         steps = args.steps
         for arm in preset.arms:
@@ -189,6 +292,10 @@ def main() -> None:
                 rollout = yaml.safe_load((run_dir / "recipe.yaml").read_text())["rollout"]
                 spent = sum(generated(row) for row in runs[(arm.name, seed)][0])
                 steps = round(spent / (rollout["prompts_per_step"] * rollout["rollouts_per_prompt"]))
+    if preset.budget:
+        print(budget_report(runs, preset.arms, args.seeds, args.k))
+        print(f"plot: {plot_levels(runs, preset.arms, args.seeds, out)}")
+        return
     print(table(runs, preset.arms, args.seeds, args.k))
     print(f"plot: {plot(runs, preset.arms, args.seeds, args.k, out)}")
 
