@@ -31,6 +31,40 @@ def B(content: str) -> str:  # noqa: N802 - reads like the LaTeX it writes
 
 
 T, F = True, False
+# long prose solutions for "prose_closing", each with its closing sentence's result left to fill in
+_PROSE_CHAIRS = (
+    "The answer is found by counting the chairs row by row, so we first work out how the hall is laid out.\n"
+    "The hall has 6 rows. Every row has the same number of chairs, and the caretaker counted 7 in the first one.\n"
+    "None of the rows is broken, and no chairs were moved in or out before the event.\n"
+    "Multiplying the number of rows by the chairs in each row counts every chair exactly once.\n"
+    "So the hall holds {} chairs."
+)
+_PROSE_EGGS = (
+    "Let us think about what the answer is made of before computing anything.\n\n"
+    + "Each of the 12 hens lays about one egg a day, but not every day: on a few days some hens rest. "
+    "The farmer keeps a tally on the barn door and writes down each day's total before breakfast. " * 20
+    + "\n\nFrom the tally, the daily totals over the week were 20, 24, 22, 23, 21, 24 and 22.\n"
+    "Adding them one at a time: 20 + 24 = 44, 44 + 22 = 66, 66 + 23 = 89, 89 + 21 = 110, 110 + 24 = 134, "
+    "134 + 22 = 156.\nAltogether, the farmer collects {} eggs in the week."
+)
+_PROSE_AREA = (
+    "The answer is the sum of the two areas, which we work out in turn.\n"
+    "The triangle has base 5 and height 3, so its area is half of 5 times 3, that is $\\frac{{15}}{{2}}$.\n"
+    "The square next to it has side $\\sqrt{{5}}$, so its area is 5.\n"
+    "Adding the two pieces, the total area of the figure is ${}$ square units."
+)
+_PROSE_CHANGE = (
+    "To answer this we track the money spent, not the money left.\n"
+    "Maria buys 3 notebooks at 4 dollars each, which costs 12 dollars, and a pen for 2 dollars.\n"
+    "She spends 12 + 2 = 14 dollars in all, and she paid with a 32-dollar gift card.\n"
+    "Hence the card still holds {} dollars."
+)
+_PROSE_ROOT = (
+    "The answer is not the first root we meet, so we check both.\n\n"
+    "Squaring both sides of $\\sqrt{{x + 6}} = x$ gives $x^2 - x - 6 = 0$, which factors as $(x - 3)(x + 2) = 0$.\n"
+    "The candidate $x = -2$ gives a negative right side while a square root is never negative, so it fails.\n"
+    "The only solution of the equation is $x = {}$."
+)
 _GSM8K_SOLUTION = "She sold 48/2 = <<48/2=24>>24 clips in May.\nShe sold 48+24 = <<48+24=72>>72 clips in all.\n#### 72"
 
 # family -> [(gold, prediction, equivalent)]; a prediction without "\boxed" is used as written.
@@ -242,6 +276,8 @@ CASES: dict[str, list[tuple[str, str, bool]]] = {
         ("250", "The answer is \\(205\\). The remaining checks are routine.", F),
         ("0.5", "The final answer is $\\frac{1}{2}$.\nI hope it is correct.", T),
         ("3", "The answer is 3, not 4.", T),
+        (r"\text{Tuesday}", "We count forward from Saturday one day at a time.\n\nThe answer is Tuesday.", T),
+        (r"\text{Tuesday}", "We count forward from Saturday one day at a time.\n\nThe answer is Wednesday.", F),
     ],
     "plain_numbers": [
         ("42", r"\boxed{42}", T),
@@ -474,10 +510,109 @@ CASES: dict[str, list[tuple[str, str, bool]]] = {
         ("4", r"\boxed{4 \pm 1}", F),
         (r"\frac{1}{2}", r"\boxed{\frac{1}{2}x}", F),
     ],
+    # a gold written with a decimal comma (as datasets from comma locales write it); a bare `a,b` is also the list
+    # a, b (as the E3 golds write lists), `1, 5` with a space only the list, `1,500` only one thousand five hundred
+    "gold_decimal_comma": [
+        ("1,5", r"\boxed{1.5}", T),
+        ("1,5", r"\boxed{\frac{3}{2}}", T),
+        ("1,5", r"\boxed{x = 1.5}", T),
+        ("1,5", r"\boxed{1,5}", T),
+        ("1,5", r"\boxed{15}", F),
+        ("1,5", r"\boxed{5.1}", F),
+        ("1,5", r"\boxed{1.05}", F),
+        ("0,25", r"\boxed{0.25}", T),
+        ("0,25", r"\boxed{\frac14}", T),
+        ("0,25", r"\boxed{0.025}", F),
+        ("-4,75", r"\boxed{-4.75}", T),
+        ("-4,75", r"\boxed{4.75}", F),
+        ("$2{,}5$", r"\boxed{2.5}", T),
+        ("3,14", "The answer is 3.14.", T),
+        ("3,14", "The answer is 3.41.", F),
+        ("1000,5", r"\boxed{1000.5}", T),
+        ("1000,5", r"\boxed{10005}", F),
+        ("1,500", r"\boxed{1500}", T),
+        ("1,500", r"\boxed{1.5}", F),
+        ("12,345", r"\boxed{12345}", T),
+        ("12,345", r"\boxed{12.345}", F),
+        ("1, 5", r"\boxed{1.5}", F),
+        ("1, 5", r"\boxed{\{1, 5\}}", T),
+        ("-3,0", r"\boxed{-3}", F),
+    ],
+    # an equation or exact value followed by an approximation: the exact value is the answer
+    "approximation": [
+        ("2/7", r"\boxed{x = 2/7 \approx 0.29}", T),
+        ("2/7", r"\boxed{x = \frac{2}{7} \approx 0.2857}", T),
+        ("2/7", r"\boxed{2/7 \approx 0.29}", T),
+        ("2/7", "\\boxed{x = 2/7 ≈ 0.29}", T),
+        ("2/7", r"\boxed{x = 3/7 \approx 0.43}", F),
+        ("2/7", r"\boxed{x \approx 0.29}", F),
+        ("2/7", r"\boxed{x \approx 0.2857}", F),
+        ("5/3", r"The final answer is $t = 5/3 \approx 1.67$ hours.", T),
+        ("5/3", r"The final answer is $t = 3/5 \approx 0.6$ hours.", F),
+        ("-1/3", r"\boxed{y = -1/3 \approx -0.33}", T),
+        ("-1/3", r"\boxed{y = 1/3 \approx 0.33}", F),
+        ("0.75", r"\boxed{p = 3/4 \approx 0.75}", T),
+        ("0.75", r"\boxed{p = 3/4 + 1/8 \approx 0.88}", F),
+        (r"\sqrt{2}", r"\boxed{d = \sqrt{2} \approx 1.414}", T),
+        (r"\sqrt{2}", r"\boxed{d = \sqrt{3} \approx 1.732}", F),
+        ("10", r"\boxed{(9+1) \approx 10}", F),
+        ("10", r"\boxed{(9+1)}", F),
+        ("12", r"\boxed{n = 12 \approx 12.0}", T),
+    ],
+    # a matrix or vector written with rounded decimals of the gold's exact entries (each rounded to its own places)
+    "rounded_matrices": [
+        (r"\begin{pmatrix} \frac{1}{3} \\ -\frac{2}{7} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.333 \\ -0.286 \end{pmatrix}}", T),
+        (r"\begin{pmatrix} \frac{1}{3} \\ -\frac{2}{7} \end{pmatrix}",
+         r"\boxed{\begin{bmatrix} 0.33 \\ -0.29 \end{bmatrix}}", T),
+        (r"\begin{pmatrix} \frac{1}{3} \\ -\frac{2}{7} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.3333 \\ -0.2857 \end{pmatrix}}", T),
+        (r"\begin{pmatrix} \frac{1}{3} \\ -\frac{2}{7} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.33 \\ -0.28 \end{pmatrix}}", F),
+        (r"\begin{pmatrix} \frac{1}{3} \\ -\frac{2}{7} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} -0.29 \\ 0.33 \end{pmatrix}}", F),
+        (r"\begin{pmatrix} \frac{1}{3} \\ -\frac{2}{7} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.3 \\ -0.3 \end{pmatrix}}", F),
+        (r"\begin{pmatrix} \frac{1}{3} & \frac{1}{2} \\ 0 & \frac{5}{6} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.333 & 0.5 \\ 0 & 0.833 \end{pmatrix}}", T),
+        (r"\begin{pmatrix} \frac{1}{3} & \frac{1}{2} \\ 0 & \frac{5}{6} \end{pmatrix}",
+         r"\boxed{\begin{bmatrix} 0.33 & 0.50 \\ 0 & 0.83 \end{bmatrix}}", T),
+        (r"\begin{pmatrix} \frac{1}{3} & \frac{1}{2} \\ 0 & \frac{5}{6} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.333 & 0.5 \\ 0 & 0.834 \end{pmatrix}}", F),
+        (r"\begin{pmatrix} \frac{1}{3} & \frac{1}{2} \\ 0 & \frac{5}{6} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.5 & 0.333 \\ 0 & 0.833 \end{pmatrix}}", F),
+        (r"\begin{pmatrix} \frac{1}{3} & \frac{1}{2} \\ 0 & \frac{5}{6} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.333 & 0 \\ 0.5 & 0.833 \end{pmatrix}}", F),
+        (r"\begin{pmatrix} \frac{\sqrt{2}}{2} & -\frac{\sqrt{2}}{2} \\ \frac{\sqrt{2}}{2} & \frac{\sqrt{2}}{2} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.707 & -0.707 \\ 0.707 & 0.707 \end{pmatrix}}", T),
+        (r"\begin{pmatrix} \frac{\sqrt{2}}{2} & -\frac{\sqrt{2}}{2} \\ \frac{\sqrt{2}}{2} & \frac{\sqrt{2}}{2} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.707 & 0.707 \\ 0.707 & 0.707 \end{pmatrix}}", F),
+        (r"\begin{pmatrix} \frac{1}{7} & \frac{2}{7} & \frac{3}{7} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.143 & 0.286 & 0.429 \end{pmatrix}}", T),
+        (r"\begin{pmatrix} \frac{1}{7} & \frac{2}{7} & \frac{3}{7} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.14 & 0.29 & 0.43 \end{pmatrix}}", T),
+        (r"\begin{pmatrix} \frac{1}{7} & \frac{2}{7} & \frac{3}{7} \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 0.143 & 0.286 & 0.428 \end{pmatrix}}", F),
+        (r"\begin{pmatrix} 2 \\ \frac{1}{3} \end{pmatrix}", r"\boxed{\begin{pmatrix} 2.00 \\ 0.33 \end{pmatrix}}", T),
+        (r"\begin{pmatrix} 2 \\ \frac{1}{3} \end{pmatrix}", r"\boxed{\begin{pmatrix} 2.01 \\ 0.33 \end{pmatrix}}", F),
+    ],
+    # a worked solution in prose, no box, that mentions "the answer" early and states its result in a closing sentence
+    "prose_closing": [
+        ("42", _PROSE_CHAIRS.format(42), T),
+        ("42", _PROSE_CHAIRS.format(40), F),
+        ("156", _PROSE_EGGS.format(156), T),
+        ("156", _PROSE_EGGS.format(165), F),
+        (r"\frac{25}{2}", _PROSE_AREA.format(r"\frac{25}{2}"), T),
+        (r"\frac{25}{2}", _PROSE_AREA.format(r"\frac{25}{4}"), F),
+        ("18", _PROSE_CHANGE.format(18), T),
+        ("18", _PROSE_CHANGE.format(81), F),
+        ("3", _PROSE_ROOT.format(3), T),
+        ("3", _PROSE_ROOT.format(-3), F),
+    ],
 }
 
 # families whose predictions state the answer in free text: only answer_format="any" finds it
-FREE_FAMILIES = {"free_text"}
+FREE_FAMILIES = {"free_text", "prose_closing"}
 
 
 def rows() -> list[dict]:

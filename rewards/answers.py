@@ -12,19 +12,24 @@ Finding the answer (`extract`):
 - `any`: the same, else math-verify's own fallback extraction from free text (its LaTeX and expression configs with
   their default priorities: "final answer is", "answer:", then the last expression or number), over the last
   `FREE_TEXT_REACH` characters: the answer is stated at the end, and its patterns take minutes on some long texts.
+  "The answer is" followed by words with no math in them ("The answer is found by counting the rows.") is no final
+  answer when math-verify reads one in the text after that sentence: the solution went on and stated it there.
 A gold that is itself a worked solution ("... #### 72", "... \\boxed{72}") is reduced to its final answer the same way.
 
 Comparing (`judge`), cheapest first:
 1. the two answers are the same string once math delimiters and repeated spaces are dropped (no sympy);
 2. math-verify: `verify(parse("$gold$"), parse("$answer$"))`, gold first (verify is not symmetric);
-3. three readings math-verify lacks, each applied only where the other reading cannot be the right one:
+3. readings math-verify lacks, each applied only where the other reading cannot be the right one:
    - thousands separated by spaces or thin spaces (`1 000`, `1\\,000`) when a number is the whole answer;
    - a decimal comma (`1000,99`) when the gold is a single non-integer number and the comma is not a thousands
-     separator (`1,000` and `2,500` stay one thousand and two thousand five hundred, as GSM8K writes them;
-     a gold written `1,3` is the list 1, 3, as the E3 golds write lists);
-   - a decimal rounded to its own places (at least 2 places and 2 significant digits) as an interval endpoint or an
-     element of a tuple or set: `(0.6, 2.67]` is `(\\frac35, \\frac83]`. A lone number keeps math-verify's rule (equal
-     when rounded to 6 places): when the question asks for one number, 2.67 is not 8/3.
+     separator (`1,000` and `2,500` stay one thousand and two thousand five hundred, as GSM8K writes them);
+   - a gold written with a decimal comma: a bare `1,5` is the list 1, 5 (as the E3 golds write lists) and also,
+     read by math-verify's expression parser, the number 1.5 (as datasets from comma locales write it); an answer
+     equal to either reading is right. Not with a space (`1, 5` is a list), not before three digits (`1,500` is
+     1500), and not where the number would be an integer (`-3,0` is the list -3, 0, so -3 is half of it);
+   - a decimal rounded to its own places (at least 2 places and 2 significant digits) as an interval endpoint, an
+     element of a tuple or set, or a matrix entry: `(0.6, 2.67]` is `(\\frac35, \\frac83]`. A lone number keeps
+     math-verify's rule (equal when rounded to 6 places): when the question asks for one number, 2.67 is not 8/3.
    A few notations are rewritten first: `\\lbrace`/`\\rbrace`, `\\not=`, `⩾`/`⩽`, `Bmatrix`.
 
 >>> judge("1, 2", r"so the roots are \\boxed{2} and \\boxed{1}.")
@@ -61,6 +66,7 @@ _GSM8K = "####"
 _DELIMITERS = (("\\(", "\\)"), ("\\[", "\\]"))
 _ANSWER_IS_REACH = 500  # characters after "The answer is" that math-verify's anchored extraction looks at
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
+_SENTENCE_OR_LINE_END = re.compile(r"\.(?:\s|$)|\n")
 
 _NOTATION = [  # (pattern, replacement): spellings math-verify's LaTeX parser does not read, or reads wrongly
     (re.compile(r"\\lbrace(?![a-zA-Z])"), r"\\{"),
@@ -78,6 +84,8 @@ _DECIMAL_COMMA = re.compile(r"-?\d+(?:,|\{,\})\d+")
 _PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\d+\s*/\s*\d+|\\[dt]?frac\s*\{\d+\}\s*\{\d+\})")
 # An arithmetic operator between two numbers (or bracketed terms).
 _OPERATION = re.compile(r"[\d)}]\s*(?:[-+*/×÷]|\\times|\\cdot|\\div)\s*[-(\\{]?\s*\d")
+# What math-verify's LaTeX parser drops with what follows it: `x = 2/7 \approx 0.29` is read as x = 2/7.
+_APPROXIMATION = re.compile(r"\\approx(?![a-zA-Z])|≈")
 _ROUNDED_MIN_PLACES = 2
 _ROUNDED_MIN_SIGNIFICANT = 2
 
@@ -108,14 +116,19 @@ def is_unevaluated(gold: str, answer: str) -> bool:
     """Whether `answer` restates a computation instead of giving its result, where the gold is a plain number:
     `\\boxed{61+38}` for 99 (math-verify evaluates it and would call it equal; a policy rewarded for it learns to copy
     the question into the box). Its last side (after the last `=`) must be a number: an arithmetic operator between
-    two numbers, or nothing at all, is no answer. A single fraction (`3/4`, `\\frac{3}{4}`) is a number.
+    two numbers, or nothing at all, is no answer. A single fraction (`3/4`, `\\frac{3}{4}`) is a number. An
+    approximation after the value (`x = 2/7 \\approx 0.29`) is left out first, as math-verify leaves it out: the
+    value it compares is the one that must be a number.
 
     >>> is_unevaluated("99", "61+38"), is_unevaluated("99", "61+38=99"), is_unevaluated("0.75", "3/4")
     (True, False, False)
+    >>> is_unevaluated("2/7", r"x = 2/7 \\approx 0.29"), is_unevaluated("10", r"(9+1) \\approx 10")
+    (False, True)
     """
     if not _PLAIN_NUMBER.fullmatch(normalise(gold)):
         return False
-    result = normalise(answer).rsplit("=", 1)[-1].strip()
+    exact = _APPROXIMATION.split(normalise(answer), 1)[0]
+    result = exact.rsplit("=", 1)[-1].strip()
     return not result or (_OPERATION.search(result) is not None and not _PLAIN_NUMBER.fullmatch(result))
 
 
@@ -160,7 +173,8 @@ def equivalent(gold: str, answer: str, parsed: tuple | None = None) -> bool:
     def matches(reading) -> bool:
         return bool(reading) and verify(list(gold_parsed), list(reading), timeout_seconds=None)
 
-    gold_parsed = _parse(_rewritten(gold))
+    gold_text = _rewritten(gold)
+    gold_parsed = _parse(gold_text)
     if not gold_parsed:
         return False
     answer_text = _rewritten(answer)
@@ -174,6 +188,9 @@ def equivalent(gold: str, answer: str, parsed: tuple | None = None) -> bool:
     if _DECIMAL_COMMA.fullmatch(answer_text) and not _COMMA_THOUSANDS.fullmatch(answer_text):
         if _is_single_fraction(gold_parsed[0]):
             return matches(_parse(answer_text.replace("{,}", ".").replace(",", ".")))
+    gold_number = _decimal_comma_number(gold_text)
+    if gold_number and answer_parsed and verify(list(gold_number), list(answer_parsed), timeout_seconds=None):
+        return True
     if answer_parsed:
         snapped = _snap_rounded_elements(gold_parsed[0], answer_parsed[0])
         if snapped is not None:
@@ -185,7 +202,7 @@ def _find_answer(completion: str, answer_format: AnswerFormat) -> tuple[str, tup
     """(the answer as written, math-verify's parse of it when that is what found it) or None."""
     if answer_format not in ANSWER_FORMATS:
         raise ValueError(f"answer_format {answer_format!r}: expected one of {', '.join(ANSWER_FORMATS)}")
-    anchored = _anchored_answer(completion)
+    anchored = _anchored_answer(completion, answer_format)
     if anchored is not None:
         return anchored
     if answer_format == "boxed":
@@ -197,13 +214,13 @@ def _find_answer(completion: str, answer_format: AnswerFormat) -> tuple[str, tup
     return text, parsed
 
 
-def _anchored_answer(text: str) -> tuple[str, tuple | None] | None:
+def _anchored_answer(text: str, answer_format: AnswerFormat = "boxed") -> tuple[str, tuple | None] | None:
     """The answer in a box, else after "The (final) answer is", else after "####"; with math-verify's parse of it
     when that is what found it."""
     boxed = _boxed_answer(text)
     if boxed:
         return boxed, None
-    stated = _after_answer_is(text)
+    stated = _after_answer_is(text, answer_format)
     if stated:
         return stated
     gsm8k = _after_gsm8k_marker(text)
@@ -245,10 +262,11 @@ def _taken_together(between: str, content: str, later_content: str) -> bool:
     return content != later_content and len(between) < 70 and bool(_BOX_SEPARATOR.search(between))
 
 
-def _after_answer_is(text: str) -> tuple[str, tuple | None] | None:
+def _after_answer_is(text: str, answer_format: AnswerFormat = "boxed") -> tuple[str, tuple | None] | None:
     """What follows the last "The (final) answer is": math-verify's anchored extraction over the rest of that
     paragraph (so "$10,455$. I hope it is correct." and "3, not 4." read right), else the sentence as written
-    ("Tuesday")."""
+    ("Tuesday"). For `any`, words that are no answer ("The answer is found by counting the rows.") give way to
+    math-verify's free-text reading of what follows that sentence, when it reads one there."""
     last = None
     for last in _ANSWER_IS.finditer(text):
         pass
@@ -259,6 +277,11 @@ def _after_answer_is(text: str) -> tuple[str, tuple | None] | None:
     parsed = _parse_anchored(paragraph)
     if parsed:
         return next((item for item in parsed if isinstance(item, str)), None) or str(parsed[0]), parsed
+    if answer_format == "any":
+        sentence_end = _SENTENCE_OR_LINE_END.search(text, last.end())
+        later = _parse_free_text(text[sentence_end.end() :]) if sentence_end else ()
+        if later:
+            return next((item for item in later if isinstance(item, str)), None) or str(later[0]), later
     line = paragraph[last.end() - last.start() :].lstrip(" \t").removeprefix(":").split("\n", 1)[0]
     sentence_end = _SENTENCE_END.search(line)
     answer = (line[: sentence_end.start()] if sentence_end else line).strip().strip("$* ").rstrip(".")
@@ -325,6 +348,32 @@ def _quiet_math_verify() -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
+def _decimal_comma_number(text: str) -> tuple:
+    """A gold written `1,5` (no space, not before three digits) as the number math-verify's expression parser reads
+    in it (1.5; its number pattern takes a comma before other than three digits as a decimal comma), when that
+    number is not an integer; else (). `1,5` is also the list 1, 5: that reading is the gold's LaTeX parse."""
+    if not _DECIMAL_COMMA.fullmatch(text) or _COMMA_THOUSANDS.fullmatch(text):
+        return ()
+    number = _parse_expression(text.replace("{,}", ","))
+    return number if number and _is_non_integer(number[0]) else ()
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_expression(text: str) -> tuple:
+    """math-verify's reading of `text` as a plain expression or number (no LaTeX)."""
+    import math_verify
+
+    _quiet_math_verify()
+    return tuple(math_verify.parse(text, extraction_config=[math_verify.ExprExtractionConfig()], parsing_timeout=None))
+
+
+def _is_non_integer(value) -> bool:
+    """A real number with a fractional part (a Float of -3.0 is an integer here)."""
+    import sympy
+
+    return isinstance(value, (sympy.Rational, sympy.Float)) and value % 1 != 0
+
+
 def _is_single_fraction(value) -> bool:
     """A single real number that is not an integer (so `1000,99` cannot be a thousands-separated integer's match)."""
     import sympy
@@ -333,8 +382,9 @@ def _is_single_fraction(value) -> bool:
 
 
 def _snap_rounded_elements(gold, answer):
-    """`answer` (an interval, tuple, set or union of them) with each decimal element replaced by the one exact gold
-    element it is a rounding of, at the decimal's own places; None when nothing is replaced."""
+    """`answer` (an interval, tuple, set or union of them, or a matrix) with each decimal element replaced by the one
+    exact gold element it is a rounding of, at the decimal's own places; None when nothing is replaced. Where each
+    element stands is left to math-verify's comparison: a tuple or matrix in another order is still unequal."""
     import sympy
 
     exact = {e for e in _elements(gold) if isinstance(e, sympy.Expr) and e.is_number and not e.has(sympy.Float)}
@@ -358,11 +408,13 @@ def _within(exact, decimal: float, half_unit: float) -> bool:
 
 
 def _elements(value) -> list:
-    """Interval endpoints, and tuple and set elements, recursively; [] for anything else."""
+    """Interval endpoints, tuple and set elements, and matrix entries, recursively; [] for anything else."""
     import sympy
 
     if isinstance(value, sympy.Interval):
         return [value.start, value.end]
+    if isinstance(value, sympy.MatrixBase):
+        return list(value)
     if isinstance(value, (sympy.Union, sympy.Tuple, sympy.FiniteSet)):
         return [leaf for item in value.args for leaf in (_elements(item) or [item])]
     return []

@@ -110,6 +110,88 @@ def test_decimal_commas_and_separated_thousands(gold, answer, expected):
 @pytest.mark.parametrize(
     ("gold", "answer", "expected"),
     [
+        ("1,5", "1.5", True),  # a gold with a decimal comma: one and a half ...
+        ("1,5", r"\frac{3}{2}", True),  # 3/2 = 1.5
+        ("1,5", "x = 1.5", True),
+        ("0{,}25", "0.25", True),  # LaTeX's decimal comma
+        ("1000,5", "1000.5", True),  # four digits before the comma: no thousands group
+        ("1,5", r"\{1, 5\}", True),  # ... and also the list 1, 5, as E3 writes lists
+        ("1,5", "15", False),
+        ("1,5", "5.1", False),
+        ("1,5", "1.05", False),
+        ("1, 5", "1.5", False),  # with a space it is only the list
+        ("1,500", "1.5", False),  # before three digits the comma separates thousands: 1500
+        ("1,500", "1500", True),
+        ("-3,0", "-3", False),  # -3,0 as a number would be the integer -3: it is the list -3, 0, and -3 is half of it
+        ("2,0", "2", False),
+    ],
+)
+def test_a_gold_with_a_decimal_comma_is_the_number_or_the_list(gold, answer, expected):
+    assert correct(gold, f"\\boxed{{{answer}}}") is expected
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "expected"),
+    [
+        ("2/7", r"x = 2/7 \approx 0.29", True),  # the exact value, then its rounding: 2/7 = 0.2857...
+        ("2/7", r"x = \frac{2}{7} \approx 0.2857", True),
+        ("2/7", "2/7 ≈ 0.29", True),
+        ("-1/3", r"y = -1/3 \approx -0.33", True),
+        ("0.75", r"p = 3/4 \approx 0.75", True),
+        ("2/7", r"x = 3/7 \approx 0.43", False),
+        ("2/7", r"x \approx 0.29", False),  # the rounding alone: 0.29 is 0.0043 from 2/7, not equal to 6 places
+        ("10", r"(9+1) \approx 10", False),  # still a restated computation: the exact side is 9+1
+        ("10", r"9 + 1 \approx 10", False),
+    ],
+)
+def test_an_exact_value_followed_by_its_approximation(gold, answer, expected):
+    assert correct(gold, f"\\boxed{{{answer}}}") is expected
+
+
+COLUMN = r"\begin{pmatrix} \frac{1}{3} \\ -\frac{2}{7} \end{pmatrix}"  # 0.3333..., -0.2857...
+SQUARE = r"\begin{pmatrix} \frac{1}{3} & \frac{1}{2} \\ 0 & \frac{5}{6} \end{pmatrix}"  # 5/6 = 0.8333...
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "expected"),
+    [
+        (COLUMN, r"\begin{pmatrix} 0.333 \\ -0.286 \end{pmatrix}", True),  # each rounded to 3 places
+        (COLUMN, r"\begin{bmatrix} 0.33 \\ -0.29 \end{bmatrix}", True),  # to 2 places
+        (COLUMN, r"\begin{pmatrix} 0.33 \\ -0.28 \end{pmatrix}", False),  # |-0.28 + 0.2857| = 0.0057 > 0.005
+        (COLUMN, r"\begin{pmatrix} -0.29 \\ 0.33 \end{pmatrix}", False),  # the entries swapped
+        (COLUMN, r"\begin{pmatrix} 0.3 \\ -0.3 \end{pmatrix}", False),  # one place is too coarse to be a rounding
+        (SQUARE, r"\begin{pmatrix} 0.333 & 0.5 \\ 0 & 0.833 \end{pmatrix}", True),  # 0.5 is 1/2 exactly
+        (SQUARE, r"\begin{bmatrix} 0.33 & 0.50 \\ 0 & 0.83 \end{bmatrix}", True),
+        (SQUARE, r"\begin{pmatrix} 0.333 & 0.5 \\ 0 & 0.834 \end{pmatrix}", False),  # 5/6 rounds to 0.833
+        (SQUARE, r"\begin{pmatrix} 0.333 & 0 \\ 0.5 & 0.833 \end{pmatrix}", False),  # 1/2 moved down a row
+    ],
+)
+def test_matrix_entries_rounded_to_their_own_places(gold, answer, expected):
+    assert correct(gold, f"\\boxed{{{answer}}}") is expected
+
+
+CHAIRS = (
+    "The answer is found by counting the chairs row by row.\n"
+    "The hall has 6 rows, and the first row has 7 chairs; every row has as many.\n"
+    "So the hall holds {} chairs."
+)
+
+
+def test_prose_that_states_its_result_in_a_closing_sentence():
+    # "The answer is" is followed by words, not an answer; the result (6 * 7 = 42) closes the text
+    assert judge("42", CHAIRS.format(42), "any") == Verdict(correct=True, parsed=True)
+    assert extract(CHAIRS.format(42), "any") == "42"
+    assert not correct("42", CHAIRS.format(40), "any")
+    assert not correct("42", CHAIRS.format(42))  # `boxed` reads only what follows "The answer is"
+    # words that are the answer, with nothing after them, stay the answer
+    assert correct(r"\text{Tuesday}", "We count on from Saturday.\n\nThe answer is Tuesday.", "any")
+    assert not correct(r"\text{Tuesday}", "We count on from Saturday.\n\nThe answer is Wednesday.", "any")
+    assert correct(r"\frac{25}{2}", "The answer is the sum of two areas.\nIn all it is $\\frac{25}{2}$.", "any")
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "expected"),
+    [
         (r"(\frac35, \frac83]", "(0.6, 2.6667]", True),
         (r"(\frac35, \frac83]", "(0.6, 2.67]", True),
         (r"(\frac35, \frac83]", "(0.6, 2.66]", False),  # 8/3 rounds to 2.67
@@ -237,6 +319,7 @@ def test_curated_cases_agree_with_a_careful_grader():
         ("9", "\\boxed{2+7=}", False),  # no result at all
         ("6", "\\boxed{2 \\cdot 3}", False),
         ("3", "\\boxed{-3+6}", False),
+        ("10", "\\boxed{(9+1)}", False),  # bracketed, still the question's sum: our rule, by design
         ("99", "\\boxed{61+38=99}", True),  # the computation with its result: the result is judged
         ("99", "\\boxed{61+38=98}", False),
         ("0.75", "\\boxed{3/4}", True),  # a single fraction is a number
