@@ -11,6 +11,16 @@ import torch
 from leftover_check import left_behind, started
 
 CACHE = Path(__file__).resolve().parent / ".cache"  # ignored by git; kept between sessions
+SLOW_MODULES = {"test_recipe_space.py"}  # hypothesis over whole in-process steps
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` (left out by `python -m pytest -m "not slow"`, the everyday subset; CI runs everything): real training
+    through Ray (`integration`), anything on the SmolLM2 stand-in, and the modules in SLOW_MODULES."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if item.get_closest_marker("integration") or "smollm2_dir" in fixtures or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")
