@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--adapters", action="store_true", help="LoRA runs: write the adapters alone (peft loads them) instead of the merged model"
     )
+    export.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the model's own code (auto_map files in the checkpoint's hf/); a checkpoint's recipe never decides this",
+    )
 
     gguf = sub.add_parser("import-gguf", help="write a Hugging Face model directory from a GGUF file (dequantised)")
     gguf.add_argument("gguf_file", type=Path, nargs="?", help="the .gguf file (or --smollm2)")
@@ -120,8 +124,6 @@ def _train_locked(args, recipe, run_dir: Path) -> int:
 
 
 def _export(args) -> int:
-    import yaml
-
     from rlqa import checkpoint
 
     ckpt = args.checkpoint
@@ -129,12 +131,11 @@ def _export(args) -> int:
         ckpt = checkpoint.latest_good(ckpt, warn=lambda m: print(m, file=sys.stderr))
         if ckpt is None:
             raise UserError(f"{args.checkpoint}: no usable checkpoint to export")
-    recipe_path = ckpt / checkpoint.RECIPE
-    model = yaml.safe_load(recipe_path.read_text())["model"] if recipe_path.is_file() else {}
     try:
+        checkpoint.verify(ckpt)  # before anything in it is read
         out = checkpoint.export_hf(
-            ckpt, args.out_dir, trust_remote_code=model.get("trust_remote_code", False),
-            dtype=model.get("dtype", "float32"), adapters=args.adapters,
+            ckpt, args.out_dir, trust_remote_code=args.trust_remote_code, dtype=checkpoint.saved_dtype(ckpt),
+            adapters=args.adapters,
         )
     except checkpoint.CheckpointError as err:
         raise UserError(str(err)) from None

@@ -159,9 +159,15 @@ def _checkpoint_model(ckpt: Path, recipe: Recipe, scratch: Path) -> Path:
 
 
 def resolve_target(target: Path, scratch: Path) -> tuple[Path, Recipe]:
-    """(model directory, recipe) for a run directory, a checkpoint directory or a Hugging Face model directory."""
+    """(model directory, recipe) for a checkpoint directory, a run directory or a Hugging Face model directory.
+
+    A checkpoint is recognised first: it holds a recipe.yaml too (its run's), and is no run directory."""
     if not target.exists():
         raise UserError(f"{target}: no such file or directory")
+    if (target / checkpoint.MANIFEST).is_file() and (target / checkpoint.DRIVER_STATE).is_file():  # a checkpoint
+        own = target / checkpoint.RECIPE  # the recipe it was saved with; older checkpoints: their run's
+        recipe = load_recipe(own) if own.is_file() else _recipe_of(target.parent.parent)
+        return _checkpoint_model(target, recipe, scratch), recipe
     if (target / "recipe.yaml").is_file():  # a run directory: its final policy, else its newest good checkpoint
         recipe = _recipe_of(target)
         final = target / "final"
@@ -173,12 +179,14 @@ def resolve_target(target: Path, scratch: Path) -> tuple[Path, Recipe]:
                 print(f"skipping final/: {err}", file=sys.stderr)
         ckpt = checkpoint.latest_good(target, warn=lambda m: print(m, file=sys.stderr))
         if ckpt is None:
-            raise UserError(f"{target}: the run has neither final/ nor a usable checkpoint")
+            raise UserError(f"{target}: the run has neither a good final/ nor a usable checkpoint")
         return _checkpoint_model(ckpt, recipe, scratch), recipe
-    if (target / checkpoint.MANIFEST).is_file():  # RUN_DIR/checkpoints/step_X
-        recipe = _recipe_of(target.parent.parent)
-        return _checkpoint_model(target, recipe, scratch), recipe
     if (target / "config.json").is_file():
+        if (target / checkpoint.MANIFEST).is_file():  # a run's final/: checked like a checkpoint
+            try:
+                checkpoint.verify(target)
+            except checkpoint.CheckpointError as err:
+                raise UserError(str(err)) from None
         return target, Recipe()
     raise UserError(f"{target}: not a run directory, a checkpoint or a Hugging Face model directory")
 
