@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset file (default: the run's data.test)")
     ev.add_argument("--k", type=int, help="samples per prompt for pass@k")
     ev.add_argument("--address", help="Ray cluster address")
+    ev.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the model's own code (auto_map files); the recipe of the run or checkpoint never decides this",
+    )
 
     export = sub.add_parser("export", help="write a Hugging Face model directory from a checkpoint")
     export.add_argument("checkpoint", type=Path, help="checkpoint directory, or a run directory (its newest good checkpoint)")
@@ -169,7 +173,9 @@ def _check(args) -> int:
 def _eval(args) -> int:
     from rlqa.evaluation import evaluate_target
 
-    results = evaluate_target(args.target, data=args.data, k=args.k, address=args.address)
+    results = evaluate_target(
+        args.target, data=args.data, k=args.k, address=args.address, trust_remote_code=args.trust_remote_code
+    )
     print(json.dumps(results, indent=2))
     return 0
 
