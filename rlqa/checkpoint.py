@@ -19,6 +19,7 @@ import math
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +304,36 @@ def set_rng_state(state: dict) -> None:
 # -- export --------------------------------------------------------------------------------------------------------------
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def saved_dtype(ckpt: Path) -> str:
+    """The recipe's `model.dtype` a verified checkpoint was saved with (a LoRA export loads its base in it). Read
+    as data (safe_load), and only this key: nothing else in an untrusted checkpoint's recipe is obeyed."""
+    path = ckpt / RECIPE
+    if not path.is_file():
+        return "float32"
+    try:
+        recipe = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        raise CheckpointError(f"{path}: not a readable recipe (UTF-8 YAML)") from None
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    dtype = model.get("dtype", "float32") if isinstance(model, dict) else "float32"
+    if dtype not in DTYPES:
+        raise CheckpointError(f"{path}: model.dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def check_export_target(ckpt: Path, out_dir: Path) -> None:
+    """An export creates its directory: it never writes over files, nor into the checkpoint it reads (whose
+    manifest would then fail, and whose hf/ files it would copy onto themselves)."""
+    out, source = out_dir.resolve(), ckpt.resolve()
+    if out == source or source in out.parents:
+        raise CheckpointError(f"{out_dir}: inside the checkpoint {ckpt}; export to a directory outside it")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CheckpointError(f"{out_dir}: already exists and is not an empty directory")
+
+
 def export_hf(
     ckpt: Path, out_dir: Path, trust_remote_code: bool = False, dtype: str = "float32", adapters: bool = False
 ) -> Path:
@@ -310,28 +341,52 @@ def export_hf(
 
     A LoRA checkpoint (`model.lora`) exports the base with its adapters merged, or with `adapters` the adapters alone
     as peft writes them (`PeftModel.from_pretrained(base, out_dir)` loads them); its base weights are read from the
-    model directory the run trained on, in `dtype` (the recipe's `model.dtype`)."""
+    model directory the run trained on, in `dtype` (the recipe's `model.dtype`). `trust_remote_code` is the
+    caller's say (a command-line flag), never the checkpoint's: custom code under hf/ runs only with it. The
+    directory is written under a temporary name and renamed into place: complete or absent."""
+    verify(ckpt)
+    check_export_target(ckpt, out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    scratch.chmod(0o755)  # mkdtemp's 0700 would outlive the rename
+    try:
+        _write_hf(ckpt, scratch, trust_remote_code, dtype, adapters)
+        scratch.rename(out_dir)  # replaces an empty directory
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_hf(ckpt: Path, out_dir: Path, trust_remote_code: bool, dtype: str, adapters: bool) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     from rlqa.learner import lora
 
-    verify(ckpt)
     hf = ckpt / HF_FILES
     if not (hf / "config.json").is_file():
         raise CheckpointError(f"{hf / 'config.json'}: missing (the checkpoint holds no model config to export with)")
     adapter_dir = ckpt / lora.ADAPTER_DIR
     if adapters and not adapter_dir.is_dir():
         raise CheckpointError(f"{ckpt}: holds full weights, not LoRA adapters (model.lora was off); export without --adapters")
-    out_dir.mkdir(parents=True, exist_ok=True)
     copy_model_files(hf, out_dir)  # tokenizer files and custom code; save_pretrained rewrites the config
     if adapters:
         for item in adapter_dir.iterdir():
             shutil.copyfile(item, out_dir / item.name)
-        return out_dir
+        return
     weights = _lora_merged(adapter_dir, dtype, trust_remote_code) if adapter_dir.is_dir() else _load_weights(ckpt)
-    config = AutoConfig.from_pretrained(hf, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=next(iter(weights.values())).dtype)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        config = AutoConfig.from_pretrained(hf, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=next(iter(weights.values())).dtype)
+    except ValueError as err:  # custom code without --trust-remote-code, or an architecture transformers lacks
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        hint = "; if you trust its code, export with --trust-remote-code" if "trust_remote_code" in str(err) else ""
+        raise CheckpointError(f"{hf / 'config.json'}: transformers cannot build the model ({first_line[:200]}){hint}") from None
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shapes that differ from the config's (an edited intermediate_size, say)
+        mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err).splitlines()[0])
+        raise CheckpointError(f"{ckpt}: its policy weights do not fit {hf / 'config.json'} ({mismatch[:300]})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{ckpt}: its policy weights do not fit {hf / 'config.json'} "
@@ -340,7 +395,6 @@ def export_hf(
     if (hf / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(hf)
     model.save_pretrained(out_dir)
-    return out_dir
 
 
 def _load_weights(ckpt: Path) -> dict:

@@ -41,12 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset file (default: the run's data.test)")
     ev.add_argument("--k", type=int, help="samples per prompt for pass@k")
     ev.add_argument("--address", help="Ray cluster address")
+    ev.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the model's own code (auto_map files); the recipe of the run or checkpoint never decides this",
+    )
 
     export = sub.add_parser("export", help="write a Hugging Face model directory from a checkpoint")
     export.add_argument("checkpoint", type=Path, help="checkpoint directory, or a run directory (its newest good checkpoint)")
     export.add_argument("out_dir", type=Path, help="where to write the model (from_pretrained loads it)")
     export.add_argument(
         "--adapters", action="store_true", help="LoRA runs: write the adapters alone (peft loads them) instead of the merged model"
+    )
+    export.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the model's own code (auto_map files in the checkpoint's hf/); a checkpoint's recipe never decides this",
     )
 
     gguf = sub.add_parser("import-gguf", help="write a Hugging Face model directory from a GGUF file (dequantised)")
@@ -124,8 +132,6 @@ def _train_locked(args, recipe, run_dir: Path) -> int:
 
 
 def _export(args) -> int:
-    import yaml
-
     from rlqa import checkpoint
 
     ckpt = args.checkpoint
@@ -133,12 +139,11 @@ def _export(args) -> int:
         ckpt = checkpoint.latest_good(ckpt, warn=lambda m: print(m, file=sys.stderr))
         if ckpt is None:
             raise UserError(f"{args.checkpoint}: no usable checkpoint to export")
-    recipe_path = ckpt / checkpoint.RECIPE
-    model = yaml.safe_load(recipe_path.read_text())["model"] if recipe_path.is_file() else {}
     try:
+        checkpoint.verify(ckpt)  # before anything in it is read
         out = checkpoint.export_hf(
-            ckpt, args.out_dir, trust_remote_code=model.get("trust_remote_code", False),
-            dtype=model.get("dtype", "float32"), adapters=args.adapters,
+            ckpt, args.out_dir, trust_remote_code=args.trust_remote_code, dtype=checkpoint.saved_dtype(ckpt),
+            adapters=args.adapters,
         )
     except checkpoint.CheckpointError as err:
         raise UserError(str(err)) from None
@@ -173,7 +178,9 @@ def _check(args) -> int:
 def _eval(args) -> int:
     from rlqa.evaluation import evaluate_target
 
-    results = evaluate_target(args.target, data=args.data, k=args.k, address=args.address)
+    results = evaluate_target(
+        args.target, data=args.data, k=args.k, address=args.address, trust_remote_code=args.trust_remote_code
+    )
     print(json.dumps(results, indent=2))
     return 0
 

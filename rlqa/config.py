@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 
-from rlqa.errors import UserError
+from rlqa.errors import UserError, read_user_text
 
 
 # The ceiling of an integer key that sets no bound of its own: a count past it is a typo (`steps: 1e12`), and numbers
@@ -569,8 +569,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
+    text = read_user_text(path)  # not UTF-8: one line naming the file and the byte
     try:
-        raw = parse_yaml(path.read_text()) or {}
+        raw = parse_yaml(text) or {}
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
     except yaml.YAMLError as err:

@@ -170,18 +170,25 @@ def _recipe_of(run_dir: Path) -> Recipe:
     return load_recipe(path)  # its base_dir keeps relative paths pointing where the run found them
 
 
-def _checkpoint_model(ckpt: Path, recipe: Recipe, scratch: Path) -> Path:
+def _checkpoint_model(ckpt: Path, recipe: Recipe, scratch: Path, trust_remote_code: bool) -> Path:
     """A Hugging Face directory of a checkpoint's policy, exported as `rlqa export` does."""
     try:
-        return checkpoint.export_hf(ckpt, scratch, trust_remote_code=recipe.model.trust_remote_code, dtype=recipe.model.dtype)
+        return checkpoint.export_hf(ckpt, scratch, trust_remote_code=trust_remote_code, dtype=recipe.model.dtype)
     except checkpoint.CheckpointError as err:
         raise UserError(str(err)) from None
 
 
-def resolve_target(target: Path, scratch: Path) -> tuple[Path, Recipe]:
-    """(model directory, recipe) for a run directory, a checkpoint directory or a Hugging Face model directory."""
+def resolve_target(target: Path, scratch: Path, trust_remote_code: bool = False) -> tuple[Path, Recipe]:
+    """(model directory, recipe) for a checkpoint directory, a run directory or a Hugging Face model directory.
+
+    A checkpoint is recognised first: it holds a recipe.yaml too (its run's), and is no run directory. Custom model
+    code runs only with `trust_remote_code` (the user's --trust-remote-code), whatever the recipe found says."""
     if not target.exists():
         raise UserError(f"{target}: no such file or directory")
+    if (target / checkpoint.MANIFEST).is_file() and (target / checkpoint.DRIVER_STATE).is_file():  # a checkpoint
+        own = target / checkpoint.RECIPE  # the recipe it was saved with; older checkpoints: their run's
+        recipe = load_recipe(own) if own.is_file() else _recipe_of(target.parent.parent)
+        return _checkpoint_model(target, recipe, scratch, trust_remote_code), recipe
     if (target / "recipe.yaml").is_file():  # a run directory: its final policy, else its newest good checkpoint
         recipe = _recipe_of(target)
         final = target / "final"
@@ -193,23 +200,28 @@ def resolve_target(target: Path, scratch: Path) -> tuple[Path, Recipe]:
                 print(f"skipping final/: {err}", file=sys.stderr)
         ckpt = checkpoint.latest_good(target, warn=lambda m: print(m, file=sys.stderr))
         if ckpt is None:
-            raise UserError(f"{target}: the run has neither final/ nor a usable checkpoint")
-        return _checkpoint_model(ckpt, recipe, scratch), recipe
-    if (target / checkpoint.MANIFEST).is_file():  # RUN_DIR/checkpoints/step_X
-        recipe = _recipe_of(target.parent.parent)
-        return _checkpoint_model(target, recipe, scratch), recipe
+            raise UserError(f"{target}: the run has neither a good final/ nor a usable checkpoint")
+        return _checkpoint_model(ckpt, recipe, scratch, trust_remote_code), recipe
     if (target / "config.json").is_file():
+        if (target / checkpoint.MANIFEST).is_file():  # a run's final/: checked like a checkpoint
+            try:
+                checkpoint.verify(target)
+            except checkpoint.CheckpointError as err:
+                raise UserError(str(err)) from None
         return target, Recipe()
     raise UserError(f"{target}: not a run directory, a checkpoint or a Hugging Face model directory")
 
 
-def evaluate_target(target: Path, *, data: str | None = None, k: int | None = None, address: str | None = None) -> dict:
+def evaluate_target(
+    target: Path, *, data: str | None = None, k: int | None = None, address: str | None = None, trust_remote_code: bool = False
+) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlqa-eval-") as scratch:
-        model_dir, recipe = resolve_target(Path(target), Path(scratch))
+        model_dir, recipe = resolve_target(Path(target), Path(scratch), trust_remote_code)
         test_spec = recipe.data.test
         if data is not None:
             test_spec = DatasetConfig(path=str(Path(data).resolve()))
-        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": str(model_dir)})})
+        model = recipe.model.model_copy(update={"path": str(model_dir), "trust_remote_code": trust_remote_code})
+        recipe = recipe.model_copy(update={"model": model})
         tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
         examples = build_examples(test_spec, recipe, tokenizer, "--data" if data else "data.test")
         prompt_tokens = {e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in examples}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def import_gguf(gguf_file: Path, out_dir: Path) -> Path:
     try:
         quantized = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(**where)
-    except (ValueError, OSError, KeyError) as err:  # not GGUF, a truncated file, an architecture transformers lacks
+    except struct.error:  # its header or metadata ends before what it declares
+        raise UserError(f"{gguf_file}: truncated GGUF file (it ends inside its header or metadata)") from None
+    except (ValueError, OSError, KeyError) as err:  # not GGUF, a file cut in its tensors, an unknown architecture
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"{gguf_file}: transformers cannot load it as a causal LM ({first_line})") from None
 

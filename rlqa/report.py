@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import yaml  # noqa: E402
 
-from rlqa.errors import UserError  # noqa: E402
+from rlqa.errors import UserError, read_user_text  # noqa: E402
 from rlqa.yields import describe_yield  # noqa: E402
 
 PHASES = ("generate", "reward", "train", "sync")  # time/<phase>; "other" is time/step minus their sum
@@ -45,7 +45,7 @@ def load_run(run_dir: Path) -> Run:
     if not metrics.is_file():
         raise UserError(f"{metrics}: not found (is {run_dir} a run directory?)")
     rows = []
-    for number, line in enumerate(metrics.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_user_text(metrics).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -64,7 +64,7 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_user_text(path))
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not JSON ({err.msg})") from None
 
@@ -73,7 +73,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(read_user_text(path)) or {}
     except yaml.YAMLError:
         raise UserError(f"{path}: not valid YAML") from None
 

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlqa import checkpoint, rundir
 from rlqa.cli import main
 from rlqa.config import TinyModelConfig
+from rlqa.errors import UserError
 from rlqa.metrics import MetricsWriter, truncate_jsonl
 from rlqa.models import build_char_tokenizer, build_tiny_model
 
@@ -131,20 +132,33 @@ def test_truncate_jsonl_keeps_the_steps_up_to_the_checkpoint_and_drops_a_torn_li
     assert [json.loads(line)["step"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()] == [2]
 
 
-def test_export_writes_a_hugging_face_directory_with_the_checkpoint_weights(tmp_path, capsys):
+SHAPE = TinyModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32, max_positions=32)
+
+
+def tiny_checkpoint(tmp_path, step=7, config=None, recipe="trainer: {steps: 2}\n"):
+    """A real checkpoint of a tiny model (what save_checkpoint writes, minus the optimizer): RUN/checkpoints/step_7
+    with its recipe, the run's model files under hf/ (`config` edits their config.json) and other weights than the
+    base's. Returns (checkpoint, its weights, the tokenizer)."""
     tokenizer = build_char_tokenizer()
-    shape = TinyModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32, max_positions=32)
-    base = build_tiny_model(shape, len(tokenizer), seed=0)
     model_dir = tmp_path / "init_model"
-    base.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    trained = build_tiny_model(shape, len(tokenizer), seed=1)  # other weights than the base: the checkpoint's
+    if not model_dir.exists():
+        build_tiny_model(SHAPE, len(tokenizer), seed=0).save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    trained = build_tiny_model(SHAPE, len(tokenizer), seed=1)  # other weights than the base: the checkpoint's
     weights = {k: v.detach().clone().contiguous() for k, v in trained.state_dict().items()}
-    tmp = checkpoint.begin(tmp_path / "run", 7)
+    tmp = checkpoint.begin(tmp_path / "run", step)
     save_file(weights, tmp / "policy.safetensors")
     checkpoint.copy_model_files(model_dir, tmp / checkpoint.HF_FILES)
     assert not list((tmp / checkpoint.HF_FILES).glob("*.safetensors"))  # config and tokenizer only
-    checkpoint.commit(tmp, checkpoint.step_dir(tmp_path / "run", 7), {"step": 7})
+    if config:
+        path = tmp / checkpoint.HF_FILES / "config.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | config))
+    (tmp / checkpoint.RECIPE).write_text(recipe)
+    return checkpoint.commit(tmp, checkpoint.step_dir(tmp_path / "run", step), {"step": step}), weights, tokenizer
+
+
+def test_export_writes_a_hugging_face_directory_with_the_checkpoint_weights(tmp_path, capsys):
+    _, weights, tokenizer = tiny_checkpoint(tmp_path)
 
     # a run directory stands for its newest good checkpoint
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
@@ -245,3 +259,33 @@ def test_seal_replaces_a_directory_whole_and_leaves_no_temporary_one(tmp_path):
     checkpoint.verify(tmp_path / "final")
     assert (tmp_path / "final" / "config.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_eval_takes_a_checkpoint_directory_for_a_checkpoint_not_a_run(tmp_path):
+    from rlqa.evaluation import resolve_target
+
+    ckpt, weights, _ = tiny_checkpoint(tmp_path, recipe="trainer: {steps: 2, seed: 5}\n")
+    model_dir, recipe = resolve_target(ckpt, tmp_path / "scratch")
+    assert recipe.trainer.seed == 5  # the checkpoint's own recipe
+    for name, value in AutoModelForCausalLM.from_pretrained(model_dir).state_dict().items():
+        assert torch.equal(value, weights[name]), name
+
+
+def test_eval_of_a_run_uses_final_only_when_it_verifies(tmp_path, capsys):
+    from rlqa.evaluation import resolve_target
+
+    ckpt, _, _ = tiny_checkpoint(tmp_path)
+    run = tmp_path / "run"
+    (run / "recipe.yaml").write_text("trainer: {steps: 2}\n")
+    tmp = run / ".tmp_final"
+    assert main(["export", str(ckpt), str(tmp)]) == 0
+    checkpoint.seal(tmp, run / "final")
+    assert resolve_target(run, tmp_path / "scratch")[0] == run / "final"
+    assert resolve_target(run / "final", tmp_path / "scratch")[0] == run / "final"
+    with (run / "final" / "model.safetensors").open("r+b") as f:
+        f.truncate(100)  # torn: eval falls back to the newest good checkpoint and says why
+    capsys.readouterr()
+    assert resolve_target(run, tmp_path / "scratch")[0] == tmp_path / "scratch"
+    assert f"skipping final/: {run / 'final' / 'model.safetensors'}: truncated or altered (100 bytes" in capsys.readouterr().err
+    with pytest.raises(UserError, match="model.safetensors: truncated or altered"):
+        resolve_target(run / "final", tmp_path / "scratch2")

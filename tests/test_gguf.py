@@ -1,6 +1,7 @@
 """`rlqa import-gguf`: a GGUF file becomes a plain Hugging Face directory; every mistake exits 2 with one line."""
 
 import json
+import struct
 
 from transformers import AutoTokenizer
 
@@ -38,3 +39,12 @@ def test_the_imported_stand_in_is_a_plain_model_directory_with_its_chat_template
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True)
     assert chat.endswith("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
     assert (smollm2_dir / "model.safetensors").stat().st_size > 500e6  # float32, not the 4-bit file
+
+
+def test_a_truncated_gguf_file_exits_2_with_one_line(tmp_path, capsys):
+    # a GGUF v3 header that promises 1 tensor and 1 metadata entry, then ends inside the entry's key length
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + b"\x05\x00")
+    line = error_line(capsys, str(cut), str(tmp_path / "out"))
+    assert line == f"rlqa: error: {cut}: truncated GGUF file (it ends inside its header or metadata)"
+    assert not (tmp_path / "out").exists()
