@@ -337,10 +337,15 @@ def judge(outcome: Outcome, batch: int, label: str, deadline_s: float) -> _Judge
         return _all_failed("errors", batch, f"{label} killed its worker: {outcome.detail}")
     if outcome.status == "error":
         return _all_failed("errors", batch, f"{label} raised:\n{outcome.detail}")
-    values = outcome.value
+    values = outcome.value  # data from the worker, checked here: it may have been written by the reward itself
     if isinstance(values, str):
         message = f"{label} returned a value of type {values}, not a list of {batch} values"
         return _all_failed("wrong_length", batch, message)
+    if isinstance(values, dict) and type(values.get("count")) is int:
+        message = f"{label} returned {outcome.value['count']} values for a batch of {batch}"
+        return _all_failed("wrong_length", batch, message)
+    if not isinstance(values, list) or not all(v is None or type(v) in (int, float) for v in values):
+        return _all_failed("errors", batch, f"{label}'s worker sent a result that is not a list of numbers or None")
     if len(values) != batch:
         return _all_failed("wrong_length", batch, f"{label} returned {len(values)} values for a batch of {batch}")
     judged = _Judged(values=list(values), failures=[None] * batch)
@@ -360,9 +365,12 @@ def judge_samples(outcomes: list[Outcome], label: str, sample_deadline_s: float,
         answers=[None] * len(outcomes),
     )
     for i, outcome in enumerate(outcomes):
-        if outcome.status == "ok":
-            (value,), (judged.parsed[i],), (judged.answers[i],) = outcome.value
+        sample = _sample_result(outcome.value) if outcome.status == "ok" else None
+        if sample is not None:
+            value, judged.parsed[i], judged.answers[i] = sample
             one = judge(Outcome("ok", value=[value]), 1, label, sample_deadline_s)
+        elif outcome.status == "ok":
+            one = _all_failed("errors", 1, f"{label}'s worker sent a malformed result for sample {i}")
         else:
             one = judge(outcome, 1, label, sample_deadline_s)
             if outcome.status == "timeout":
@@ -373,6 +381,16 @@ def judge_samples(outcomes: list[Outcome], label: str, sample_deadline_s: float,
         judged.values[i], judged.failures[i] = one.values[0], one.failures[0]
         judged.message = judged.message or one.message
     return judged
+
+
+def _sample_result(value) -> tuple | None:
+    """(score, parsed, answer) from a per-sample call's [[score], [parsed], [answer]], or None if it is not that."""
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, list) and len(v) == 1 for v in value)):
+        return None
+    (score,), (parsed,), (answer,) = value
+    if (score is None or type(score) in (int, float)) and isinstance(parsed, bool) and (answer is None or isinstance(answer, str)):
+        return score, parsed, answer
+    return None
 
 
 def _all_failed(kind: str, batch: int, message: str) -> _Judged:
@@ -405,21 +423,25 @@ def _load_functions(specs: list[str], checks: list[tuple[str, dict]]) -> list[Ca
 
 
 def _call_reward(functions: list[Callable], task: tuple) -> list[float | None] | str | tuple:
-    """Worker handler: one call. A batch call returns the values as plain floats (None kept), or the type name of a
-    return value that is not a sequence; a per-sample call returns (values, parse flags) of its one sample."""
+    """Worker handler: one call, its result JSON data (the pool sends it as such). A batch call returns the values
+    as plain floats (None kept), the type name of a return value that is not a sequence, or {"count": n} for n values
+    that are not the batch's; a per-sample call returns (values, parse flags, answers) of its one sample."""
     fn_index, arguments, per_sample = task
     values = functions[fn_index](**arguments)
     if inspect.iscoroutine(values):  # an async def reward
         values = asyncio.run(values)
     if per_sample:
         scores, parsed, answers = zip(*values)
-        return [_as_float(value, i) for i, value in enumerate(scores)], [bool(f) for f in parsed], list(answers)
+        answers = [None if answer is None else str(answer) for answer in answers]
+        return [_as_float(value, i) for i, value in enumerate(scores)], [bool(f) for f in parsed], answers
     if hasattr(values, "tolist") and getattr(values, "ndim", 0) >= 1:  # a NumPy array or a torch tensor
         values = values.tolist()
     if isinstance(values, Iterator):  # TRL iterates the return value, so a generator works there too
         values = list(values)
     if not isinstance(values, (list, tuple)):
         return type(values).__name__
+    if len(values) != len(arguments["completions"]):  # its length is all the caller needs (a huge return stays here)
+        return {"count": len(values)}
     return [_as_float(value, i) for i, value in enumerate(values)]
 
 

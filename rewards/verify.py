@@ -68,8 +68,17 @@ class VerifierPool:
 
     @staticmethod
     def _settle(outcome, task, failed):
-        if outcome.status == "ok":
-            return outcome.value
+        if outcome.status == "ok":  # data from the worker: [correct, parsed, answer] for judge, a bool for verify
+            value = outcome.value
+            if task[0] == "verify" and isinstance(value, bool):
+                return value
+            if (
+                task[0] == "judge" and isinstance(value, list) and len(value) == 3
+                and isinstance(value[0], bool) and isinstance(value[1], bool) and (value[2] is None or isinstance(value[2], str))
+            ):
+                return Verdict(correct=value[0], parsed=value[1], answer=value[2])
+            logger.warning("math-verify returned malformed data on %.80r (gold %.80r)", task[2], task[1])
+            return failed
         if outcome.status in ("timeout", "crashed"):
             logger.warning("math-verify %s on %.80r (gold %.80r): %s", outcome.status, task[2], task[1], outcome.detail)
         return failed
@@ -141,7 +150,9 @@ def _limit_address_space(headroom: int) -> None:
 
 
 def _check_item(state, task: tuple):
+    """A worker's check, returned as data: [correct, parsed, answer] of a Verdict, or a bool."""
     kind, gold, text, answer_format = task
     if kind == "judge":
-        return judge(gold, text, answer_format)
-    return equivalent(gold, text)
+        verdict = judge(gold, text, answer_format)
+        return [bool(verdict.correct), bool(verdict.parsed), verdict.answer]
+    return bool(equivalent(gold, text))

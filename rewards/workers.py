@@ -18,6 +18,12 @@ included; none of it may reach the training driver, and none of it may survive i
   `close()`, garbage collection and interpreter exit kill the workers' groups directly.
 - Ctrl-C and SIGTERM sent to the owner's process group do not reach the workers (own groups) or the zygote
   (ignores them): the owner decides what stops.
+- Whatever runs in a worker or the zygote may write anything to its pipe, so nothing it sends is unpickled here:
+  replies are data, a length-prefixed JSON message of at most MAX_REPLY_BYTES (a result that is not JSON data, or
+  is larger, is an "error" outcome), read a chunk at a time as the pipe has bytes, under the task's deadline. A
+  partial message is a timeout at the deadline, an oversized or malformed one an "error" at once; either way the
+  worker is killed and replaced. Each task carries a sequence number its reply repeats, so a reply written out of
+  turn is never taken for another task's.
 - A task may also share a batch deadline (`run(..., batch_deadline_s=)`) and a short first try
   (`first_try_s=`): a task past its first try goes to the back of the queue and gets its full deadline only after
   every other task has had its turn, so a few hung tasks cannot starve the healthy ones.
@@ -31,6 +37,7 @@ task stuck in C code outlives a killed owner, which is the failure this module e
 
 import ctypes
 import itertools
+import json
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.reduction
@@ -55,6 +62,14 @@ START_TIMEOUT_S = 120.0
 # How long the zygote waits for a request before it reaps its finished children.
 REAP_INTERVAL_S = 0.2
 EXIT_STATUS_WAIT_S = 5.0
+# The largest reply a worker may send (JSON); a batch's rewards are a few kB. A larger announced size is refused
+# before it is read.
+MAX_REPLY_BYTES = 16 * 1024**2
+# The zygote's replies (ready or its start-up traceback, a pid, an exit status): small, and due at once.
+MAX_CONTROL_BYTES = 1024**2
+CONTROL_TIMEOUT_S = 30.0
+_HEADER_BYTES = 8  # a message is its JSON's length (big-endian) and the JSON
+_PENDING = object()  # the message is not complete yet
 _PR_SET_PDEATHSIG = 1
 _in_worker = False  # set in a worker process: code there may run hang-prone work in-process
 # The zygote's whole program: take the caller's import path over the pipe, then serve.
@@ -93,24 +108,31 @@ class _Zygote:
         child_fd = child_conn.fileno()
         self.process = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP, str(child_fd)], pass_fds=(child_fd,))
         child_conn.close()
+        self.reader = _MessageReader(self.conn.fileno(), MAX_CONTROL_BYTES)
         self.conn.send(sys.path)
         self.conn.send(setup)
 
     def await_ready(self) -> None:
-        if not self.conn.poll(START_TIMEOUT_S):
-            raise RuntimeError(f"{self.name}: the worker zygote did not start within {START_TIMEOUT_S:.0f} s")
         try:
-            kind, payload = self.conn.recv()
+            reply = self._reply(START_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeError(f"{self.name}: the worker zygote did not start within {START_TIMEOUT_S:.0f} s") from None
         except EOFError:
             code = self.process.wait()
             raise RuntimeError(f"{self.name}: the worker zygote died while starting (exit code {code})") from None
-        if kind == "init_error":
-            message, is_user_error, remote_traceback = payload
-            if is_user_error:
-                raise UserError(message) from RemoteTraceback(remote_traceback)
-            raise RuntimeError(f"{self.name}: a worker failed to start: {message}") from RemoteTraceback(
-                remote_traceback
-            )
+        except OSError as err:  # it wrote something that is not a message
+            raise RuntimeError(f"{self.name}: the worker zygote broke the protocol while starting: {err}") from None
+        if reply == ["ready"]:
+            return
+        if not (
+            isinstance(reply, list) and len(reply) == 4 and reply[0] == "init_error"
+            and isinstance(reply[1], str) and isinstance(reply[2], bool) and isinstance(reply[3], str)
+        ):
+            raise RuntimeError(f"{self.name}: the worker zygote sent a malformed start-up message")
+        _, message, is_user_error, remote_traceback = reply
+        if is_user_error:
+            raise UserError(message) from RemoteTraceback(remote_traceback)
+        raise RuntimeError(f"{self.name}: a worker failed to start: {message}") from RemoteTraceback(remote_traceback)
 
     def fork(self) -> tuple[int, multiprocessing.connection.Connection]:
         """A new worker's pid and the caller's end of its pipe."""
@@ -119,19 +141,30 @@ class _Zygote:
             with self.lock:
                 self.conn.send(("fork", None))
                 multiprocessing.reduction.send_handle(self.conn, child_conn.fileno(), self.process.pid)
-                pid = self.conn.recv()
+                pid = self._reply(CONTROL_TIMEOUT_S)
+        except (EOFError, OSError, TimeoutError) as err:
+            raise RuntimeError(f"{self.name}: the worker zygote did not fork a worker ({type(err).__name__})") from None
         finally:
             child_conn.close()
+        if type(pid) is not int or pid <= 0:
+            raise RuntimeError(f"{self.name}: the worker zygote sent {pid!r} for a process id")
         return pid, conn
 
     def exit_status(self, pid: int) -> int | None:
         """The worker's exit code (negative: the signal that killed it), or None if it has not exited yet."""
+        if not self.is_alive():
+            return None
         try:
             with self.lock:
                 self.conn.send(("status", pid))
-                return self.conn.recv()
-        except (EOFError, OSError):
+                code = self._reply(CONTROL_TIMEOUT_S)
+        except (EOFError, OSError, TimeoutError):
             return None
+        return code if type(code) is int else None
+
+    def _reply(self, timeout: float):
+        """The zygote's next message, read as data (never unpickled), within `timeout` seconds."""
+        return _read_message(self.conn, self.reader, time.monotonic() + timeout)
 
     def is_alive(self) -> bool:
         return self.process.poll() is None
@@ -152,6 +185,7 @@ class _Worker:
         self.pid = pid
         self.conn = conn
         self.zygote = zygote
+        self.reader = _MessageReader(conn.fileno(), MAX_REPLY_BYTES)
 
     def is_alive_idle(self) -> bool:
         """An idle worker sends nothing: a readable pipe means it closed, i.e. the worker died."""
@@ -161,6 +195,8 @@ class _Worker:
             return False
 
     def exit_description(self) -> str:
+        if not self.zygote.is_alive():  # its parent-death signal killed it: no exit status to wait for
+            return "died with its zygote, which was killed"
         deadline = time.monotonic() + EXIT_STATUS_WAIT_S
         while (code := self.zygote.exit_status(self.pid)) is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -176,6 +212,7 @@ class _Worker:
 @dataclass(frozen=True)
 class _Job:
     index: int
+    seq: int  # the task's sequence number, which its reply repeats
     expires: float  # time.monotonic() at which the worker is killed
     first_try: bool  # a first try cut short by `first_try_s` goes back in the queue instead of timing out
 
@@ -202,6 +239,7 @@ class WorkerPool:
         self._processes = processes
         self._name = name
         self._names = itertools.count()
+        self._seq = itertools.count()
         self._lock = threading.Lock()
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         # Every live worker, idle or held, and the zygote; shared with the finalizer, which must not hold self.
@@ -255,11 +293,12 @@ class WorkerPool:
         def assign(worker: _Worker, index: int, first_try: bool) -> None:
             limit = min(first_try_s, deadlines_s[index]) if first_try else deadlines_s[index]
             first_try = first_try and limit < deadlines_s[index]
+            seq = next(self._seq)
             try:
-                worker.conn.send(tasks[index])
+                worker.conn.send((seq, tasks[index]))
             except OSError:  # the worker died: its end-of-file settles the job on the next wait
                 pass
-            held[worker] = _Job(index, min(time.monotonic() + limit, batch_end), first_try)
+            held[worker] = _Job(index, seq, min(time.monotonic() + limit, batch_end), first_try)
 
         def release(worker: _Worker) -> None:
             if todo and time.monotonic() < batch_end:
@@ -283,10 +322,14 @@ class WorkerPool:
             ready = multiprocessing.connection.wait([worker.conn for worker in held], timeout=timeout)
             now = time.monotonic()
             for worker, job in list(held.items()):
-                if worker.conn in ready:
+                if worker.conn in ready and (settled := self._receive(worker, job.seq)) is not None:
                     del held[worker]
-                    outcomes[job.index], worker = self._receive(worker)
-                elif now >= job.expires:
+                    outcome, worker = settled
+                    if outcome is None:  # a reply out of turn: the task runs again, on the fresh worker
+                        todo.appendleft((job.index, job.first_try))
+                    else:
+                        outcomes[job.index] = outcome
+                elif now >= job.expires:  # a partial reply counts as none
                     del held[worker]
                     worker = self._replace(worker)
                     if job.first_try and now < batch_end:
@@ -342,18 +385,92 @@ class WorkerPool:
             return None
         return worker if worker.is_alive_idle() else self._replace(worker)
 
-    def _receive(self, worker: _Worker) -> tuple[Outcome, _Worker]:
-        """The outcome the worker's message settles, and the worker to go on with: a replacement when it died."""
+    def _receive(self, worker: _Worker, seq: int) -> tuple[Outcome | None, _Worker] | None:
+        """Read what the worker's pipe holds. None while its reply is incomplete; else the outcome it settles (None:
+        a reply out of turn, to run again) and the worker to go on with, a replacement when it died or broke the
+        protocol (a reply too large, not JSON, of the wrong shape)."""
         try:
-            kind, payload = worker.conn.recv()
+            message = worker.reader.feed()
         except (EOFError, OSError):
             description = worker.exit_description()
             return Outcome("crashed", detail=f"{worker.name} {description}"), self._replace(worker)
-        except Exception:  # the result arrived whole but does not unpickle here
-            return Outcome("error", detail=traceback.format_exc()), worker
+        except ProtocolError as err:
+            return Outcome("error", detail=f"{worker.name} {err}; it was killed and replaced"), self._replace(worker)
+        if message is _PENDING:
+            return None
+        if not (
+            isinstance(message, list) and len(message) == 3 and type(message[0]) is int and message[1] in ("ok", "error")
+            and (message[1] == "ok" or isinstance(message[2], str))
+        ):
+            detail = f"{worker.name} sent a reply of the wrong shape; it was killed and replaced"
+            return Outcome("error", detail=detail), self._replace(worker)
+        reply_seq, kind, payload = message
+        if reply_seq != seq:
+            return None, self._replace(worker)
         if kind == "ok":
             return Outcome("ok", value=payload), worker
         return Outcome("error", detail=payload), worker
+
+
+class ProtocolError(Exception):
+    """A process sent something that is not a message: too large, or not JSON."""
+
+
+class _MessageReader:
+    """Length-prefixed JSON messages from a pipe whose writer is not trusted: `feed()` reads what the pipe holds
+    (call it when it is readable, so it never blocks), refuses an announced size over `limit` before reading it,
+    and gives the decoded message once it is whole (_PENDING before)."""
+
+    def __init__(self, fd: int, limit: int):
+        self.fd = fd
+        self.limit = limit
+        self.buffer = bytearray()
+
+    def feed(self):
+        chunk = os.read(self.fd, 1024**2)
+        if not chunk:
+            raise EOFError
+        self.buffer += chunk
+        if len(self.buffer) < _HEADER_BYTES:
+            return _PENDING
+        size = int.from_bytes(self.buffer[:_HEADER_BYTES], "big")
+        if size > self.limit:
+            raise ProtocolError(f"announced a reply of {size} bytes, over the limit of {self.limit}")
+        if len(self.buffer) < _HEADER_BYTES + size:
+            return _PENDING
+        if len(self.buffer) > _HEADER_BYTES + size:
+            raise ProtocolError("wrote more than one reply")
+        payload = bytes(self.buffer[_HEADER_BYTES:])
+        self.buffer.clear()
+        try:
+            return json.loads(payload)
+        except (ValueError, RecursionError) as err:
+            raise ProtocolError(f"sent a reply that is not JSON ({type(err).__name__})") from None
+
+
+def _read_message(conn, reader: _MessageReader, deadline: float):
+    """The next whole message on `conn` by `deadline` (time.monotonic()), else TimeoutError; a ProtocolError is
+    raised as an OSError, which the callers treat as a pipe that broke."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not multiprocessing.connection.wait([conn], timeout=remaining):
+            raise TimeoutError
+        try:
+            message = reader.feed()
+        except ProtocolError as err:
+            raise OSError(str(err)) from None
+        if message is not _PENDING:
+            return message
+
+
+def _encode(message) -> bytes:
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    return len(payload).to_bytes(_HEADER_BYTES, "big") + payload
+
+
+def _write_message(fd: int, message) -> None:
+    """Send one message (JSON data) on a raw pipe: the zygote's and the workers' side."""
+    _write_all(fd, _encode(message))
 
 
 def in_worker() -> bool:
@@ -390,9 +507,9 @@ def _zygote_main(conn) -> None:
     except BaseException as exc:
         # Plain strings: the exception's class may not import in the caller.
         message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        conn.send(("init_error", (message, isinstance(exc, UserError), traceback.format_exc())))
+        _write_message(conn.fileno(), ["init_error", message[:65536], isinstance(exc, UserError), traceback.format_exc()[-65536:]])
         return
-    conn.send(("ready", None))
+    _write_message(conn.fileno(), ["ready"])
     zygote_pid = os.getpid()
     live: set[int] = set()  # workers not reaped yet
     exits: dict[int, int] = {}  # pid -> exit code of the workers reaped so far
@@ -416,10 +533,10 @@ def _zygote_main(conn) -> None:
             os.close(fd)
             _set_own_group(pid)
             live.add(pid)
-            conn.send(pid)
+            _write_message(conn.fileno(), pid)
         elif kind == "status":
             _reap(live, exits)
-            conn.send(exits.pop(argument, None))
+            _write_message(conn.fileno(), exits.pop(argument, None))
 
 
 def _reap(live: set[int], exits: dict[int, int]) -> None:
@@ -434,6 +551,12 @@ def _reap(live: set[int], exits: dict[int, int]) -> None:
         exits[pid] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         while len(exits) > 4096:  # exit codes nobody asked for
             exits.pop(next(iter(exits)))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _kill_group(pid: int) -> None:
@@ -476,19 +599,23 @@ def _worker_main(control, fd: int, zygote_pid: int, handler, state) -> None:
         conn = multiprocessing.connection.Connection(fd)
         while True:
             try:
-                task = conn.recv()
+                seq, task = conn.recv()
             except (EOFError, OSError):
                 return
             try:
-                reply = ("ok", handler(state, task))
+                reply = [seq, "ok", handler(state, task)]
             except BaseException as exc:  # user code may raise SystemExit, or math-verify its BaseException timeout
                 # The traceback starts at the handler: this loop's frame says nothing about the failure.
-                reply = ("error", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next)))
+                reply = [seq, "error", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))]
             try:
-                conn.send(reply)
+                data = _encode(reply)
+            except (TypeError, ValueError, RecursionError) as exc:  # not JSON data
+                data = _encode([seq, "error", f"the result is not JSON data: {type(exc).__name__}: {exc}"[:4096]])
+            if len(data) - _HEADER_BYTES > MAX_REPLY_BYTES:
+                data = _encode([seq, "error", f"the result is {len(data) - _HEADER_BYTES} bytes as JSON, over the limit of {MAX_REPLY_BYTES}"])
+            try:
+                _write_all(fd, data)
             except OSError:  # the caller is gone
                 return
-            except Exception:  # the result does not pickle; nothing was written yet
-                conn.send(("error", traceback.format_exc()))
     finally:
         os._exit(0)
