@@ -113,7 +113,7 @@ def read_run(run_dir: Path) -> tuple[list[dict], dict]:
 
 
 def generated(row: dict) -> float:
-    return row.get("rollout/generated", row["rollout/count"])
+    return row["rollout/generated"] if "rollout/generated" in row else row["rollout/count"]
 
 
 def eval_curve(rows: list[dict], summary: dict, key: str) -> tuple[list[float], list[float]]:
