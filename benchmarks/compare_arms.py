@@ -99,10 +99,12 @@ COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:b
 
 
 def rlqa_train(recipe: str, overrides: list[str], run_dir: Path) -> None:
-    """One run, skipped when it already finished (so an interrupted comparison can be rerun)."""
+    """One run, skipped when it already finished and resumed when it stopped part-way (so an interrupted comparison
+    can be rerun)."""
     if (run_dir / "summary.json").is_file():
         return
-    cmd = [sys.executable, "-m", "rlqa.cli", "train", recipe, *overrides, "logging.progress=false", "--run-dir", str(run_dir)]
+    resume = ["--resume"] if run_dir.is_dir() else []
+    cmd = [sys.executable, "-m", "rlqa.cli", "train", recipe, *overrides, "logging.progress=false", "--run-dir", str(run_dir), *resume]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
 
