@@ -268,7 +268,10 @@ class SamplerConfig(Section):
     bounds_schedule: list[BoundsPhase] | Literal["e3"] | None = Field(
         None, description="n_min/n_max by share of trainer.steps instead of by epoch (replaces n_min, n_max and the epoch schedule); e3: (8, 8), (6, 10), (4, 12) over thirds of the run"
     )
-    dynamic_sampling: bool = Field(False, description="DAPO: leave constant-reward groups out of the update; generate more prompts until rollout.prompts_per_step groups have signal")
+    dynamic_sampling: bool = Field(False, description="DAPO: leave groups without signal (sampler.dynamic_sampling_signal) out of the update; generate more prompts until rollout.prompts_per_step groups have signal")
+    dynamic_sampling_signal: Literal["accuracy", "reward"] = Field(
+        "accuracy", description="what must vary within a group for dynamic sampling to keep it: accuracy (the rewards.correctness verdicts; DAPO: all right or all wrong is filtered, whatever a length penalty adds) or reward (the total reward)"
+    )
     max_extra_rounds: int = Field(3, ge=0, description="cap on dynamic sampling's extra rounds of generation per step")
 
     def phases(self) -> tuple[BoundsPhase, ...]:
@@ -431,6 +434,8 @@ class Recipe(Section):
                 raise ValueError("rollout.max_retries: direct weight sync cannot re-admit a replaced worker mid-step; set 0")
             if self.learner.workers > 1 and self.learner.zero_stage == 3:
                 raise ValueError("rollout.weight_sync: ZeRO-3 partitions the weights over the learners; use object_store")
+        if self.sampler.dynamic_sampling and self.sampler.dynamic_sampling_signal == "accuracy" and self.rewards.correctness is None:
+            raise ValueError("sampler.dynamic_sampling_signal: accuracy reads the rewards.correctness verdicts, which is null; name a correctness function or use reward")
         if self.rollout.async_steps and self.algorithm.old_logprobs != "sampling":
             raise ValueError("rollout.async_steps: the off-policy correction needs algorithm.old_logprobs: sampling")
         if self.rollout.weight_sync == "ipc" and self.ray.placement != "colocate":

@@ -190,6 +190,7 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
         batch, dynamic_metrics = stages.dynamic_sampling(
             batch, partial(extra_round, c, step, batch.temperature, clock), d.sampler,
             target=recipe.rollout.prompts_per_step, max_extra_rounds=recipe.sampler.max_extra_rounds,
+            signal=recipe.sampler.dynamic_sampling_signal,
         )
     sampler_metrics = stages.advance_sampler(batch, d.sampler, d.history)  # 4
     advantage_metrics = stages.estimate_advantages(batch, recipe.algorithm.advantage)  # 5

@@ -54,6 +54,8 @@ def test_overrides_parse_yaml_values_and_create_sections():
         ("sampler: {bounds_schedule: [{from_fraction: 1, n_min: 8, n_max: 8}]}\n", "sampler.bounds_schedule.0.from_fraction: Input should be less than 1"),
         ("sampler: {bounds_schedule: e3}\nrollout: {rollouts_per_prompt: 4}\n", "bounds_schedule phase 1: need n_min <= rollouts_per_prompt <= n_max, got 8, 4, 8"),
         ("sampler: {bounds_schedule: e3, allocation: uniform}\n", "sampler: allocation 'uniform' gives every prompt rollouts_per_prompt"),
+        ("sampler: {dynamic_sampling_signal: correct}\n", "r.yaml: sampler.dynamic_sampling_signal: Input should be 'accuracy' or 'reward'"),
+        ("sampler: {dynamic_sampling: true}\nrewards: {correctness: null}\n", "sampler.dynamic_sampling_signal: accuracy reads the rewards.correctness verdicts, which is null"),
     ],
 )
 def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
