@@ -202,9 +202,19 @@ class AlgorithmConfig(Section):
 class RewardTermConfig(Section):
     fn: str = Field(description="built-in name, package.module:function or path/to/file.py:function")
     name: str | None = Field(None, description="metric name (default: the function's name)")
-    weight: float = Field(1.0, description="weight in the total reward")
+    weight: float = Field(1.0, description="weight in the total reward (hapo_length: in [0, 1], so every correct answer beats every wrong one)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments")
     deadline_s: float = Field(30.0, gt=0, description="per-call deadline; past it the samples count as timeouts")
+
+    @model_validator(mode="after")
+    def _hapo_weight(self) -> RewardTermConfig:
+        # HAPO's length reward is ≥ -0.7 for a correct answer and ≤ 0 for a wrong one, so with a 0/1 accuracy term
+        # every correct answer (≥ 1 - 0.7 w) beats every wrong one (≤ 0) only for w in [0, 1] (ALGORITHMS.md §5)
+        if self.fn.strip() in ("hapo_length", "rewards.length:hapo_length") and not 0 <= self.weight <= 1:
+            raise ValueError(
+                f"weight: hapo_length's weight must be in [0, 1], so that every correct answer beats every wrong one; got {self.weight:g}"
+            )
+        return self
 
 
 class RewardsConfig(Section):
