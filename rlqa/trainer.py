@@ -47,7 +47,7 @@ from rlqa.learner import lora
 from rlqa.learner.group import LearnerGroup, check_learner_gpus, start_learners
 from rlqa.length_history import LengthHistory
 from rlqa.metrics import MetricsWriter, merge, open_sinks
-from rlqa.models import create_model_dir, load_tokenizer, quiet_hf
+from rlqa.models import create_model_dir, load_tokenizer, logits_width, quiet_hf
 from rlqa.placement import actor_options, shortfall
 from rlqa.rollout.backends import check_backend
 from rlqa.rollout.group import RolloutFailure, RolloutGroup, actor_pid
@@ -142,7 +142,9 @@ def build_driver(recipe: Recipe, run_dir: Path) -> Driver:
         prompt_tokens={e.prompt_id: tuple(tokenizer(e.prompt, add_special_tokens=False).input_ids) for e in train + test},
         sampler=rollout_sampler(recipe, train),
         # steps=0 is an SFT-only run
-        temperature=TemperatureController(recipe.temperature, vocab_size=len(tokenizer), total_steps=max(recipe.trainer.steps, 1)),
+        temperature=TemperatureController(
+            recipe.temperature, vocab_size=logits_width(model_dir, recipe.model.trust_remote_code), total_steps=max(recipe.trainer.steps, 1)
+        ),
         history=LengthHistory(),
     )
 
