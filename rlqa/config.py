@@ -134,8 +134,8 @@ class RolloutConfig(Section):
     prompts_per_step: int = Field(16, ge=1, description="prompts in each step's batch")
     rollouts_per_prompt: int = Field(8, ge=1, le=MAX_ROLLOUTS_PER_PROMPT, description="nominal rollouts per prompt (budget = prompts x this)")
     max_new_tokens: int = Field(64, ge=1, description="generation limit per completion")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling (log-probs stay those of logits / T)")
-    top_k: int = Field(0, ge=0, description="top-k sampling, 0 = off")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; the log-probs recorded and recomputed are those of the filtered distribution, renormalised (vLLM's processed_logprobs)")
+    top_k: int = Field(0, ge=0, description="top-k sampling, 0 = off; log-probs as for top_p")
     micro_batch_size: int = Field(64, ge=1, description="sequences generated together in one worker")
     cpus_per_worker: float = Field(1.0, ge=0, description="CPUs Ray reserves for each worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs Ray reserves for each worker")
@@ -224,7 +224,7 @@ class AlgorithmConfig(Section):
 class RewardTermConfig(Section):
     fn: str = Field(description="built-in name, package.module:function or path/to/file.py:function")
     name: str | None = Field(None, description="metric name (default: the function's name)")
-    weight: float = Field(1.0, description="weight in the total reward")
+    weight: float = Field(1.0, description="weight in the total reward (hapo_length: in [0, 1], so every correct answer beats every wrong one)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments")
     deadline_s: float = Field(30.0, gt=0, le=MAX_DEADLINE_S, description="per-call deadline; past it the samples count as timeouts")
 
@@ -235,6 +235,16 @@ class RewardTermConfig(Section):
             if isinstance(item, float) and not math.isfinite(item):
                 raise ValueError(f"{key}: {item} is not a finite number")
         return value
+
+    @model_validator(mode="after")
+    def _hapo_weight(self) -> RewardTermConfig:
+        # HAPO's length reward is ≥ -0.7 for a correct answer and ≤ 0 for a wrong one, so with a 0/1 accuracy term
+        # every correct answer (≥ 1 - 0.7 w) beats every wrong one (≤ 0) only for w in [0, 1] (ALGORITHMS.md §5)
+        if self.fn.strip() in ("hapo_length", "rewards.length:hapo_length") and not 0 <= self.weight <= 1:
+            raise ValueError(
+                f"weight: hapo_length's weight must be in [0, 1], so that every correct answer beats every wrong one; got {self.weight:g}"
+            )
+        return self
 
 
 class RewardsConfig(Section):
@@ -310,7 +320,10 @@ class SamplerConfig(Section):
     bounds_schedule: list[BoundsPhase] | Literal["e3"] | None = Field(
         None, description="n_min/n_max by share of trainer.steps instead of by epoch (replaces n_min, n_max and the epoch schedule); e3: (8, 8), (6, 10), (4, 12) over thirds of the run"
     )
-    dynamic_sampling: bool = Field(False, description="DAPO: leave constant-reward groups out of the update; generate more prompts until rollout.prompts_per_step groups have signal")
+    dynamic_sampling: bool = Field(False, description="DAPO: leave groups without signal (sampler.dynamic_sampling_signal) out of the update; generate more prompts until rollout.prompts_per_step groups have signal")
+    dynamic_sampling_signal: Literal["accuracy", "reward"] = Field(
+        "accuracy", description="what must vary within a group for dynamic sampling to keep it: accuracy (the rewards.correctness verdicts; DAPO: all right or all wrong is filtered, whatever a length penalty adds) or reward (the total reward)"
+    )
     max_extra_rounds: int = Field(3, ge=0, description="cap on dynamic sampling's extra rounds of generation per step")
     curriculum: Literal["none", "signal"] = Field(
         "none", description="signal: draw each step's prompts with probability in proportion to their expected learning signal 1 - p^n - (1-p)^n (p: estimated pass rate, n: rollouts_per_prompt) instead of in epochs"
@@ -489,6 +502,8 @@ class Recipe(Section):
                 raise ValueError("rollout.max_retries: direct weight sync cannot re-admit a replaced worker mid-step; set 0")
             if self.learner.workers > 1 and self.learner.zero_stage == 3:
                 raise ValueError("rollout.weight_sync: ZeRO-3 partitions the weights over the learners; use object_store")
+        if self.sampler.dynamic_sampling and self.sampler.dynamic_sampling_signal == "accuracy" and self.rewards.correctness is None:
+            raise ValueError("sampler.dynamic_sampling_signal: accuracy reads the rewards.correctness verdicts, which is null; name a correctness function or use reward")
         if self.rollout.async_steps and self.algorithm.old_logprobs != "sampling":
             raise ValueError("rollout.async_steps: the off-policy correction needs algorithm.old_logprobs: sampling")
         if self.rollout.weight_sync == "ipc" and self.ray.placement != "colocate":

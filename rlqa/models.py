@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from rlqa.config import ModelConfig, TinyModelConfig
@@ -77,6 +77,16 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def logits_width(path: str | Path, trust_remote_code: bool = False) -> int:
+    """V, the number of entries in the model's logits (the most its entropy can reach is ln V). It is the width of
+    the output layer, often wider than the tokenizer (Qwen2.5: 151,936 logits, 151,665 tokens), so it is read from a
+    one-token forward pass of the architecture on PyTorch's meta device: no weights loaded, no arithmetic done."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return int(model(input_ids=torch.zeros((1, 1), dtype=torch.long)).logits.shape[-1])
 
 
 def quiet_hf() -> None:

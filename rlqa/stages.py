@@ -84,15 +84,18 @@ class StepBatch:
         """Indices of the trained rollouts a reward failure did not drop."""
         return [i for i in self.trained if not self.dropped[i]]
 
-    def informative(self) -> list[bool]:
-        """(G,) whether the rewards of a group's rollouts (those not dropped) differ. A constant group's advantages
-        are all 0: it teaches the policy nothing."""
+    def informative(self, signal: str = "accuracy") -> list[bool]:
+        """(G,) whether a group's rollouts (those not dropped) differ in `signal`: "accuracy", their verdicts (no
+        verdict counts as wrong), as DAPO filters, or "reward", their total rewards. A group all right or all wrong
+        teaches DAPO nothing, even when a shaping term (an overlong penalty) spreads its rewards; a group of equal
+        rewards has advantages all 0."""
         flags = [False] * len(self.prompts)
         scored = [i for i, dropped in enumerate(self.dropped) if not dropped]
         if scored:
             ids = self.group_ids[scored]  # (S,)
-            rewards = torch.tensor([self.rewards[i] for i in scored], dtype=torch.float32)
-            for g, constant in zip(ids.tolist(), group_stats(rewards, ids).constant.tolist()):
+            values = [float(bool(self.correct[i])) for i in scored] if signal == "accuracy" else [self.rewards[i] for i in scored]
+            values = torch.tensor(values, dtype=torch.float32)
+            for g, constant in zip(ids.tolist(), group_stats(values, ids).constant.tolist()):
                 flags[g] = not constant
         return flags
 
@@ -233,8 +236,10 @@ def score(
 
 def dynamic_sampling(
     batch: StepBatch, extra_round: Callable[[int], StepBatch], sampler: RolloutSampler, *, target: int, max_extra_rounds: int,
+    signal: str = "accuracy",
 ) -> tuple[StepBatch, dict[str, float]]:
-    """DAPO (ALGORITHMS.md §3): groups whose rewards are all equal are left out of the update; while fewer than
+    """DAPO (ALGORITHMS.md §3): groups all right or all wrong (`signal` "accuracy", DAPO's filter; "reward": groups
+    whose total rewards are all equal) are left out of the update; while fewer than
     `target` informative groups remain, `extra_round(k)` generates and scores k more prompts of the step, at most
     `max_extra_rounds` times, with
 
@@ -245,14 +250,14 @@ def dynamic_sampling(
     advantages 0) rather than on nothing. Returns the extended batch and its metrics."""
     rounds = 0
     while rounds < max_extra_rounds:
-        informative = sum(batch.informative())
+        informative = sum(batch.informative(signal))
         shortfall = target - informative
         k = min(target, sampler.prompts_left_in_step, -(-shortfall * len(batch.prompts) // informative) if informative else target)
         if shortfall <= 0 or k <= 0:
             break
         batch = batch.extended(extra_round(k))
         rounds += 1
-    informative = batch.informative()
+    informative = batch.informative(signal)
     trained = set([g for g, ok in enumerate(informative) if ok][:target])
     if trained:
         batch.filtered = [g not in trained for g in range(len(informative))]

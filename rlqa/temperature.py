@@ -3,7 +3,8 @@
 RL on verifiable rewards sharpens the policy step by step; once its entropy collapses, the samples of a group agree
 and the group stops teaching. E3 raises the sampling temperature when entropy falls below a target and lowers it
 when entropy runs above. After each update, with H_t the token-mean entropy the learner measured at temperature T
-and V the vocabulary size:
+and V the number of logits (the output layer's width, `rlqa.models.logits_width`, not the tokenizer's length:
+ln V is the entropy's maximum over what the model outputs):
 
     T ← T · (1 + T · ln(H* / H_t) / (ln V + ln ln V))        clipped to [t_min, t_max] (E3 has no bounds)
 

@@ -48,7 +48,7 @@ from rlqa.learner import lora
 from rlqa.learner.group import LearnerGroup, check_learner_gpus, start_learners
 from rlqa.length_history import LengthHistory
 from rlqa.metrics import MetricsWriter, merge, open_sinks
-from rlqa.models import create_model_dir, load_tokenizer, quiet_hf
+from rlqa.models import create_model_dir, load_tokenizer, logits_width, quiet_hf
 from rlqa.placement import actor_options, shortfall
 from rlqa.rollout.backends import check_backend
 from rlqa.rollout.group import RolloutFailure, RolloutGroup, actor_pid
@@ -149,7 +149,9 @@ def build_driver(recipe: Recipe, run_dir: Path) -> Driver:
         prompt_tokens=HintedTokens(tokens, examples, tokenizer),
         sampler=rollout_sampler(recipe, train),
         # steps=0 is an SFT-only run
-        temperature=TemperatureController(recipe.temperature, vocab_size=len(tokenizer), total_steps=max(recipe.trainer.steps, 1)),
+        temperature=TemperatureController(
+            recipe.temperature, vocab_size=logits_width(model_dir, recipe.model.trust_remote_code), total_steps=max(recipe.trainer.steps, 1)
+        ),
         history=LengthHistory(),
     )
 
@@ -197,6 +199,7 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
         batch, dynamic_metrics = stages.dynamic_sampling(
             batch, partial(extra_round, c, step, batch.temperature, clock), d.sampler,
             target=recipe.rollout.prompts_per_step, max_extra_rounds=recipe.sampler.max_extra_rounds,
+            signal=recipe.sampler.dynamic_sampling_signal,
         )
     sampler_metrics = stages.advance_sampler(batch, d.sampler, d.history)  # 4
     advantage_metrics = stages.estimate_advantages(batch, recipe.algorithm.advantage)  # 5

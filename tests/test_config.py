@@ -68,6 +68,8 @@ def test_overrides_parse_yaml_values_and_create_sections():
         ("trainer: {eval_every: 3000000000}\n", "r.yaml: trainer.eval_every: 3000000000 is out of range (at most 2147483647"),
         ("model: {path: ''}\n", "r.yaml: model.path: String should have at least 1 character"),
         ("trainer:\n  steps: 3\n  seed: 1\n  steps: 4\n", "r.yaml: line 4: key 'steps' is given twice"),
+        ("sampler: {dynamic_sampling_signal: correct}\n", "r.yaml: sampler.dynamic_sampling_signal: Input should be 'accuracy' or 'reward'"),
+        ("sampler: {dynamic_sampling: true}\nrewards: {correctness: null}\n", "sampler.dynamic_sampling_signal: accuracy reads the rewards.correctness verdicts, which is null"),
     ],
 )
 def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):

@@ -183,3 +183,28 @@ def test_rlqa_eval_on_the_run_gives_the_runs_own_held_out_numbers(reference):
     assert results["model"] == str(reference / "final")
     after = json.loads((reference / "summary.json").read_text())["eval"]["after"]
     assert {k: results[k] for k in after} == after
+
+
+def test_top_k_top_p_logprobs_are_those_the_learner_computes(smollm2_dir, tmp_path):
+    # With top_k 20 and top_p 0.9 the sampler draws from the filtered, renormalised softmax(logits / T) and records
+    # that log-prob; the learner recomputes the same quantity (fp32 on one CPU: rounding only, far below 1e-4). A
+    # full-softmax log-prob on either side differs by log of the kept mass, about 0.1 nats at top_p 0.9. In process
+    # (no Ray): two steps, so the second samples with the weights the first update sent.
+    import in_process
+    from rewards.pipeline import RewardPipeline, RewardTermSpec
+    from rlqa import trainer
+    from rlqa.config import validate_recipe
+
+    (tmp_path / "digits.py").write_text(DIGIT_SHARE)
+    raw = recipe_for(smollm2_dir)
+    raw["rollout"] |= {"top_k": 20, "top_p": 0.9}
+    raw["rewards"]["terms"] = [{"fn": "accuracy"}, {"fn": "digits.py:digit_share"}]
+    raw["trainer"] |= {"eval_after": False}
+    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
+    specs = [RewardTermSpec("accuracy", "accuracy"), RewardTermSpec("digit_share", "digits.py:digit_share")]
+    with RewardPipeline(specs, correctness="accuracy", base_dir=tmp_path) as rewards:
+        c = in_process.components(recipe, tmp_path / "run", rewards)
+        steps = [trainer.rl_step(c, step)[0] for step in range(STEPS)]
+    for metrics in steps:
+        assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4
+        assert metrics["policy/grad_norm"] > 0

@@ -101,7 +101,8 @@ def test_dynamic_sampling_drops_constant_groups_and_refills_up_to_the_target():
     more = scored(0, {"e": [1.0, 0.0], "f": [0.0, 0.0], "g": [0.2, 0.1], "h": [1.0, 0.5]})
     asked = []
     batch, metrics = stages.dynamic_sampling(
-        first, lambda k: asked.append(k) or more, SimpleNamespace(prompts_left_in_step=4), target=4, max_extra_rounds=3
+        first, lambda k: asked.append(k) or more, SimpleNamespace(prompts_left_in_step=4), target=4, max_extra_rounds=3,
+        signal="reward",  # c (0, 0.5) and g (0.2, 0.1) are all wrong: they have signal in their rewards only
     )
     assert asked == [4]
     assert metrics == {"sampler/filtered_groups": 3.0, "sampler/extra_rounds": 1.0, "sampler/prompts_generated": 8.0}
@@ -119,6 +120,20 @@ def test_dynamic_sampling_drops_constant_groups_and_refills_up_to_the_target():
     sampler_metrics = stages.advance_sampler(batch, sampler, LengthHistory())
     assert sampler_metrics["sampler/prompts"] == 4.0 and sampler_metrics["sampler/all_wrong_frac"] == 4 / 8  # c, d, f, g
     assert sampler.pass_rate("f") == pytest.approx(0.9 / 3.8)  # f trained on nothing, yet its two wrongs count
+
+
+def test_dynamic_sampling_filters_on_accuracy_by_default_and_on_the_total_reward_as_asked():
+    # a: right and wrong (1, 0) → signal either way. o: both wrong, one of them penalised for running over the
+    # length (0, -0.5): accuracy constant (DAPO filters it), reward not (kept under `reward`)
+    first = scored(0, {"a": [1.0, 0.0], "o": [0.0, -0.5]})
+    assert first.correct == [True, False, False, False]
+    assert first.informative() == [True, False] and first.informative("accuracy") == [True, False]
+    assert first.informative("reward") == [True, True]
+    left = SimpleNamespace(prompts_left_in_step=0)  # no extra round: only the filter acts
+    batch, metrics = stages.dynamic_sampling(first, None, left, target=2, max_extra_rounds=1)
+    assert metrics["sampler/filtered_groups"] == 1.0 and batch.filtered == [False, True] and batch.kept == [0, 1]
+    batch, metrics = stages.dynamic_sampling(scored(0, {"a": [1.0, 0.0], "o": [0.0, -0.5]}), None, left, target=2, max_extra_rounds=1, signal="reward")
+    assert metrics["sampler/filtered_groups"] == 0.0 and batch.kept == [0, 1, 2, 3]
 
 
 def test_dynamic_sampling_stops_at_the_round_cap_and_at_the_end_of_the_data():

@@ -138,3 +138,29 @@ def test_rejects_bad_config():
         controller(target=0.0)
     with pytest.raises(ValueError):
         controller(vocab_size=1)
+
+
+def test_the_drivers_vocabulary_size_is_the_width_of_the_logits_not_the_tokenizer(tmp_path):
+    # Qwen2.5 pads its output layer past its tokenizer (151,936 logits, 151,665 tokens); here the character tokenizer
+    # has 99 tokens and the model 126 logits. V = 126: ln 126 = 4.836282, ln ln 126 = 1.576097, so one update at
+    # T = 1 with H* = 2, H = 1 gives T = 1 + ln 2 / 6.412379 = 1.108094 (V = 99 would give 1.113257).
+    import torch
+
+    from rlqa.config import TinyModelConfig, validate_recipe
+    from rlqa.models import build_char_tokenizer, build_tiny_model
+    from rlqa.trainer import build_driver
+
+    tokenizer = build_char_tokenizer()
+    assert len(tokenizer) == 99
+    model = build_tiny_model(TinyModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32), 126, seed=0)
+    assert model(input_ids=torch.tensor([[5, 6]])).logits.shape[-1] == 126  # what the entropy is taken over
+    model.save_pretrained(tmp_path / "wide")
+    tokenizer.save_pretrained(tmp_path / "wide")
+    raw = {
+        "model": {"path": str(tmp_path / "wide")},
+        "data": {"train": {"task": "arithmetic", "size": 4}, "test": {"task": "arithmetic", "split": "test", "size": 2}},
+        "rollout": {"prompts_per_step": 2, "rollouts_per_prompt": 2},
+        "temperature": {"target": 2.0, "anneal_fraction": 0.0},
+    }
+    driver = build_driver(validate_recipe(raw, source="test", base_dir=tmp_path), tmp_path / "run")
+    assert driver.temperature.update(1.0, step=1) == pytest.approx(1.108094, abs=1e-6)

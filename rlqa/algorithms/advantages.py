@@ -94,10 +94,14 @@ def reinforce_pp_advantages(rewards: Tensor, group_ids: Tensor, eps: float = 1e-
     """REINFORCE++ (group baseline): A = r - mean_group r, then whitened over the whole batch.
 
     Whitening: (A - mean) / sqrt(var + eps) with the unbiased batch variance, so the result has mean 0 and
-    `torch.std` 1 (unless every advantage is 0, which stays 0). (N,) -> (N,)
+    `torch.std` 1 (unless every advantage is 0, which stays 0). A constant group is zeroed again after whitening:
+    its centred 0s come out as -mean / std, a few ulps (±4.5e-8) off 0 in float32, which is still a push on a group
+    with no signal and counts as nonzero in `advantage/nonzero_frac`. (N,) -> (N,)
     """
-    centered = dr_grpo_advantages(rewards, group_ids)  # (N,)
-    return whiten(centered, torch.ones_like(centered, dtype=torch.bool), eps=eps)
+    stats = group_stats(rewards, group_ids)
+    centered = dr_grpo_advantages(rewards, group_ids)  # (N,), 0 in constant groups
+    whitened = whiten(centered, torch.ones_like(centered, dtype=torch.bool), eps=eps)
+    return torch.where(stats.constant, torch.zeros_like(whitened), whitened)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class Learner:
         self.algo = recipe.algorithm
         self.total_steps = total_steps
         self.engine = engine or LocalEngine(recipe.learner)
-        self.policy = Policy(model_dir, recipe.model)
+        self.policy = Policy(model_dir, recipe.model, recipe.rollout.top_k, recipe.rollout.top_p)
         if recipe.learner.gpus > 0 and torch.cuda.is_available():  # Ray shows an actor only the GPU it assigned
             self.policy.model.to(torch.device("cuda"))
         self.reference: Reference | None = None  # β > 0 only

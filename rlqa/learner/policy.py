@@ -1,6 +1,10 @@
 """The policy RL trains, and the frozen reference the KL term compares it with.
 
-Both compute log-probs at the sampling temperature (logits / T): the distribution the tokens were drawn from. With
+Both compute log-probs at the sampling temperature (logits / T). The policy's are those of the distribution the
+tokens were drawn from: with the rollout's top-k / top-p, the filtered one, renormalised, as the sampler records
+them (rlqa.algorithms.entropy). The reference's stay those of its whole softmax(logits / T): the KL term measures
+the sampling policy against the reference model as it is, and a filtered reference would give -inf to any token
+outside its own nucleus. With
 `model.lora` the policy is the base model plus adapters (rlqa.learner.lora), and the reference is that same model
 with its adapters switched off.
 """
@@ -38,7 +42,8 @@ def detached(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 class Policy:
     """The trained model and its tokenizer, loaded from a Hugging Face directory; with `cfg.lora`, adapters on it."""
 
-    def __init__(self, model_dir: str, cfg: ModelConfig):
+    def __init__(self, model_dir: str, cfg: ModelConfig, top_k: int = 0, top_p: float = 1.0):
+        self.top_k, self.top_p = top_k, top_p  # the rollout's filter, which the recorded log-probs went through
         self.tokenizer = load_tokenizer(model_dir, cfg.trust_remote_code)
         self.model = load_model(model_dir, cfg.dtype, cfg.trust_remote_code)
         self.lora = cfg.lora is not None
@@ -53,7 +58,7 @@ class Policy:
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=hidden)
         logits = out.logits[:, :-1].float() / temperature  # (B, L-1, V)
         return Forward(
-            token_logprobs(logits, batch.targets),
+            token_logprobs(logits, batch.targets, self.top_k, self.top_p),
             entropy_from_logits(logits) if entropy else None,
             out.hidden_states[-1] if hidden else None,
         )

@@ -1,7 +1,7 @@
 """Generation with Hugging Face `generate` (KV cache), sampling through the seeded exponential-race processor.
 
-The tokens must come from exactly the distribution whose log-probs are recorded (softmax of logits / T), since
-those log-probs are π_old and feed the entropy the temperature controller holds. So `generate` runs greedy
+The tokens must come from exactly the distribution whose log-probs are recorded (softmax of logits / T, with
+top-k / top-p filtered and renormalised, as the learner recomputes them), since those log-probs are π_old. So `generate` runs greedy
 decoding under a generation config built from scratch: a checkpoint's own `generation_config.json` (a repetition
 penalty, forced or suppressed tokens, a minimum length, sampling defaults) never reaches it. The one thing kept
 from it is the full list of EOS ids (Qwen2.5 and Llama 3 stop on several).
@@ -122,7 +122,7 @@ class HFBackend:
             logits_processor=LogitsProcessorList([picker]),
         )
         completions = sequences[:, width:]  # (B, N)
-        logprobs = picker.logprobs()  # (B, N) of the tokens picked, under softmax(logits / T)
+        logprobs = picker.logprobs()  # (B, N) of the tokens picked, under the distribution they were drawn from
 
         rollouts = []
         for row, request in enumerate(requests):

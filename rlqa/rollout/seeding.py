@@ -19,6 +19,8 @@ import hashlib
 import torch
 from transformers import LogitsProcessor
 
+from rlqa.algorithms.entropy import filter_logits
+
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
@@ -109,25 +111,13 @@ def gumbel_noise(seeds: torch.Tensor, position: int, vocab_size: int) -> torch.T
     return -torch.log(-torch.log(uniform_noise(seeds, position, vocab_size)))
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Mask (set to -inf) the tokens outside top-k and the nucleus top-p. logits: (B, V)."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
 class SeededSampler(LogitsProcessor):
     """Turns greedy decoding into seeded sampling at `temperature`: each row gets its own noise stream.
 
-    It also records, per step, the log-prob of the token it picks under softmax(logits / T) (the full distribution,
-    before top-k/top-p), so generation needs no stored logits: `logprobs()` is (B, N) after `generate`. The scores it
+    It also records, per step, the log-prob of the token it picks under the distribution it drew from: softmax of
+    logits / T, with top-k / top-p that of the filtered logits renormalised over the tokens kept (vLLM's
+    `processed_logprobs`; the learner evaluates the same, rlqa.algorithms.entropy), so generation needs no stored
+    logits: `logprobs()` is (B, N) after `generate`. The scores it
     hands back are p_v / E_v, whose argmax is the sampled token; a token whose probability underflows float32
     (more than 87 nats below the best) scores 0 and is never drawn.
     """
@@ -153,12 +143,8 @@ class SeededSampler(LogitsProcessor):
         logits = scores.float() / self.temperature  # (B, V)
         top = logits.max(-1, keepdim=True).values  # (B, 1)
         logits -= top
-        if self.top_k > 0 or self.top_p < 1.0:
-            weights = filter_logits(logits, self.top_k, self.top_p).exp_()  # (B, V) unnormalised, 0 outside
-            log_total = logits.exp().sum(-1).log_()  # (B,) over the whole vocabulary
-        else:
-            weights = logits.exp()
-            log_total = weights.sum(-1).log_()
+        weights = filter_logits(logits, self.top_k, self.top_p).exp()  # (B, V) unnormalised, 0 outside top-k/top-p
+        log_total = weights.sum(-1).log_()  # (B,) over the tokens that can be drawn
         noise, bits, scratch = self._buffers(scores)
         exponential = uniform_noise_(noise, bits, scratch, self.seeds, position).log_().neg_()  # (B, V) Exp(1)
         race = weights.div_(exponential)  # (B, V)

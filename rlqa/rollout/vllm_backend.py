@@ -6,9 +6,11 @@ tensors handed over (CPU path, from the object store), an NCCL broadcast from th
 CUDA IPC handles of the learner's own tensors (colocated on one GPU). In every case the engine's
 `model.load_weights` maps Hugging Face names onto its fused layers, as it does when it loads a checkpoint.
 
-Log-probs are vLLM's "processed" ones: log softmax of logits / T, the quantity the learner recomputes. They come
-from vLLM's kernels, so they match the learner's to within numerics, not bit for bit; with top-k/top-p set they
-are those of the filtered distribution. Samples are seeded per request (run seed, step, prompt id, sample index),
+Log-probs are vLLM's "processed" ones (`logprobs_mode="processed_logprobs"`; vLLM's default, raw_logprobs, is
+before temperature and top-k/top-p): log softmax of logits / T after top-k/top-p filtering, i.e. of the
+distribution the token was drawn from, renormalised. The HF backend records and the learner recomputes the same
+quantity (rlqa.algorithms.entropy.token_logprobs with the rollout's top_k/top_p), as TRL and verl ask vLLM for it.
+They come from vLLM's kernels, so they match the learner's to within numerics, not bit for bit. Samples are seeded per request (run seed, step, prompt id, sample index),
 so they do not depend on batching, but vLLM's sampler is not the HF backend's: the two backends draw different
 tokens from the same seeds.
 """

@@ -61,15 +61,29 @@ def test_reinforce_pp_whitens_over_the_batch():
     assert advantages.std().item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_reinforce_pp_leaves_a_constant_group_exactly_zero_after_whitening():
+    # groups (.1, .7, .3 | .5, .5, .5 | .2, .9): centred -4/15, 1/3, -1/15 | 0, 0, 0 | -0.35, 0.35; batch mean 0,
+    # unbiased var (16 + 25 + 1) / 225 + 2 · 0.1225 = 0.431667 over 7 = 0.0616667, sqrt(var + 1e-6) = 0.248330:
+    #   A = -1.073841, 1.342301, -0.268460 | 0, 0, 0 | -1.409416, 1.409416
+    # In float32 the batch mean is not exactly 0, so the middle group would come out as ±4.5e-8 without the zeroing.
+    rewards = torch.tensor([0.1, 0.7, 0.3, 0.5, 0.5, 0.5, 0.2, 0.9])
+    advantages = reinforce_pp_advantages(rewards, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2]))
+    assert torch.equal(advantages[3:6], torch.zeros(3))
+    expected = [-1.073841, 1.342301, -0.268460, 0.0, 0.0, 0.0, -1.409416, 1.409416]
+    assert advantages.tolist() == pytest.approx(expected, abs=1e-5)
+
+
 OUTCOME_ESTIMATORS = sorted(name for name, e in ADVANTAGE_ESTIMATORS.items() if e.level == "outcome")
 
 
 @pytest.mark.parametrize("name", OUTCOME_ESTIMATORS)
 def test_all_equal_group_gets_exactly_zero(name):
     # Eight float32 rewards of 0.1: their mean is one ulp off 0.1, which naive (r - mean) / (std + eps) turns into
-    # ≈ -0.0075. The estimators must give exactly 0 for that group; the other group (0, 1) still gets signal.
-    rewards = torch.tensor([0.1] * 8 + [0.0, 1.0], dtype=torch.float32)
-    group_ids = torch.tensor([0] * 8 + [1, 1])
+    # ≈ -0.0075. The estimators must give exactly 0 for that group; the other group (0.1, 0.7, 0.3) still gets
+    # signal. Its centred values (-4/15, 1/3, -1/15) do not sum to exactly 0 in float32, so a batch-wide step
+    # (REINFORCE++'s whitening) moves the zeros off 0 unless the constant group is zeroed after it.
+    rewards = torch.tensor([0.1] * 8 + [0.1, 0.7, 0.3], dtype=torch.float32)
+    group_ids = torch.tensor([0] * 8 + [1, 1, 1])
     advantages = get_advantage_estimator(name)(rewards, group_ids)
     assert torch.equal(advantages[:8], torch.zeros(8))
     assert advantages[9] > 0 > advantages[8]

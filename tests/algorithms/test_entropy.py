@@ -55,3 +55,30 @@ def test_bf16_logits_are_computed_in_float32():
     assert torch.allclose(entropy, entropy_from_logits(full), atol=1e-6)
     (logprobs.sum() + entropy.sum()).backward()
     assert logits.grad.dtype == torch.bfloat16
+
+
+# z = (2, 1, 0, -1): softmax = (0.6439, 0.2369, 0.0871, 0.0321); e^2 + e^1 + e^0 = 11.107338
+FOUR = torch.tensor([[[2.0, 1.0, 0.0, -1.0]] * 4])  # (1, 4, V=4): one position per target token
+
+
+def test_top_p_logprobs_are_those_of_the_renormalised_nucleus():
+    # top_p 0.7: the mass above token 1 is 0.6439 < 0.7, above token 2 0.8808 ≥ 0.7, so the nucleus is {0, 1}:
+    #   log p0 = -ln(1 + e^-1) = -0.313262, log p1 = -1 - ln(1 + e^-1) = -1.313262
+    # tokens 2 and 3 were not in it; a sampled token always counts as kept (rounding at the boundary), so over
+    # {0, 1, 2} and {0, 1, 3}: log p2 = 0 - ln(e^2 + e^1 + e^0) = -2.407606, log p3 = -1 - ln(e^2 + e^1 + e^-1)
+    #   = -1 - ln 10.475217 = -3.349012
+    tokens = torch.tensor([[0, 1, 2, 3]])
+    got = token_logprobs(FOUR, tokens, top_p=0.7)
+    assert got.tolist()[0] == pytest.approx([-0.313262, -1.313262, -2.407606, -3.349012], abs=1e-6)
+    assert torch.allclose(token_logprobs(FOUR, tokens), torch.log_softmax(FOUR, -1)[0, 0][None])  # no filter
+
+
+def test_top_k_then_top_p_and_the_gradient_through_the_kept_tokens():
+    # top_k 3 keeps {0, 1, 2}: renormalised (0.665241, 0.244728, 0.090031); top_p 0.95 then keeps all three (mass above
+    # token 2 = 0.909969 < 0.95): log p0 = 2 - ln 11.107338 = -0.407606. d log p0 / dz = onehot(0) - p over the kept:
+    #   (1 - 0.665241, -0.244728, -0.090031, 0) = (0.334759, -0.244728, -0.090031, 0)
+    logits = FOUR[:, :1].clone().requires_grad_()
+    got = token_logprobs(logits, torch.tensor([[0]]), top_k=3, top_p=0.95)
+    assert got.item() == pytest.approx(-0.407606, abs=1e-6)
+    got.sum().backward()
+    assert logits.grad[0, 0].tolist() == pytest.approx([0.334759, -0.244728, -0.090031, 0.0], abs=1e-6)

@@ -6,6 +6,7 @@ import torch
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'rlqa[vllm]')")
 
+from rlqa.algorithms.entropy import token_logprobs  # noqa: E402
 from rlqa.config import ModelConfig, TinyModelConfig  # noqa: E402
 from rlqa.models import build_tiny_model, create_model_dir, load_tokenizer  # noqa: E402
 from rlqa.rollout.seeding import sample_seed  # noqa: E402
@@ -44,16 +45,21 @@ def test_samples_depend_on_the_seed_not_the_batch(setup):
     assert all(tokens(together)[key] == value for key, value in tokens(apart).items())
 
 
-def test_logprobs_are_those_of_logits_over_temperature(setup):
+@pytest.mark.parametrize("top_k, top_p", [(0, 1.0), (20, 0.9)])
+def test_logprobs_are_those_the_learner_computes(setup, top_k, top_p):
+    # vLLM's processed_logprobs: log softmax of logits / T after top-k/top-p, the learner's token_logprobs
     engine, requests, vocab = setup
     temperature = 0.7
-    rollouts = engine.generate(requests, SamplingParams(temperature=temperature, max_new_tokens=16), version=0)
+    params = SamplingParams(temperature=temperature, max_new_tokens=16, top_k=top_k, top_p=top_p)
+    rollouts = engine.generate(requests, params, version=0)
     model = build_tiny_model(SHAPE, vocab, seed=0).cuda().eval()
     for r in rollouts:
         ids = torch.tensor([r.prompt_tokens + r.completion_tokens], device="cuda")
         with torch.no_grad():
-            logits = model(ids).logits[0, len(r.prompt_tokens) - 1 : -1].float() / temperature
-        expected = torch.log_softmax(logits, -1).gather(-1, ids[0, len(r.prompt_tokens) :, None]).squeeze(-1)
+            logits = model(ids).logits[:, len(r.prompt_tokens) - 1 : -1].float() / temperature
+        expected = token_logprobs(logits, ids[:, len(r.prompt_tokens) :], top_k, top_p)[0]
+        if top_k == 0:  # and without a filter, plain log softmax(logits / T)
+            assert torch.allclose(expected, torch.log_softmax(logits[0], -1).gather(-1, ids[0, len(r.prompt_tokens) :, None]).squeeze(-1))
         assert r.logprobs == pytest.approx(expected.tolist(), abs=2e-3)
 
 

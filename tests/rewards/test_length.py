@@ -59,6 +59,26 @@ def test_hapo_correct_always_beats_incorrect():
     assert max(incorrect) == 0.0
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0, 1.5, -0.5])
+def test_every_hapo_weight_a_recipe_accepts_keeps_correct_above_wrong(tmp_path, weight):
+    # total = accuracy (1/0) + w · r_len. Correct: r_len ≥ -0.7, so ≥ 1 - 0.7 w (0.3 at w = 1; -0.05 at w = 1.5);
+    # wrong: r_len ≤ 0, so ≤ 0 for w ≥ 0 (w = -0.5 turns a long wrong answer's -1 into +0.5). The schema admits
+    # exactly the weights for which the worst correct total beats the best wrong one, and names the key otherwise.
+    from rlqa.config import validate_recipe
+
+    raw = {"rewards": {"terms": [{"fn": "accuracy"}, {"fn": "hapo_length", "weight": weight}]}}
+    if not 0 <= weight <= 1:
+        with pytest.raises(UserError, match=r"rewards.terms.1: weight: hapo_length's weight must be in \[0, 1\]"):
+            validate_recipe(raw, source="r.yaml", base_dir=tmp_path)
+        return
+    w = validate_recipe(raw, source="r.yaml", base_dir=tmp_path).rewards.terms[1].weight
+    lengths = list(range(0, 400, 7))  # h = 60: from L = 0 (c = 1) past 2h (c = -1)
+    correct = [1.0 + w * r for r in _hapo(lengths, [True] * len(lengths), [60] * len(lengths))]
+    wrong = [0.0 + w * r for r in _hapo(lengths, [False] * len(lengths), [60] * len(lengths))]
+    assert min(correct) == pytest.approx(1 - 0.7 * w) and max(wrong) == 0.0
+    assert min(correct) > max(wrong)
+
+
 def test_hapo_rejects_unknown_variant():
     with pytest.raises(UserError, match="variant='exp'"):
         _hapo([1], [True], [1], variant="exp")

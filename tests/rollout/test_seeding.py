@@ -77,11 +77,13 @@ def test_a_row_samples_the_same_tokens_alone_and_inside_a_batch_of_other_rows():
     assert len({tuple(r) for r in together.tolist()}) == 6
 
 
-def test_recorded_logprobs_are_log_softmax_at_the_temperature():
+def test_recorded_logprobs_are_those_of_the_filtered_distribution_at_the_temperature():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).expand(3, -1)
     tokens, logprobs = sampled(logits, torch.tensor([5, 6, 7]), positions=4, temperature=0.5, top_k=2)
-    # recorded under the whole distribution softmax(logits / T), before top-k, as the learner recomputes them
-    expected = torch.log_softmax(logits / 0.5, -1).gather(-1, tokens)
+    # the distribution drawn from (vLLM's processed_logprobs): logits / T = (4, 2, 0, -2), top-2 keeps (4, 2),
+    # renormalised: log p0 = -ln(1 + e^-2) = -0.126928, log p1 = -2 - ln(1 + e^-2) = -2.126928
+    assert set(tokens.flatten().tolist()) == {0, 1}
+    expected = torch.where(tokens == 0, -0.126928, -2.126928)
     assert torch.allclose(logprobs, expected, atol=1e-6)
 
 
