@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ MANIFEST = "manifest.json"
 DRIVER_STATE = "driver.json"
 RECIPE = "recipe.yaml"
 HF_FILES = "hf"  # config, generation config and tokenizer of the policy: everything but its weights
+PAUSE_VARIABLE = "RLQA_TEST_PAUSE_AT"  # fault injection for the kill tests (`kill_point`)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf", ".onnx", ".index.json")
 
 
@@ -45,6 +47,16 @@ def step_of(ckpt: Path) -> int:
     return int(ckpt.name.removeprefix("step_"))
 
 
+def kill_point(name: str) -> None:
+    """Where the kill tests stop a run half-way through a write: with RLQA_TEST_PAUSE_AT=<name> (a file or directory
+    name: summary.json, final, step_00000002) the process says so on stderr and waits there, its temporary copy
+    complete and not yet renamed, until it is killed. Unset, as always outside those tests: nothing."""
+    if os.environ.get(PAUSE_VARIABLE) == name:
+        os.write(2, f"rlqa: paused before renaming {name} into place\n".encode())
+        while True:
+            time.sleep(1.0)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """`path` holds the old text or the new one, never a torn mix (a kill mid-write leaves only a temporary file)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -52,6 +64,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    kill_point(path.name)
     os.replace(tmp, path)
 
 
@@ -111,6 +124,7 @@ def seal(tmp: Path, final: Path) -> Path:
     (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1, sort_keys=True))
     for p in [*tmp.rglob("*"), tmp]:
         _fsync(p)
+    kill_point(final.name)
     if final.exists():  # moved aside, not deleted first: there is always a complete one under some name
         old = final.with_name(f".old_{final.name}")
         shutil.rmtree(old, ignore_errors=True)

@@ -191,16 +191,18 @@ def resolve_target(target: Path, scratch: Path, trust_remote_code: bool = False)
         return _checkpoint_model(target, recipe, scratch, trust_remote_code), recipe
     if (target / "recipe.yaml").is_file():  # a run directory: its final policy, else its newest good checkpoint
         recipe = _recipe_of(target)
-        final = target / "final"
+        final, bad_final = target / "final", None
         if final.is_dir():
             try:
                 checkpoint.verify(final)
                 return final, recipe
             except checkpoint.CheckpointError as err:  # torn, altered, or from before final/ had a manifest
-                print(f"skipping final/: {err}", file=sys.stderr)
+                bad_final = err
         ckpt = checkpoint.latest_good(target, warn=lambda m: print(m, file=sys.stderr))
         if ckpt is None:
-            raise UserError(f"{target}: the run has neither a good final/ nor a usable checkpoint")
+            raise UserError(f"{target}: the run has no usable checkpoint, and {f'final/ is bad: {bad_final}' if bad_final else 'no final/'}")
+        if bad_final:
+            print(f"skipping final/: {bad_final}", file=sys.stderr)
         return _checkpoint_model(ckpt, recipe, scratch, trust_remote_code), recipe
     if (target / "config.json").is_file():
         if (target / checkpoint.MANIFEST).is_file():  # a run's final/: checked like a checkpoint

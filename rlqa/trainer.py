@@ -483,7 +483,6 @@ def _run(c: Components, interrupt: _Interrupt, resume_from: Path | None, wall_st
     summary["steps"] = step
     summary["yield"] = c.driver.yields.summary()
     summary["wall_seconds"] = time.perf_counter() - wall_start
-    pause_for_kill_test("summary")
     checkpoint.write_text_atomic(c.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -494,17 +493,4 @@ def save_final(c: Components) -> Path:
     tmp = c.run_dir / ".tmp_final"
     shutil.rmtree(tmp, ignore_errors=True)
     ray.get(c.learner.save_pretrained(str(tmp)))
-    pause_for_kill_test("final")
     return checkpoint.seal(tmp, c.run_dir / "final")
-
-
-PAUSE_VARIABLE = "RLQA_TEST_PAUSE_AT"
-
-
-def pause_for_kill_test(point: str) -> None:
-    """A fault-injection point for the kill tests: with RLQA_TEST_PAUSE_AT=<point> the driver says so on stderr
-    and waits there (half-way through writing final/ or summary.json) until it is killed. Unset: nothing."""
-    if os.environ.get(PAUSE_VARIABLE) == point:
-        os.write(2, f"rlqa: paused at {point}\n".encode())
-        while True:
-            time.sleep(1.0)

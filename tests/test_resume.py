@@ -65,7 +65,7 @@ def recipe(tmp_path_factory):
 class Train:
     """`rlqa train` in its own session, so that a signal can reach it alone or its whole process tree."""
 
-    def __init__(self, recipe, run_dir, *args):
+    def __init__(self, recipe, run_dir, *args, env=None):
         self.run_dir = run_dir
         self.started = started()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ class Train:
         with self.out_path.open("a") as out, self.err_path.open("a") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rlqa.cli", "train", str(recipe), *args, "--run-dir", str(run_dir)],
-                stdout=out, stderr=err, start_new_session=True,
+                stdout=out, stderr=err, start_new_session=True, env=None if env is None else {**os.environ, **env},
             )
 
     def wait_for(self, condition, timeout=240.0):
@@ -331,3 +331,50 @@ def test_an_async_run_killed_at_step_3_and_at_a_random_moment_resumes_bit_identi
         run = Train(run_dir / "recipe.yaml", run_dir, "--resume")
         assert run.finish() == 0, f"killed {delay:.2f} s after resuming\n{run.err}"
     assert_same_run(run_dir, async_reference)
+
+
+# -- a kill while the run writes what outlives it ----------------------------------------------------------------------
+
+
+def killed_at(recipe, run_dir, point, *args):
+    """A run stopped by SIGKILL to its whole tree half-way through writing `point` (checkpoint.kill_point: its
+    temporary copy is complete, the rename that publishes it has not happened)."""
+    run = Train(recipe, run_dir, *args, env={checkpoint.PAUSE_VARIABLE: point})
+    run.wait_for(lambda: f"rlqa: paused before renaming {point} into place" in run.err)
+    run.kill_tree()
+    assert run.proc.returncode == -signal.SIGKILL
+
+
+def eval_model(target, scratch):
+    """The model directory `rlqa eval TARGET` would evaluate (evaluation.resolve_target), found in a process of its
+    own: what it imports leaves temporary directories in /tmp until its process exits."""
+    code = "import sys; from pathlib import Path; from rlqa.evaluation import resolve_target; print(resolve_target(Path(sys.argv[1]), Path(sys.argv[2]))[0])"
+    done = subprocess.run([sys.executable, "-c", code, str(target), str(scratch)], capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_writing_final_or_summary_loses_nothing_it_had_committed(recipe, tmp_path):
+    """SIGKILL during final/ leaves the last checkpoint, which eval uses and --resume completes from; SIGKILL during
+    a later summary.json leaves the previous summary.json whole and the new final/ verified."""
+    run_dir, steps = tmp_path / "run", "trainer.steps=2"
+    killed_at(recipe, run_dir, "final", steps)
+    last = checkpoint.latest_good(run_dir)
+    assert last == checkpoint.step_dir(run_dir, 2)  # the end-of-run checkpoint came before final/
+    assert not (run_dir / "final").exists() and (run_dir / ".tmp_final" / "model.safetensors").is_file()
+    assert not (run_dir / "summary.json").exists()
+    assert eval_model(run_dir, tmp_path / "scratch") == str(tmp_path / "scratch")  # eval: the checkpoint's policy
+
+    run = Train(run_dir / "recipe.yaml", run_dir, "--resume")
+    assert run.finish() == 0, run.err
+    assert f"resuming from {last}" in run.out
+    checkpoint.verify(run_dir / "final")
+    first = json.loads((run_dir / "summary.json").read_text())
+    assert first["steps"] == 2 and not (run_dir / ".tmp_final").exists()
+    assert eval_model(run_dir, tmp_path / "scratch2") == str(run_dir / "final")
+
+    killed_at(run_dir / "recipe.yaml", run_dir, "summary.json", "--resume")
+    assert json.loads((run_dir / "summary.json").read_text()) == first  # the old one, whole
+    assert json.loads((run_dir / ".summary.json.tmp").read_text())["steps"] == 2  # the new one, never published
+    checkpoint.verify(run_dir / "final")
+    assert checkpoint.latest_good(run_dir) == last
