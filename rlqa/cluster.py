@@ -112,11 +112,12 @@ def _embedded_environment() -> Iterator[None]:
 
 
 def _reload_ray_config() -> None:
-    """Ray reads RAY_AUTH_MODE into its config when it is imported; re-read it (as ray does itself when it turns
-    token authentication on)."""
-    from ray._raylet import Config
+    """Ray reads RAY_AUTH_MODE into its config when it is imported, and caches the token once read; re-read both
+    (as ray does itself when it turns token authentication on), so a second run in this process uses its own token."""
+    from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager

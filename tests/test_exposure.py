@@ -47,13 +47,15 @@ def test_the_embedded_ray_listens_on_loopback_only_with_token_auth_and_no_notice
     import ray
 
     before = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    with ray_session(None, num_cpus=1, configure_logging=False):
+    with ray_session(None, num_cpus=1, configure_logging=False):  # a first run in this process, with its own token
+        pass
 
-        @ray.remote(num_cpus=1)
-        class Probe:
-            def pid(self) -> int:
-                return os.getpid()
+    @ray.remote(num_cpus=1)
+    class Probe:
+        def pid(self) -> int:
+            return os.getpid()
 
+    with ray_session(None, num_cpus=1, configure_logging=False):  # the second one starts (a token of its own)
         actor = Probe.remote()
         actor_pid = ray.get(actor.pid.remote())
         assert ray.util.get_node_ip_address() == "127.0.0.1"
