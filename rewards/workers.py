@@ -289,6 +289,7 @@ class WorkerPool:
         outcomes: list[Outcome | None] = [None] * len(tasks)
         todo: deque[tuple[int, bool]] = deque((index, first_try_s is not None) for index in range(len(tasks)))
         held: dict[_Worker, _Job] = {}
+        rerun: set[int] = set()  # tasks run again after a reply out of turn (at most once each)
 
         def assign(worker: _Worker, index: int, first_try: bool) -> None:
             limit = min(first_try_s, deadlines_s[index]) if first_try else deadlines_s[index]
@@ -325,10 +326,11 @@ class WorkerPool:
                 if worker.conn in ready and (settled := self._receive(worker, job.seq)) is not None:
                     del held[worker]
                     outcome, worker = settled
-                    if outcome is None:  # a reply out of turn: the task runs again, on the fresh worker
+                    if outcome is None and job.index not in rerun:  # a reply out of turn: once more, on a fresh worker
+                        rerun.add(job.index)
                         todo.appendleft((job.index, job.first_try))
                     else:
-                        outcomes[job.index] = outcome
+                        outcomes[job.index] = outcome or Outcome("error", detail="its worker twice sent a reply out of turn")
                 elif now >= job.expires:  # a partial reply counts as none
                     del held[worker]
                     worker = self._replace(worker)

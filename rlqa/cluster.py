@@ -13,6 +13,12 @@ nothing of the run left on the machine however the run ends.
   some of its own processes behind when its driver is killed (the dashboard and runtime-env agents), and a reward
   worker stuck in C code cannot notice anything; the reaper depends on neither. Processes of a cluster joined with
   an address carry no token and descend from none, so they are never touched.
+- An embedded Ray is for this machine alone: its node IP is loopback, so GCS, the raylet, the object manager and
+  every actor listen on 127.0.0.1 only (Ray's own switch for a one-machine Ray, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`,
+  which it uses on macOS and Windows), and token authentication is on by rlqa's say (`RAY_AUTH_MODE=token`, with a
+  fresh token for the run in `RAY_AUTH_TOKEN`, never written to disk), not by a default that Ray versions change.
+  Set explicitly, the mode also makes Ray print no notice about it. A `RAY_AUTH_MODE` or `RAY_AUTH_TOKEN` of the
+  user's own is kept. A joined cluster is left as its operator set it up.
 - The run's shared-memory directory (`shared_dir`: the policy weights the rollout workers map,
   rlqa.rollout.shared_weights) is named after the token; the reaper deletes it last, so no 0.5 GB file outlives a
   killed run in /dev/shm.
@@ -58,12 +64,60 @@ def ray_session(address: str | None, *, num_cpus: int, num_gpus: int | None = No
             with _deadline(CONNECT_TIMEOUT_S, f"--address {address}: no Ray cluster answered within {CONNECT_TIMEOUT_S:.0f} s"):
                 # Ray's own logging stays on: it says which cluster it joined
                 ray.init(address=address, log_to_driver=True, **{**init_kwargs, "configure_logging": True})
-        else:
+            try:
+                yield
+            finally:
+                ray.shutdown()
+            return
+        with _embedded_environment():
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **init_kwargs)
-        try:
-            yield
-        finally:
-            ray.shutdown()
+            try:
+                yield
+            finally:
+                ray.shutdown()
+
+
+# Ray's switches for an embedded, one-machine Ray (see the module docstring); read by Ray's processes at start.
+LOOPBACK_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_MODE_VARIABLE, AUTH_TOKEN_VARIABLE = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"
+
+
+@contextlib.contextmanager
+def _embedded_environment() -> Iterator[None]:
+    """Loopback only and token authentication for the embedded Ray started inside; the environment (and Ray's
+    copies of it in this process, read when ray was imported) restored on leaving."""
+    import ray._private.ray_constants as ray_constants
+
+    settings = {LOOPBACK_VARIABLE: "0", AUTH_MODE_VARIABLE: "token", AUTH_TOKEN_VARIABLE: uuid.uuid4().hex + uuid.uuid4().hex}
+    previous = {name: os.environ.get(name) for name in settings}
+    if previous[AUTH_MODE_VARIABLE] is not None:  # the user's explicit choice, and then their token too
+        settings.pop(AUTH_MODE_VARIABLE)
+        settings.pop(AUTH_TOKEN_VARIABLE)
+    elif previous[AUTH_TOKEN_VARIABLE]:
+        settings.pop(AUTH_TOKEN_VARIABLE)
+    cluster = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(settings)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # what the variable sets when ray is imported after it
+    _reload_ray_config()
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        ray_constants.ENABLE_RAY_CLUSTER = cluster
+        _reload_ray_config()
+
+
+def _reload_ray_config() -> None:
+    """Ray reads RAY_AUTH_MODE into its config when it is imported, and caches the token once read; re-read both
+    (as ray does itself when it turns token authentication on), so a second run in this process uses its own token."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 @contextlib.contextmanager

@@ -153,8 +153,10 @@ def reference(recipe, tmp_path_factory):
 
 
 def assert_reads_as_a_log(output: str) -> None:
-    """Output to a file, not a terminal: no colour codes in Ray's "(Learner pid=...)" prefixes."""
+    """Output to a file, not a terminal: no colour codes in Ray's "(Learner pid=...)" prefixes, and no Ray notice
+    about token authentication (rlqa sets the mode itself)."""
     assert "(Learner pid=" in output and "\x1b[" not in output
+    assert "Token authentication" not in output
 
 
 def processes(run_dir):

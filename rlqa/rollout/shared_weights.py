@@ -10,7 +10,7 @@ pages (`torch.from_file`) and copies each slice into its own parameters in place
 second copy of 0.5 GB: on SmolLM2-135M this is what takes the sync from seconds to a fraction of one.
 
 DIR is `/dev/shm/rlqa-<run token>` (rlqa.cluster), which the run's reaper deletes when the driver ends, however it
-ends. The file is rewritten in place at each sync; a sync waits for every worker's load, so no reader is ever left
+ends. DIR is 0700 and its files 0600: the weights are the run's, not every local user's. The file is rewritten in place at each sync; a sync waits for every worker's load, so no reader is ever left
 mapping a file half rewritten. A worker replaced between syncs loads the same file.
 """
 
@@ -39,7 +39,8 @@ def write_weights(state: dict[str, torch.Tensor], directory: str | Path) -> int:
     """Write `state` into DIR/weights.bin (mapped, in place when its size is unchanged) and DIR/weights.json; the
     bytes written."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory.chmod(0o700)  # mkdir's mode is masked by the umask, and does nothing to a directory already there
     entries, placed, size = [], {}, 0  # placed: storage address -> offset, so tied tensors share one copy
     for name, tensor in state.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
@@ -49,7 +50,7 @@ def write_weights(state: dict[str, torch.Tensor], directory: str | Path) -> int:
         entries.append([name, str(tensor.dtype), list(tensor.shape), placed[key]])
     data = directory / DATA
     if not data.exists() or data.stat().st_size != size:
-        with data.open("wb") as f:
+        with _private_file(data) as f:
             f.truncate(size)
     buffer = torch.from_file(str(data), shared=True, size=size, dtype=torch.uint8)  # (bytes,) mapped
     written = set()
@@ -59,9 +60,17 @@ def write_weights(state: dict[str, torch.Tensor], directory: str | Path) -> int:
             written.add(offset)
     index = directory / INDEX
     partial = index.with_suffix(".tmp")
-    partial.write_text(json.dumps({"bytes": size, "tensors": entries}))
+    with _private_file(partial) as f:
+        f.write(json.dumps({"bytes": size, "tensors": entries}).encode())
     os.replace(partial, index)
     return size
+
+
+def _private_file(path: Path):
+    """`path` opened for writing from empty, readable and writable by its owner alone (0600 whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file already there keeps its mode through os.open
+    return os.fdopen(fd, "wb")
 
 
 def read_weights(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:

@@ -10,6 +10,10 @@ Two transports, both plain PyTorch:
 - CUDA IPC (learner and engine colocated on one GPU): the learner exports a handle per tensor and the engine maps
   the very same memory; nothing is copied until the engine loads it into its own parameters.
 
+The broadcast's rendezvous store (a TCPStore, which has no authentication) listens on one address only, never on
+every interface as a TCPStore does by default: loopback when the cluster is one node (an embedded Ray always is),
+else the learner's node IP, which the other nodes must reach.
+
 On CPU, weights keep going through the object store (one copy read by every worker), which is what a CPU run
 needs anyway.
 """
@@ -25,18 +29,36 @@ import torch
 WeightSpec = list[tuple[str, torch.dtype, tuple[int, ...]]]  # (name, dtype, shape) in transfer order
 
 
-def free_port() -> int:
-    """A TCP port free on this node now, for a rendezvous store."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now, for a rendezvous store."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 def rendezvous_address() -> tuple[str, int]:
-    """This Ray node's address and a free port: where a group's rank 0 hosts its store."""
+    """Where a group's rank 0 hosts its store: loopback on a one-node cluster, else this Ray node's address; and a
+    port free there."""
     import ray
 
-    return ray.util.get_node_ip_address(), free_port()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    host = "127.0.0.1" if len(nodes) <= 1 else ray.util.get_node_ip_address()
+    return host, free_port(host)
+
+
+def listening_store(host: str, port: int, world_size: int, timeout: timedelta):
+    """A TCPStore server that listens on `host` alone (the default binds every interface), for the others to join."""
+    import torch.distributed as dist
+
+    listener = socket.socket(_family(host), socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(max(world_size, 8))
+    return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout, master_listen_fd=listener.detach())
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def weight_spec(state: dict[str, torch.Tensor]) -> WeightSpec:
@@ -51,7 +73,11 @@ class BroadcastChannel:
         import torch.distributed as dist
 
         timeout = timedelta(seconds=timeout_s)
-        store = dist.PrefixStore("rlqa-weights", dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout))
+        if rank == 0:
+            base = listening_store(host, port, world_size, timeout)
+        else:
+            base = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+        store = dist.PrefixStore("rlqa-weights", base)
         if torch.device(device).type == "cuda":
             self.group = dist.ProcessGroupNCCL(store, rank, world_size)
         else:

@@ -36,6 +36,14 @@ def test_a_pickle_written_to_the_result_pipe_is_never_unpickled(tmp_path):
         assert again.metrics["reward/hostile/errors"] == 1 and not marker.exists()
 
 
+def test_a_forged_reply_is_an_error_not_a_crash_or_a_loop():
+    with hostile("forged_reply") as pipeline:
+        for _ in range(2):  # the pool's first task (sequence number 0, which the forgery names) and a later one
+            out, seconds = timed(pipeline, ["a", "b"])
+            assert out.total == [0.0, 0.0] and out.metrics["reward/hostile/errors"] == 2
+            assert seconds < DEADLINE_S
+
+
 def test_a_partial_message_times_out_at_the_deadline():
     with hostile("partial_message") as pipeline:
         out, seconds = timed(pipeline, ["a", "b"])
