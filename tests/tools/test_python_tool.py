@@ -100,6 +100,30 @@ except OSError as error:
     assert result.stdout == "6 Resource temporarily unavailable\n"
 
 
+def test_a_daemon_it_leaves_dies_with_it():
+    code = """
+import os, time
+if os.fork() == 0:
+    os.setsid()  # out of the process group and the session
+    time.sleep(60)
+print("parent done")
+"""
+    result = run_python(code, limits=FAST)
+    assert result == ToolResult(stdout="parent done\n", stderr="", exit_status=0)  # the fixture finds no daemon
+
+
+def test_it_runs_with_no_privileges():
+    code = """
+import os
+print(os.getuid(), os.getgid(), os.getgroups())
+print([line for line in open("/proc/self/status") if line.startswith(("CapEff", "NoNewPrivs"))])
+"""
+    uid, status = run_python(code).stdout.splitlines()
+    uid, gid, groups = uid.split(" ", 2)
+    assert int(uid) >= UID_BASE and gid == uid and groups == "[]"
+    assert status == "['CapEff:\\t0000000000000000\\n', 'NoNewPrivs:\\t1\\n']"
+
+
 def test_two_gigabytes_are_refused():
     result = run_python("x = bytearray(2 * 1024**3)\nprint('allocated')", limits=FAST)
     assert result.stdout == ""
