@@ -13,8 +13,9 @@ gets, on Linux, run as root (as rlqa runs in its containers):
 - a fresh unprivileged uid (`UID_BASE` + the keeper's pid, unique among live sandboxes) with no capabilities and
   `no_new_privs`: it cannot signal the caller or any other process outside (they are also invisible to it), and
   RLIMIT_NPROC, counted per uid, bounds its processes and threads alone;
-- a read-only view of the whole filesystem, except a private tmpfs of `disk_mb` that is its working directory, HOME
-  and TMPDIR; the tmpfs vanishes with the sandbox, and the caller's empty mount point is removed;
+- a read-only view of the whole filesystem, except a private tmpfs of `disk_mb` on /tmp (the machine's /tmp is
+  hidden) that is its working directory, HOME and TMPDIR; it exists only in the sandbox's mount namespace, so it
+  vanishes with the sandbox and nothing is left on disk, even when the caller is killed;
 - RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_FSIZE, RLIMIT_NOFILE from `SandboxLimits`; no core dumps.
 Reading is not prevented: the code may read what any user may read (system files, the interpreter, world-readable
 project files), not the caller's private files (root's home is hidden).
@@ -29,16 +30,15 @@ new process anyway; a plain `subprocess.Popen` (fork+exec, no `preexec_fn`) is a
 Ray actor.
 """
 
+import contextlib
 import json
 import os
 import selectors
-import shutil
 import signal
 import site
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,15 +100,13 @@ def python(code: str) -> str:
 def run_python(code: str, *, limits: SandboxLimits = SandboxLimits(), python: str = sys.executable) -> ToolResult:
     """Run `code` with `python` in a fresh sandbox (module docstring) under `limits`; never raises for what the code
     does."""
-    directory = tempfile.mkdtemp(prefix="rlqa-python-")
     status_read, status_write = os.pipe()
     try:
-        Path(directory, "main.py").write_text(code)
-        config = _config(limits, python, directory, status_write)
+        config = _config(limits, python, status_write)
         started = time.monotonic()
         keeper = subprocess.Popen(
             [sys.executable, "-I", "-S", str(SANDBOX_INIT), json.dumps(config)],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(status_write,),
@@ -119,6 +117,7 @@ def run_python(code: str, *, limits: SandboxLimits = SandboxLimits(), python: st
         status_write = -1
         messages = []
         try:
+            _send(keeper, code)
             output, messages, reason = _collect(keeper, status_read, limits, started)
         finally:
             _stop(keeper, next((message["init"] for message in messages if "init" in message), None))
@@ -127,15 +126,22 @@ def run_python(code: str, *, limits: SandboxLimits = SandboxLimits(), python: st
         for fd in (status_read, status_write):
             if fd >= 0:
                 os.close(fd)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
-def _config(limits: SandboxLimits, python: str, directory: str, status_fd: int) -> dict:
+def _send(keeper: subprocess.Popen, code: str) -> None:
+    """Hand the code to the keeper, which reads it all before anything else (so a long program cannot block us)."""
+    with contextlib.suppress(BrokenPipeError):  # the keeper died at its start: the status pipe says why
+        try:
+            keeper.stdin.write(code.encode())
+        finally:
+            keeper.stdin.close()
+
+
+def _config(limits: SandboxLimits, python: str, status_fd: int) -> dict:
     """What sandbox_init.py needs, as JSON-able data."""
     reveal = [sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(python)), *site.getsitepackages()]
     reveal.append(sysconfig.get_paths()["stdlib"])
     return {
-        "dir": directory,
         "python": python,
         "parent": os.getpid(),
         "uid_base": UID_BASE,

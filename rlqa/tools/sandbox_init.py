@@ -13,8 +13,9 @@ Two processes, because a new PID namespace takes effect for children only:
 The jail (mount namespace, private to the sandbox):
 - `/` and every mount under it are remounted read-only, so nothing outside the private directory can be written, by
   any uid (it cannot remount: it has no capabilities);
-- the private directory is a fresh tmpfs of `disk_mb`, owned by the sandbox uid, mounted over the caller's empty
-  temporary directory; it vanishes with the namespace;
+- the private directory is a fresh tmpfs of `disk_mb` mounted on /tmp (hiding the machine's /tmp), owned by the
+  sandbox uid; it exists in the namespace only, so it vanishes with the sandbox and leaves nothing on disk, however
+  the caller ends;
 - a fresh /proc shows the sandbox's own processes only;
 - the interpreter's directories under a directory the sandbox uid may not enter (pyenv under /root, mode 700) are
   bind-mounted, read-only, onto a tmpfs that hides the rest of that directory.
@@ -49,6 +50,7 @@ MOUNT_OPTION_FLAGS = {
 }
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 SETUP_FAILED = 127
+WORKDIR = "/tmp"  # in the sandbox: its private tmpfs
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -107,18 +109,16 @@ def _reveal(paths: list[str]) -> None:
         os.close(handle)
 
 
-def _make_jail(config: dict) -> None:
-    """Mount namespace as the module docstring says; `config["dir"]` becomes the private tmpfs holding main.py."""
-    directory, uid = config["dir"], config["uid"]
-    with open(os.path.join(directory, "main.py"), "rb") as source:
-        code = source.read()
+def _make_jail(config: dict, code: bytes) -> None:
+    """Mount namespace as the module docstring says; WORKDIR becomes the private tmpfs holding main.py."""
+    uid = config["uid"]
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _reveal(config["reveal"])
     for point, flags in _mount_points():
         _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
     options = f"size={config['disk_mb']}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}"
-    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, options)
-    script = os.path.join(directory, "main.py")
+    _mount("tmpfs", WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    script = os.path.join(WORKDIR, "main.py")
     with open(script, "wb") as target:
         target.write(code)
     os.chown(script, uid, uid)
@@ -146,23 +146,22 @@ def _become_nobody(uid: int) -> None:
     _die_with_parent()  # a credential change clears the parent-death signal
 
 
-def _init(config: dict, status_fd: int) -> None:
+def _init(config: dict, code: bytes, status_fd: int) -> None:
     """PID 1 of the sandbox: jail, limits, uid, then run the code in a child and report how it ended. Never returns.
 
     The code is not PID 1 itself: the kernel drops the signals it generates for a namespace's init (SIGXCPU at the
     CPU limit, for one), and the init reaps the orphans the code leaves. The init's own exit, right after the code's,
     makes the kernel kill whatever the code left running."""
     _die_with_parent()
-    _make_jail(config)
+    _make_jail(config, code)
     _set_limits(config)
     _become_nobody(config["uid"])
-    os.chdir(config["dir"])
+    os.chdir(WORKDIR)
     os.set_inheritable(status_fd, False)
-    directory = config["dir"]
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": directory,
-        "TMPDIR": directory,
+        "HOME": WORKDIR,
+        "TMPDIR": WORKDIR,
         "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
@@ -190,6 +189,8 @@ def _report(status_fd: int, message: dict) -> None:
 def main() -> None:
     config = json.loads(sys.argv[1])
     status_fd = config["status_fd"]
+    code = sys.stdin.buffer.read()  # the caller writes the code, then closes the pipe
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the code's stdin is empty
     try:
         _die_with_parent()
         if os.getppid() != config["parent"]:  # the caller died before the signal was set
@@ -203,7 +204,7 @@ def main() -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            _init(config, status_fd)
+            _init(config, code, status_fd)
         except BaseException as error:  # noqa: BLE001 - anything here means no sandbox: report it, run nothing
             _report(status_fd, {"setup_error": f"{type(error).__name__}: {error}"})
         os._exit(SETUP_FAILED)
