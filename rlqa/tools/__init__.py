@@ -1,0 +1,1 @@
+"""Built-in tools a model can call during a rollout (issue 27)."""
