@@ -185,6 +185,7 @@ def test_rlqa_eval_on_the_run_gives_the_runs_own_held_out_numbers(reference):
     assert {k: results[k] for k in after} == after
 
 
+@pytest.mark.slow  # two in-process steps of a 135M model: about 15-30 s on 2 cores
 def test_top_k_top_p_logprobs_are_those_the_learner_computes(smollm2_dir, tmp_path):
     # With top_k 20 and top_p 0.9 the sampler draws from the filtered, renormalised softmax(logits / T) and records
     # that log-prob; the learner recomputes the same quantity (fp32 on one CPU: rounding only, far below 1e-4). A
