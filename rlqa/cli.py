@@ -126,7 +126,7 @@ def _train_locked(args, recipe, run_dir: Path) -> int:
         before = summary["eval"].get("before", {}).get("accuracy")
         after = summary["eval"]["after"]["accuracy"]
         print(f"held-out greedy accuracy: {before if before is None else f'{before:.3f}'} -> {after:.3f}")
-    if "yield" in summary:
+    if summary.get("yield", {}).get("rollouts"):  # an SFT-only run generated none
         print(describe_yield(summary["yield"]))
     return 0
 
