@@ -4,11 +4,12 @@ privilege and execs the interpreter on the model's code. Standard library only (
 Two processes, because a new PID namespace takes effect for children only:
 
 - the *keeper* (this script's first process, in the caller's PID namespace, leader of a fresh session and process
-  group) unshares mount, network, PID, IPC and UTS namespaces, forks the init, tells the caller its pid and waits for it. It dies with its parent (parent-death signal). At the
-  deadline the caller kills the init, then the keeper's group;
+  group) unshares mount, network, PID, IPC and UTS namespaces, forks the init, tells the caller the init's pid and
+  waits for it. It dies with its parent (parent-death signal);
 - the *init* (PID 1 of the new PID namespace) mounts the jail, sets the limits, becomes a fresh unprivileged uid,
-  runs the code in a child and reports its exit status. It has a parent-death signal on the keeper, and when it dies the kernel kills every process left in
-  its namespace, including any that left the process group (`setsid`). So killing the keeper's group kills all of it.
+  runs the code in a child and reports its exit status. It dies with the keeper (parent-death signal), and when it
+  dies the kernel kills every process left in its namespace, including any that left the process group (`setsid`).
+  So killing the init, or the keeper's group, kills all of it.
 
 The jail (mount namespace, private to the sandbox):
 - `/` and every mount under it are remounted read-only, so nothing outside the private directory can be written, by
@@ -19,7 +20,10 @@ The jail (mount namespace, private to the sandbox):
 - a fresh /proc shows the sandbox's own processes only;
 - the interpreter's directories under a directory the sandbox uid may not enter (pyenv under /root, mode 700) are
   bind-mounted, read-only, onto a tmpfs that hides the rest of that directory.
-The network namespace has only a loopback interface, and it is down: every connect and bind to an address fails.
+The network namespace has only its own loopback interface, down: no connection leaves the sandbox (it may bind
+127.0.0.1 of its own namespace, which nothing outside reaches). Abstract Unix sockets belong to the network
+namespace too; a filesystem Unix socket needs write permission on its file, so the sandbox reaches only
+world-writable ones outside /tmp (those under /tmp, Ray's among them, are hidden by the private tmpfs).
 """
 
 import ctypes

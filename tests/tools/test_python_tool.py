@@ -177,6 +177,29 @@ except OSError as error:
     assert result.stdout == "Network is unreachable\n"
 
 
+def test_a_unix_socket_under_tmp_is_out_of_reach():
+    """Ray's sockets live under /tmp; a world-writable one is the worst case, and the private /tmp hides it."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory, socket.socket(socket.AF_UNIX) as listener:
+        os.chmod(directory, 0o777)
+        path = os.path.join(directory, "listener")
+        listener.bind(path)
+        os.chmod(path, 0o777)
+        listener.listen()
+        code = f"""
+import socket
+try:
+    socket.socket(socket.AF_UNIX).connect({path!r})
+    print("connected")
+except OSError as error:
+    print(error.strerror)
+"""
+        result = run_python(code, limits=FAST)
+        listener.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    assert result.stdout == "No such file or directory\n"
+
+
 def test_killing_its_parent_leaves_the_caller_alive():
     code = f"""
 import os, signal
