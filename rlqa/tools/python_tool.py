@@ -22,9 +22,14 @@ gets, on Linux, run as root (as rlqa runs in its containers):
 Reading is not prevented: the code may read what any user may read (system files, the interpreter, world-readable
 project files), not the caller's private files (root's home is hidden).
 
-Where the namespaces cannot be made (not root, no CAP_SYS_ADMIN, seccomp forbidding unshare/mount), `run_python`
-fails closed: it runs nothing and returns a `ToolResult` whose `error` says why. There is no weaker fallback, since
-a tool that silently loses its isolation is worse than one that refuses.
+What works where. In rlqa's container (root with every capability; Python 3.11, which has no `os.unshare`),
+unshare(1) succeeds with `-n`, `-m`, `-p -f`, `-U` and `--net --map-root-user`; the sandbox makes the same
+unshare(2) and mount(2) calls itself through ctypes, so it needs no external tool. Without root, a user namespace
+(`--map-root-user`) would still give the PID, mount and network isolation, but not a fresh uid: the code would run
+as the caller's own uid, sharing its RLIMIT_NPROC count and its files' permissions. That is not implemented: where
+the namespaces or the uid change cannot be made (not root, no CAP_SYS_ADMIN, seccomp forbidding unshare or mount),
+`run_python` fails closed. It runs nothing and returns a `ToolResult` whose `error` says why, since a tool that
+silently loses its isolation is worse than one that refuses.
 
 Why not the reward pool's zygote (rewards/workers.py): its workers are forks that run a handler in-process with the
 pool's state, while each sandbox needs fresh namespaces, a fresh uid and a clean interpreter, so every call is a
