@@ -189,11 +189,22 @@ def _collect(keeper: subprocess.Popen, status_fd: int, limits: SandboxLimits, st
                     selector.unregister(key.fileobj)
                     continue
                 key.data.extend(chunk)
-            if len(output["stdout"]) + len(output["stderr"]) > limits.max_output_bytes:
+            if len(output["stdout"]) + len(output["stderr"]) > limits.max_output_bytes or len(status) > READ_CHUNK:
                 reason = "truncated"
                 break
-    messages = [json.loads(line) for line in status.decode().splitlines() if line.strip()]
-    return output, messages, reason
+    return output, _messages(status), reason
+
+
+def _messages(status: bytes) -> list[dict]:
+    """The status pipe's JSON lines. Only the keeper and the init hold it, but a line that is not a JSON object is
+    skipped rather than trusted or raised on."""
+    messages = []
+    for line in status.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            message = json.loads(line)
+            if isinstance(message, dict):
+                messages.append(message)
+    return messages
 
 
 def _stop(keeper: subprocess.Popen, init: int | None) -> None:

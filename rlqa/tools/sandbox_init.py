@@ -52,7 +52,7 @@ MOUNT_OPTION_FLAGS = {
     "relatime": MS_RELATIME,
     "strictatime": MS_STRICTATIME,
 }
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 SETUP_FAILED = 127
 WORKDIR = "/tmp"  # in the sandbox: its private tmpfs
 
@@ -147,6 +147,9 @@ def _become_nobody(uid: int) -> None:
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    # The init stays undumpable (the code's exec makes the code dumpable again): the code, of the same uid, cannot
+    # open the init's /proc/1/fd and write to the status pipe, whatever fs.suid_dumpable says.
+    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
     _die_with_parent()  # a credential change clears the parent-death signal
 
 

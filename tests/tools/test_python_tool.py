@@ -130,6 +130,18 @@ print([line for line in open("/proc/self/status") if line.startswith(("CapEff", 
     assert status == "['CapEff:\\t0000000000000000\\n', 'NoNewPrivs:\\t1\\n']"
 
 
+def test_it_cannot_reach_its_init():
+    """The init holds the status pipe (the code's exit status): the code, though of the same uid, cannot open it."""
+    code = """
+import os
+try:
+    print(os.listdir("/proc/1/fd"))
+except OSError as error:
+    print(error.strerror)
+"""
+    assert run_python(code).stdout == "Permission denied\n"
+
+
 def test_two_gigabytes_are_refused():
     result = run_python("x = bytearray(2 * 1024**3)\nprint('allocated')", limits=FAST)
     assert result.stdout == ""
