@@ -13,7 +13,8 @@ Two processes, because a new PID namespace takes effect for children only:
 
 The jail (mount namespace, private to the sandbox):
 - `/` and every mount under it are remounted read-only, so nothing outside the private directory can be written, by
-  any uid (it cannot remount: it has no capabilities);
+  any uid (it cannot remount: it has no capabilities). A remount by path reaches the top mount at that path; one
+  stacked under it (the container's /dev/shm is mounted twice) keeps its flags, but no path leads to it;
 - the private directory is a fresh tmpfs of `disk_mb` mounted on /tmp (hiding the machine's /tmp), owned by the
   sandbox uid; it exists in the namespace only, so it vanishes with the sandbox and leaves nothing on disk, however
   the caller ends;
@@ -29,6 +30,7 @@ world-writable ones outside /tmp (those under /tmp, Ray's among them, are hidden
 import ctypes
 import json
 import os
+import re
 import resource
 import signal
 import stat
@@ -81,7 +83,7 @@ def _mount_points() -> list[tuple[str, int]]:
     with open("/proc/self/mountinfo") as mountinfo:
         for line in mountinfo:
             fields = line.split()
-            path = fields[4].encode().decode("unicode_escape")  # \040 for a space, etc.
+            path = re.sub(r"\\([0-7]{3})", lambda escape: chr(int(escape[1], 8)), fields[4])  # \040 is a space
             flags = 0
             for option in fields[5].split(","):
                 flags |= MOUNT_OPTION_FLAGS.get(option, 0)
@@ -100,15 +102,21 @@ def _hidden_ancestor(path: str) -> str | None:
 
 
 def _reveal(paths: list[str]) -> None:
-    """Make each of `paths` reachable by any uid: a tmpfs over its hidden ancestor, the path bound back onto it."""
+    """Make each of `paths` reachable by any uid: a tmpfs over its hidden ancestor, the path bound back onto it.
+
+    Every path is opened before anything is mounted (a tmpfs hides what lies under it); a path inside one already
+    revealed comes with it."""
+    revealed: list[tuple[str, str, int]] = []  # (path, hidden ancestor, handle on the path)
     for path in sorted(set(paths)):
-        ancestor = _hidden_ancestor(path)
-        if ancestor is None or not os.path.isdir(path):
-            continue
-        handle = os.open(path, os.O_PATH | os.O_DIRECTORY)
-        if not any(point == ancestor for point, _ in _mount_points()):
+        ancestor = _hidden_ancestor(path) if os.path.isdir(path) else None
+        if ancestor is not None and not any(path.startswith(done + "/") for done, _, _ in revealed):
+            revealed.append((path, ancestor, os.open(path, os.O_PATH | os.O_DIRECTORY)))
+    covered = set()
+    for path, ancestor, handle in revealed:
+        if ancestor not in covered:
             _mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
-        os.makedirs(path, mode=0o755, exist_ok=True)
+            covered.add(ancestor)
+        os.makedirs(path, mode=0o755, exist_ok=True)  # in the tmpfs
         _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
         os.close(handle)
 
