@@ -26,6 +26,7 @@ from rlqa.tools.python_tool import (
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (namespaces, mounts, a fresh uid)")
 
 FAST = SandboxLimits(wall_s=3.0, cpu_s=1)
+CALLER_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # a caller in a subprocess
 
 
 @pytest.fixture(autouse=True)
@@ -241,18 +242,15 @@ from rlqa.tools.python_tool import run_python
 result = run_python("open({str(marker)!r}, 'w').write('ran')")
 print(result.exit_status, result.error)
 """
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run(
-        ["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-c", caller], env=env, capture_output=True, text=True
-    )
+    command = ["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-c", caller]
+    done = subprocess.run(command, env=CALLER_ENV, capture_output=True, text=True)
     assert done.stdout == "None sandbox unavailable, nothing was run: [Errno 1] unshare: Operation not permitted\n"
     assert not marker.exists()
 
 
 def test_a_killed_caller_takes_its_sandbox_with_it():
-    caller = "from rlqa.tools.python_tool import run_python\nrun_python('import time\\ntime.sleep(60)')"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.Popen([sys.executable, "-c", caller], env=env)
+    caller = "from rlqa.tools.python_tool import run_python\nrun_python('import time; time.sleep(60)')"
+    process = subprocess.Popen([sys.executable, "-c", caller], env=CALLER_ENV)
     deadline = time.monotonic() + 20
     while not sandbox_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -276,3 +274,19 @@ def test_the_tool_docstring_states_the_default_limits():
     assert f"{limits.wall_s:g} seconds" in python.__doc__  # 10 seconds
     assert f"{limits.memory_mb // 1024} GB of memory" in python.__doc__  # 1024 MB = 1 GB
     assert f"{limits.max_output_bytes // 1024} KB of output" in python.__doc__  # 65536 bytes = 64 KB
+
+
+def test_the_tool_turns_into_the_schema_chat_templates_render():
+    """transformers' own converter, the one `apply_chat_template(..., tools=[python])` calls."""
+    from transformers.utils import get_json_schema
+
+    function = get_json_schema(python)["function"]
+    assert function["name"] == "python"
+    assert function["description"].startswith("Run Python code in a sandbox and return what it printed")
+    assert function["parameters"] == {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "description": 'a complete Python program, for example "print(2**10)".'}
+        },
+        "required": ["code"],
+    }
