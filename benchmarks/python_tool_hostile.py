@@ -22,7 +22,8 @@ def _cases(port: int) -> dict[str, str]:
         "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
         "setsid daemon, then exit": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)",
         "allocate 2 GB": "x = bytearray(2 * 1024**3)",
-        "write /tmp/x": "open('/tmp/x', 'w').write('escaped')",
+        "write /var/tmp/x (world-writable)": "open('/var/tmp/x', 'w').write('escaped')",
+        "write /tmp/x (its own tmpfs)": "open('/tmp/x', 'w').write('kept')\nprint(open('/tmp/x').read())",
         "connect to a local listener": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)",
         "kill its parent": "import os\nos.kill(os.getppid(), 9)\nprint('still here')",
         f"kill the caller (pid {os.getpid()})": f"import os\nos.kill({os.getpid()}, 9)",
@@ -54,7 +55,8 @@ def main() -> None:
             result = run_python(code, limits=limits)
             elapsed = time.monotonic() - start
             print(f"| {name} | {_summary(result)} | {elapsed:.2f} | {len(sandbox_processes())} |", flush=True)
-    print(f"\nAfter all: /tmp/x exists: {os.path.exists('/tmp/x')}; the caller (pid {os.getpid()}) is alive.")
+    escaped = [path for path in ("/tmp/x", "/var/tmp/x") if os.path.exists(path)]
+    print(f"\nAfter all: on the machine, /tmp/x or /var/tmp/x: {escaped or 'neither'}; the caller is alive.")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ with its limits and a structured `ToolResult`.
 Every call starts a fresh sandbox (`sandbox_init.py` says how it is built) and removes it afterwards. What the code
 gets, on Linux, run as root (as rlqa runs in its containers):
 - its own PID namespace, process group and session; at the wall deadline, or when its output passes
-  `max_output_bytes`, the caller kills the group, and the kernel kills whatever else is left in the namespace (a
-  process that called `setsid` included). Nothing of it outlives the call, nor the caller (parent-death signals);
+  `max_output_bytes`, the caller kills the namespace's init, then the group, and the kernel kills whatever else is
+  left in the namespace (a process that called `setsid` included); when the code's main process ends, the rest go
+  with it. Nothing of it outlives the call (the call waits until none of its processes is left), nor the caller
+  (parent-death signals);
 - no network: a network namespace whose only interface, loopback, is down;
 - a fresh unprivileged uid (`UID_BASE` + the keeper's pid, unique among live sandboxes) with no capabilities and
   `no_new_privs`: it cannot signal the caller or any other process outside (they are also invisible to it), and
@@ -20,9 +22,14 @@ gets, on Linux, run as root (as rlqa runs in its containers):
 Reading is not prevented: the code may read what any user may read (system files, the interpreter, world-readable
 project files), not the caller's private files (root's home is hidden).
 
-Where the namespaces cannot be made (not root, no CAP_SYS_ADMIN, seccomp forbidding unshare/mount), `run_python`
-fails closed: it runs nothing and returns a `ToolResult` whose `error` says why. There is no weaker fallback, since
-a tool that silently loses its isolation is worse than one that refuses.
+What works where. In rlqa's container (root with every capability; Python 3.11, which has no `os.unshare`),
+unshare(1) succeeds with `-n`, `-m`, `-p -f`, `-U` and `--net --map-root-user`; the sandbox makes the same
+unshare(2) and mount(2) calls itself through ctypes, so it needs no external tool. Without root, a user namespace
+(`--map-root-user`) would still give the PID, mount and network isolation, but not a fresh uid: the code would run
+as the caller's own uid, sharing its RLIMIT_NPROC count and its files' permissions. That is not implemented: where
+the namespaces or the uid change cannot be made (not root, no CAP_SYS_ADMIN, seccomp forbidding unshare or mount),
+`run_python` fails closed. It runs nothing and returns a `ToolResult` whose `error` says why, since a tool that
+silently loses its isolation is worse than one that refuses.
 
 Why not the reward pool's zygote (rewards/workers.py): its workers are forks that run a handler in-process with the
 pool's state, while each sandbox needs fresh namespaces, a fresh uid and a clean interpreter, so every call is a
@@ -47,7 +54,6 @@ UID_BASE = 1_000_000_000  # + a pid: far above any uid a system hands out
 SANDBOX_INIT = Path(__file__).with_name("sandbox_init.py")
 READ_CHUNK = 65536
 GONE_WITHIN_S = 5.0  # the kernel empties a PID namespace in milliseconds; this bounds a stuck one
-SETUP_FAILED = 127  # sandbox_init.SETUP_FAILED
 
 
 @dataclass(frozen=True)
@@ -97,12 +103,14 @@ def python(code: str) -> str:
     return run_python(code).for_model()
 
 
-def run_python(code: str, *, limits: SandboxLimits = SandboxLimits(), python: str = sys.executable) -> ToolResult:
-    """Run `code` with `python` in a fresh sandbox (module docstring) under `limits`; never raises for what the code
-    does."""
+def run_python(
+    code: str, *, limits: SandboxLimits = SandboxLimits(), interpreter: str = sys.executable
+) -> ToolResult:
+    """Run `code` with `interpreter` (this one by default, so the code can import what rlqa's environment holds) in
+    a fresh sandbox (module docstring) under `limits`; never raises for what the code does."""
     status_read, status_write = os.pipe()
     try:
-        config = _config(limits, python, status_write)
+        config = _config(limits, interpreter, status_write)
         started = time.monotonic()
         keeper = subprocess.Popen(
             [sys.executable, "-I", "-S", str(SANDBOX_INIT), json.dumps(config)],
@@ -137,12 +145,14 @@ def _send(keeper: subprocess.Popen, code: str) -> None:
             keeper.stdin.close()
 
 
-def _config(limits: SandboxLimits, python: str, status_fd: int) -> dict:
-    """What sandbox_init.py needs, as JSON-able data."""
-    reveal = [sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(python)), *site.getsitepackages()]
-    reveal.append(sysconfig.get_paths()["stdlib"])
+def _config(limits: SandboxLimits, interpreter: str, status_fd: int) -> dict:
+    """What sandbox_init.py needs, as JSON-able data. `reveal`: the directories the sandbox's uid must be able to
+    read even where they lie under one closed to it: the interpreter's own, and this environment's prefixes,
+    standard library and site-packages."""
+    reveal = [os.path.dirname(os.path.realpath(interpreter)), sys.base_prefix, sys.prefix]
+    reveal += [sysconfig.get_paths()["stdlib"], *site.getsitepackages()]
     return {
-        "python": python,
+        "python": interpreter,
         "parent": os.getpid(),
         "uid_base": UID_BASE,
         "status_fd": status_fd,
@@ -179,11 +189,22 @@ def _collect(keeper: subprocess.Popen, status_fd: int, limits: SandboxLimits, st
                     selector.unregister(key.fileobj)
                     continue
                 key.data.extend(chunk)
-            if len(output["stdout"]) + len(output["stderr"]) > limits.max_output_bytes:
+            if len(output["stdout"]) + len(output["stderr"]) > limits.max_output_bytes or len(status) > READ_CHUNK:
                 reason = "truncated"
                 break
-    messages = [json.loads(line) for line in status.decode().splitlines() if line.strip()]
-    return output, messages, reason
+    return output, _messages(status), reason
+
+
+def _messages(status: bytes) -> list[dict]:
+    """The status pipe's JSON lines. Only the keeper and the init hold it, but a line that is not a JSON object is
+    skipped rather than trusted or raised on."""
+    messages = []
+    for line in status.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            message = json.loads(line)
+            if isinstance(message, dict):
+                messages.append(message)
+    return messages
 
 
 def _stop(keeper: subprocess.Popen, init: int | None) -> None:

@@ -4,27 +4,33 @@ privilege and execs the interpreter on the model's code. Standard library only (
 Two processes, because a new PID namespace takes effect for children only:
 
 - the *keeper* (this script's first process, in the caller's PID namespace, leader of a fresh session and process
-  group) unshares mount, network, PID, IPC and UTS namespaces, forks the init, tells the caller its pid and waits for it. It dies with its parent (parent-death signal). At the
-  deadline the caller kills the init, then the keeper's group;
+  group) unshares mount, network, PID, IPC and UTS namespaces, forks the init, tells the caller the init's pid and
+  waits for it. It dies with its parent (parent-death signal);
 - the *init* (PID 1 of the new PID namespace) mounts the jail, sets the limits, becomes a fresh unprivileged uid,
-  runs the code in a child and reports its exit status. It has a parent-death signal on the keeper, and when it dies the kernel kills every process left in
-  its namespace, including any that left the process group (`setsid`). So killing the keeper's group kills all of it.
+  runs the code in a child and reports its exit status. It dies with the keeper (parent-death signal), and when it
+  dies the kernel kills every process left in its namespace, including any that left the process group (`setsid`).
+  So killing the init, or the keeper's group, kills all of it.
 
 The jail (mount namespace, private to the sandbox):
 - `/` and every mount under it are remounted read-only, so nothing outside the private directory can be written, by
-  any uid (it cannot remount: it has no capabilities);
+  any uid (it cannot remount: it has no capabilities). A remount by path reaches the top mount at that path; one
+  stacked under it (the container's /dev/shm is mounted twice) keeps its flags, but no path leads to it;
 - the private directory is a fresh tmpfs of `disk_mb` mounted on /tmp (hiding the machine's /tmp), owned by the
   sandbox uid; it exists in the namespace only, so it vanishes with the sandbox and leaves nothing on disk, however
   the caller ends;
 - a fresh /proc shows the sandbox's own processes only;
 - the interpreter's directories under a directory the sandbox uid may not enter (pyenv under /root, mode 700) are
   bind-mounted, read-only, onto a tmpfs that hides the rest of that directory.
-The network namespace has only a loopback interface, and it is down: every connect and bind to an address fails.
+The network namespace has only its own loopback interface, down: no connection leaves the sandbox (it may bind
+127.0.0.1 of its own namespace, which nothing outside reaches). Abstract Unix sockets belong to the network
+namespace too; a filesystem Unix socket needs write permission on its file, so the sandbox reaches only
+world-writable ones outside /tmp (those under /tmp, Ray's among them, are hidden by the private tmpfs).
 """
 
 import ctypes
 import json
 import os
+import re
 import resource
 import signal
 import stat
@@ -48,7 +54,7 @@ MOUNT_OPTION_FLAGS = {
     "relatime": MS_RELATIME,
     "strictatime": MS_STRICTATIME,
 }
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 SETUP_FAILED = 127
 WORKDIR = "/tmp"  # in the sandbox: its private tmpfs
 
@@ -77,7 +83,7 @@ def _mount_points() -> list[tuple[str, int]]:
     with open("/proc/self/mountinfo") as mountinfo:
         for line in mountinfo:
             fields = line.split()
-            path = fields[4].encode().decode("unicode_escape")  # \040 for a space, etc.
+            path = re.sub(r"\\([0-7]{3})", lambda escape: chr(int(escape[1], 8)), fields[4])  # \040 is a space
             flags = 0
             for option in fields[5].split(","):
                 flags |= MOUNT_OPTION_FLAGS.get(option, 0)
@@ -96,15 +102,21 @@ def _hidden_ancestor(path: str) -> str | None:
 
 
 def _reveal(paths: list[str]) -> None:
-    """Make each of `paths` reachable by any uid: a tmpfs over its hidden ancestor, the path bound back onto it."""
+    """Make each of `paths` reachable by any uid: a tmpfs over its hidden ancestor, the path bound back onto it.
+
+    Every path is opened before anything is mounted (a tmpfs hides what lies under it); a path inside one already
+    revealed comes with it."""
+    revealed: list[tuple[str, str, int]] = []  # (path, hidden ancestor, handle on the path)
     for path in sorted(set(paths)):
-        ancestor = _hidden_ancestor(path)
-        if ancestor is None or not os.path.isdir(path):
-            continue
-        handle = os.open(path, os.O_PATH | os.O_DIRECTORY)
-        if not any(point == ancestor for point, _ in _mount_points()):
+        ancestor = _hidden_ancestor(path) if os.path.isdir(path) else None
+        if ancestor is not None and not any(path.startswith(done + "/") for done, _, _ in revealed):
+            revealed.append((path, ancestor, os.open(path, os.O_PATH | os.O_DIRECTORY)))
+    covered = set()
+    for path, ancestor, handle in revealed:
+        if ancestor not in covered:
             _mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
-        os.makedirs(path, mode=0o755, exist_ok=True)
+            covered.add(ancestor)
+        os.makedirs(path, mode=0o755, exist_ok=True)  # in the tmpfs
         _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
         os.close(handle)
 
@@ -143,6 +155,9 @@ def _become_nobody(uid: int) -> None:
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    # The init stays undumpable (the code's exec makes the code dumpable again): the code, of the same uid, cannot
+    # open the init's /proc/1/fd and write to the status pipe, whatever fs.suid_dumpable says.
+    _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
     _die_with_parent()  # a credential change clears the parent-death signal
 
 

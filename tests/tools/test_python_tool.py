@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
 
 from rlqa.tools.python_tool import (
@@ -26,21 +25,30 @@ from rlqa.tools.python_tool import (
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (namespaces, mounts, a fresh uid)")
 
 FAST = SandboxLimits(wall_s=3.0, cpu_s=1)
+CALLER_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # a caller in a subprocess
+
+
+def _sandboxed() -> dict[int, str]:
+    """Every process (zombies included) with a sandbox uid in /proc/<pid>/status, or a keeper's command line: found
+    apart from the tool's own check, which reads the owner of /proc/<pid>."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, NotADirectoryError):  # not a process, or gone
+            continue
+        real_uid = int(status.split("\nUid:")[1].split()[0])
+        if real_uid >= UID_BASE or str(SANDBOX_INIT) in command:
+            found[int(entry.name)] = command
+    return found
 
 
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
-    """After each test: no process of any sandbox (found by psutil, independently of the tool's own check), no
-    keeper, and this process still here."""
+    """After each test: no process of any sandbox, no keeper, and this process still here (it is running it)."""
     yield
-    sandboxed = [
-        process.info
-        for process in psutil.process_iter(["pid", "uids", "cmdline"])
-        if process.info["uids"] and process.info["uids"].real >= UID_BASE
-        or str(SANDBOX_INIT) in " ".join(process.info["cmdline"] or ())
-    ]
-    assert sandboxed == []
-    assert psutil.Process(os.getpid()).is_running()
+    assert _sandboxed() == {}
 
 
 def test_prints_a_hand_checked_value():
@@ -70,21 +78,24 @@ def test_the_wall_deadline_kills_a_sleeper():
     assert result.timed_out and result.exit_status is None
     assert result.stdout == "started\n"
     assert result.error == "timed out: the program was killed after 3 s"
-    assert 3.0 <= elapsed < 6.0
+    assert 3.0 <= elapsed < 8.0  # the kill and the wait take milliseconds; the rest is a loaded machine
 
 
 def test_an_infinite_loop_stops_at_its_cpu_limit():
     start = time.monotonic()
-    result = run_python("while True:\n    pass", limits=SandboxLimits(wall_s=10.0, cpu_s=1))
+    # a wall deadline far past 1 s of CPU: on a loaded 2-core machine the loop may get a tenth of a core
+    result = run_python("while True:\n    pass", limits=SandboxLimits(wall_s=30.0, cpu_s=1))
     assert result.exit_status == -24  # SIGXCPU is signal 24 on Linux
     assert result.error == "CPU time limit of 1 s exceeded: the program was killed"
-    assert time.monotonic() - start < 5.0  # 1 s of CPU, on a busy 2-core machine
+    assert time.monotonic() - start < 30.0
 
 
 def test_a_fork_bomb_is_bounded_and_killed():
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-    result = run_python(bomb, limits=FAST)
+    start = time.monotonic()
+    result = run_python(bomb, limits=SandboxLimits(wall_s=3.0))  # 5 s of CPU each: only the kill stops them in time
     assert result.timed_out
+    assert time.monotonic() - start < 8.0
 
 
 def test_processes_are_counted_per_sandbox():
@@ -129,6 +140,18 @@ print([line for line in open("/proc/self/status") if line.startswith(("CapEff", 
     assert status == "['CapEff:\\t0000000000000000\\n', 'NoNewPrivs:\\t1\\n']"
 
 
+def test_it_cannot_reach_its_init():
+    """The init holds the status pipe (the code's exit status): the code, though of the same uid, cannot open it."""
+    code = """
+import os
+try:
+    print(os.listdir("/proc/1/fd"))
+except OSError as error:
+    print(error.strerror)
+"""
+    assert run_python(code).stdout == "Permission denied\n"
+
+
 def test_two_gigabytes_are_refused():
     result = run_python("x = bytearray(2 * 1024**3)\nprint('allocated')", limits=FAST)
     assert result.stdout == ""
@@ -159,22 +182,38 @@ print(open("/tmp/x-rlqa").read(), os.getcwd())
     assert not Path("/tmp/x-rlqa").exists()
 
 
-def test_a_socket_cannot_reach_a_listener():
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        code = f"""
+def _connect_from_sandbox(listener: socket.socket, family: str, address) -> str:
+    """What the sandbox prints when it connects to `address`; asserts that `listener` never saw a connection."""
+    code = f"""
 import socket
 try:
-    socket.create_connection(("127.0.0.1", {port}), timeout=2)
+    socket.socket(socket.{family}).connect({address!r})
     print("connected")
 except OSError as error:
     print(error.strerror)
 """
-        result = run_python(code, limits=FAST)
-        listener.settimeout(0.2)
-        with pytest.raises(TimeoutError):
-            listener.accept()  # nothing ever connected
-    assert result.stdout == "Network is unreachable\n"
+    result = run_python(code, limits=FAST)
+    listener.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        listener.accept()  # nothing ever connected
+    return result.stdout
+
+
+def test_a_socket_cannot_reach_a_listener():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = listener.getsockname()
+        assert _connect_from_sandbox(listener, "AF_INET", address) == "Network is unreachable\n"
+
+
+def test_a_unix_socket_under_tmp_is_out_of_reach():
+    """Ray's sockets live under /tmp; a world-writable one is the worst case, and the private /tmp hides it."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory, socket.socket(socket.AF_UNIX) as listener:
+        os.chmod(directory, 0o777)
+        path = os.path.join(directory, "listener")
+        listener.bind(path)
+        os.chmod(path, 0o777)
+        listener.listen()
+        assert _connect_from_sandbox(listener, "AF_UNIX", path) == "No such file or directory\n"
 
 
 def test_killing_its_parent_leaves_the_caller_alive():
@@ -200,7 +239,7 @@ def test_a_hundred_megabytes_of_output_are_cut_short():
     assert result.truncated and result.exit_status is None
     assert result.stdout == "x" * 1000
     assert result.error == "output truncated at 1000 bytes: the program was stopped"
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 5.0  # 0.2 to 1.2 s measured; it is stopped at the first 64 KB read
 
 
 def test_without_namespaces_nothing_runs(tmp_path):
@@ -212,18 +251,15 @@ from rlqa.tools.python_tool import run_python
 result = run_python("open({str(marker)!r}, 'w').write('ran')")
 print(result.exit_status, result.error)
 """
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run(
-        ["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-c", caller], env=env, capture_output=True, text=True
-    )
+    command = ["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-c", caller]
+    done = subprocess.run(command, env=CALLER_ENV, capture_output=True, text=True)
     assert done.stdout == "None sandbox unavailable, nothing was run: [Errno 1] unshare: Operation not permitted\n"
     assert not marker.exists()
 
 
 def test_a_killed_caller_takes_its_sandbox_with_it():
-    caller = "from rlqa.tools.python_tool import run_python\nrun_python('import time\\ntime.sleep(60)')"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.Popen([sys.executable, "-c", caller], env=env)
+    caller = "from rlqa.tools.python_tool import run_python\nrun_python('import time; time.sleep(60)')"
+    process = subprocess.Popen([sys.executable, "-c", caller], env=CALLER_ENV)
     deadline = time.monotonic() + 20
     while not sandbox_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -247,3 +283,19 @@ def test_the_tool_docstring_states_the_default_limits():
     assert f"{limits.wall_s:g} seconds" in python.__doc__  # 10 seconds
     assert f"{limits.memory_mb // 1024} GB of memory" in python.__doc__  # 1024 MB = 1 GB
     assert f"{limits.max_output_bytes // 1024} KB of output" in python.__doc__  # 65536 bytes = 64 KB
+
+
+def test_the_tool_turns_into_the_schema_chat_templates_render():
+    """transformers' own converter, the one `apply_chat_template(..., tools=[python])` calls."""
+    from transformers.utils import get_json_schema
+
+    function = get_json_schema(python)["function"]
+    assert function["name"] == "python"
+    assert function["description"].startswith("Run Python code in a sandbox and return what it printed")
+    assert function["parameters"] == {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "description": 'a complete Python program, for example "print(2**10)".'}
+        },
+        "required": ["code"],
+    }
