@@ -271,7 +271,7 @@ def main() -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    first, second = preset.arms
+    first = preset.arms[0]
     sft_dir = args.sft_dir.resolve() if args.sft_dir else out / "warmup"
     if args.sft_dir is None:  # the warm-up once, shared by every arm and seed
         rlqa_train(first.recipe, ["trainer.steps=0", "trainer.eval_before=false", "trainer.eval_after=false"], sft_dir)

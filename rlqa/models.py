@@ -81,12 +81,15 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
 
 def logits_width(path: str | Path, trust_remote_code: bool = False) -> int:
     """V, the number of entries in the model's logits (the most its entropy can reach is ln V). It is the width of
-    the output layer, often wider than the tokenizer (Qwen2.5: 151,936 logits, 151,665 tokens), so it is read from a
-    one-token forward pass of the architecture on PyTorch's meta device: no weights loaded, no arithmetic done."""
+    the output layer, often wider than the tokenizer (Qwen2.5: 151,936 logits, 151,665 tokens), so it is read from
+    the output layer of the architecture built on PyTorch's meta device: no weights loaded, no arithmetic done. (Not
+    from a forward pass: on the meta device transformers' mask preparation can call .item() for some configs, such
+    as one saved by TRL's SFTTrainer.)"""
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-        return int(model(input_ids=torch.zeros((1, 1), dtype=torch.long)).logits.shape[-1])
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(config.vocab_size)
 
 
 def quiet_hf() -> None:

@@ -140,7 +140,8 @@ def test_rejects_bad_config():
         controller(vocab_size=1)
 
 
-def test_the_drivers_vocabulary_size_is_the_width_of_the_logits_not_the_tokenizer(tmp_path):
+@pytest.mark.parametrize("use_cache", [True, False])  # False: as TRL's SFTTrainer saves a warm-up's config
+def test_the_drivers_vocabulary_size_is_the_width_of_the_logits_not_the_tokenizer(tmp_path, use_cache):
     # Qwen2.5 pads its output layer past its tokenizer (151,936 logits, 151,665 tokens); here the character tokenizer
     # has 99 tokens and the model 126 logits. V = 126: ln 126 = 4.836282, ln ln 126 = 1.576097, so one update at
     # T = 1 with H* = 2, H = 1 gives T = 1 + ln 2 / 6.412379 = 1.108094 (V = 99 would give 1.113257).
@@ -154,6 +155,7 @@ def test_the_drivers_vocabulary_size_is_the_width_of_the_logits_not_the_tokenize
     assert len(tokenizer) == 99
     model = build_tiny_model(TinyModelConfig(hidden_size=16, layers=1, heads=2, intermediate_size=32), 126, seed=0)
     assert model(input_ids=torch.tensor([[5, 6]])).logits.shape[-1] == 126  # what the entropy is taken over
+    model.config.use_cache = use_cache
     model.save_pretrained(tmp_path / "wide")
     tokenizer.save_pretrained(tmp_path / "wide")
     raw = {
