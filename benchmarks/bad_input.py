@@ -26,7 +26,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rlqa import checkpoint, rundir  # noqa: E402
+from rlqa import checkpoint  # noqa: E402
 
 RECIPE = "trainer: {steps: 2}\n"
 

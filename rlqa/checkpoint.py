@@ -50,11 +50,11 @@ def step_of(ckpt: Path) -> int:
 def kill_point(name: str) -> None:
     """Where the kill tests stop a run half-way through a write: with RLQA_TEST_PAUSE_AT=<name> (a file or directory
     name: summary.json, final, step_00000002) the process says so on stderr and waits there, its temporary copy
-    complete and not yet renamed, until it is killed. Unset, as always outside those tests: nothing."""
+    complete and not yet renamed, until it is killed (or for at most 10 minutes, so that a test that dies first
+    leaves no run paused for ever). Unset, as always outside those tests: nothing."""
     if os.environ.get(PAUSE_VARIABLE) == name:
         os.write(2, f"rlqa: paused before renaming {name} into place\n".encode())
-        while True:
-            time.sleep(1.0)
+        time.sleep(600.0)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from rlqa import checkpoint, rundir
+    from rlqa import rundir
     from rlqa.config import check_paths, load_recipe
     from rlqa.metrics import require_sinks
 

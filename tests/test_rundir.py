@@ -4,10 +4,8 @@ Hand-built directories; only the failed resume starts Ray (it stops at the clust
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
