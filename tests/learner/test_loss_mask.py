@@ -84,6 +84,19 @@ def test_logprob_gap_measures_model_tokens_only_by_hand():
     assert float(mean) == pytest.approx(0.25) and float(largest) == pytest.approx(0.4)
 
 
+def test_entropy_and_kl_stats_count_model_tokens_only_by_hand():
+    _, mask = _two_sequences()  # [[1, 1, 1], [1, 0, 0]]
+    cfg = validate_recipe({"algorithm": {"kl_estimator": "k1"}}, source="test", base_dir=Path(".")).algorithm
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -50.0, 0.0]])
+    ref = torch.tensor([[-1.5, -2.0, -2.0], [-4.5, -1.0, 0.0]])
+    entropy = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, 0.0]])
+    _, stats = policy_objective(logprobs, logprobs, torch.tensor([1.0, 1.0]), mask, cfg, ref_logprobs=ref, entropy=entropy)
+    # the entropy the temperature controller follows: (1 + 2 + 3 + 4) / 4 = 2.5, the tool's 100 left out
+    assert float(stats["entropy"]) == pytest.approx(2.5)
+    # k1 = log π - log π_ref: 0.5, 0, -1, 0.5 on the model's tokens: mean 0 (the tool's -49 left out)
+    assert float(stats["kl"]) == pytest.approx(0.0)
+
+
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("loss", ["clip", "gspo", "cispo"])
 def test_masked_tokens_get_exactly_zero_gradient_from_every_term(aggregation, loss):
@@ -178,8 +191,8 @@ def _samples(masks: list[list[int] | None]) -> list[TrainSample]:
 
 
 def _update(tmp_path: Path, algorithm: dict, samples: list[TrainSample]) -> tuple[torch.Tensor, dict, list[torch.Tensor]]:
-    """One update from the same starting weights: its gradient, its metrics, and the gradient of the policy's logits
-    at every position of each forward pass with gradient (the hook keeps them)."""
+    """One update from the same starting weights: its gradient, its metrics, and the logits and then their gradient
+    of each forward pass with gradient (the hook keeps them)."""
     raw = {"model": {"tiny": TINY}, "learner": {"lr": 1e-3, "grad_clip": 1e9, "micro_batch_size": 64, "micro_batch_pad_frac": 1.0}, "algorithm": algorithm}
     recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
     model_dir = tmp_path / "model"
@@ -191,6 +204,7 @@ def _update(tmp_path: Path, algorithm: dict, samples: list[TrainSample]) -> tupl
 
     def keep_gradient(module, inputs, output):
         if output.requires_grad:
+            logit_grads.append(output.detach().clone())  # the logits, then (backward) their gradient
             output.register_hook(lambda grad: logit_grads.append(grad.detach().clone()))
 
     learner.policy.model.get_output_embeddings().register_forward_hook(keep_gradient)
@@ -248,7 +262,7 @@ def test_the_tools_tokens_carry_no_gradient_and_change_no_metric(tmp_path, algor
     # The logits that predict a tool's token get exactly zero gradient; those that predict a model token do not.
     # One micro-batch (micro_batch_size 64, any padding): its rows are the samples longest first.
     batch = collate(sorted(masked, key=lambda s: -s.length), pad_token_id=0)
-    (logit_grad,) = logit_grads
+    logits, logit_grad = logit_grads
     per_position = logit_grad[:, :-1].abs().sum(-1)  # (B, L-1): position p predicts target p
     tool = torch.zeros_like(batch.mask, dtype=torch.bool)
     for row, s in enumerate(sorted(masked, key=lambda s: -s.length)):
@@ -258,6 +272,13 @@ def test_the_tools_tokens_carry_no_gradient_and_change_no_metric(tmp_path, algor
     assert int(tool.sum()) == 3 + 1 + 1  # the three samples' tool tokens
     assert torch.all(per_position[tool] == 0.0)
     assert torch.all(per_position[batch.mask.bool()] > 0)
+
+    # policy/entropy, what the temperature controller follows: the mean entropy of softmax(logits / T) over the
+    # model's tokens, computed here directly from the logits
+    log_p = torch.log_softmax(logits[:, :-1].double() / 0.9, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)  # (B, L-1)
+    assert metrics["policy/entropy"] == pytest.approx(float(entropy[batch.mask.bool()].mean()), rel=1e-6)
+    assert metrics["policy/entropy"] != pytest.approx(float(entropy[batch.mask.bool() | tool].mean()), rel=1e-6)
 
     # and the masked update is not today's: the tools' tokens would have counted
     grad_plain, metrics_plain, _ = _update(tmp_path, algorithm, [replace(s, loss_mask=None) for s in masked])
