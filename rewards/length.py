@@ -6,7 +6,7 @@
 - `easy_prompt_length_bias`: E3's length bias on easy prompts (§4, end).
 
 Every function has the TRL reward signature and reads the driver's columns (lists aligned with `completions`):
-`completion_length` (token count), `correct` (bool, or None when correctness is unknown), `history_length`
+`completion_length` (the tokens the model sampled; a tool's output between turns is not its length), `correct` (bool, or None when correctness is unknown), `history_length`
 (HAPO h_i, None before any correct answer), `max_new_tokens`, `difficulty` (the sampler's live estimate, 0 easiest;
 None when it knows nothing of the prompt) and dataset columns such as `rank`. A term's weight is applied by the reward
 pipeline, not here. None in the output means "no opinion" for that sample.

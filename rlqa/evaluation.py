@@ -123,10 +123,10 @@ def evaluate(
         per_prompt[rollout.prompt_id].append((ok, answer))
 
     counts = [(len(v), sum(ok for ok, _ in v)) for v in per_prompt.values()]
-    correct_lengths = [len(r.completion_tokens) for r, ok in zip(greedy, greedy_correct) if ok]
+    correct_lengths = [r.model_tokens for r, ok in zip(greedy, greedy_correct) if ok]  # the model's tokens
     results = {
         "accuracy": sum(greedy_correct) / len(examples),
-        "mean_length": sum(len(r.completion_tokens) for r in greedy) / len(examples),
+        "mean_length": sum(r.model_tokens for r in greedy) / len(examples),
         # what a length reward should shorten without costing accuracy (NaN when nothing is correct)
         "mean_length_correct": sum(correct_lengths) / len(correct_lengths) if correct_lengths else float("nan"),
         # the format a chat model has to learn: one final answer in \boxed{} (rewards.format.boxed_format), greedy

@@ -137,7 +137,10 @@ class StepBatch:
         kept, rewards = self.kept, self.kept_rewards()
         advantages = torch.zeros_like(rewards) if self.advantages is None else self.advantages
         return [
-            TrainSample(self.rollouts[i].prompt_tokens, self.rollouts[i].completion_tokens, self.rollouts[i].logprobs, a, reward=r)
+            TrainSample(
+                self.rollouts[i].prompt_tokens, self.rollouts[i].completion_tokens, self.rollouts[i].logprobs, a,
+                reward=r, loss_mask=self.rollouts[i].loss_mask,
+            )
             for i, a, r in zip(kept, advantages.tolist(), rewards.tolist())
         ]
 
@@ -166,16 +169,18 @@ def generate_batch(
 
 def rollout_metrics(batch: StepBatch, version: int, worker_restarts: int) -> dict[str, float]:
     """The rollouts the update trains on (dynamic sampling: `sampler/prompts_generated` says what was generated), and
-    how many policy versions behind `version` (the policy the update started from + 1) they are."""
+    how many policy versions behind `version` (the policy the update started from + 1) they are. Lengths count the
+    model's tokens (a multi-turn rollout's tool output is not the model's length); `rollout/tokens` counts every
+    completion token, the work the learner's forward passes do."""
     trained = batch.trained
     rollouts = [batch.rollouts[i] for i in trained]
-    lengths = [len(r.completion_tokens) for r in rollouts]
+    lengths = [r.model_tokens for r in rollouts]
     correct_lengths = [n for n, i in zip(lengths, trained) if batch.correct[i]]
     return {
         "rollout/temperature": batch.temperature,
         "rollout/count": float(len(rollouts)),
         "rollout/generated": float(len(batch.rollouts)),
-        "rollout/tokens": float(sum(lengths)),
+        "rollout/tokens": float(sum(len(r.completion_tokens) for r in rollouts)),
         "rollout/length_mean": sum(lengths) / len(lengths),
         "rollout/length_correct_mean": sum(correct_lengths) / len(correct_lengths) if correct_lengths else math.nan,
         "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
@@ -205,7 +210,7 @@ def reward_columns(
         "answer": [e.answer for e in rows],
         "prompt_id": [r.prompt_id for r in rollouts],
         "prompt_text": [e.prompt for e in rows],
-        "completion_length": [len(r.completion_tokens) for r in rollouts],
+        "completion_length": [r.model_tokens for r in rollouts],  # the model's tokens: what length rewards judge
         "finish_reason": [r.finish_reason for r in rollouts],
         "max_new_tokens": [max_new_tokens] * len(rollouts),
         "history_length": history.lengths_for([r.prompt_id for r in rollouts]),
@@ -277,7 +282,7 @@ def advance_sampler(batch: StepBatch, sampler: RolloutSampler, history: LengthHi
     verdict counts as wrong), and the number of prompts the update trains on."""
     groups = batch.groups
     sampler.update({pid: [batch.correct[i] for i in groups[g]] for g, (pid, _) in enumerate(batch.prompts)})
-    history.update([r.prompt_id for r in batch.rollouts], [len(r.completion_tokens) for r in batch.rollouts], batch.correct)
+    history.update([r.prompt_id for r in batch.rollouts], [r.model_tokens for r in batch.rollouts], batch.correct)
     verdicts = [[bool(batch.correct[i]) for i in members] for members in groups]
     return {
         **sampler.metrics(),

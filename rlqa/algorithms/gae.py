@@ -1,7 +1,10 @@
 """Token-level rewards and generalised advantage estimation for PPO with a critic (ReFT), and masked whitening.
 
-Each row of `mask` is 1 on the response tokens: one contiguous run, which may follow prompt positions (0) and be
-followed by padding (0), as in the learner's (B, L-1) tensors.
+Each row of `mask` is 1 on the response tokens the model sampled, as in the learner's (B, L-1) tensors: after prompt
+positions (0), before padding (0), and in a multi-turn rollout with holes (0) where a tool's or an environment's
+tokens sit between the model's turns. Those tokens are not actions: the reward goes on the last model token, and
+GAE steps over them, so an earlier turn sees the later turns' rewards and values as if they were adjacent (verl's
+multi-turn GAE does the same).
 """
 
 import torch
@@ -33,7 +36,8 @@ def gae_advantages(
 ) -> tuple[Tensor, Tensor]:
     """GAE over right-padded token sequences.
 
-        δ_t = r_t + γ V_{t+1} - V_t        (V past the last response token is 0: the episode ends there)
+        δ_t = r_t + γ V_{t+1} - V_t        (V past the last response token is 0: the episode ends there;
+                                            t + 1 is the next model token, masked tokens skipped)
         A_t = Σ_k (γλ)^k δ_{t+k} = δ_t + γλ A_{t+1}
         returns_t = A_t + V_t
 
@@ -49,10 +53,12 @@ def gae_advantages(
     next_advantage = torch.zeros_like(values[:, 0])  # (B,)
     for t in reversed(range(values.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
-        # A masked step after the response ends the episode there; masked steps before it (the prompt) are never read.
-        next_advantage = torch.where(mask[:, t], delta + gamma * lam * next_advantage, 0.0)  # (B,)
-        next_value = values[:, t]
-        advantages[:, t] = next_advantage
+        # A masked step carries the next model token's value and advantage through unchanged: past the response
+        # (padding) they stay 0, so the episode ends at its last model token; inside it (tool tokens) the recursion
+        # skips them; before it (the prompt) they are never read.
+        next_advantage = torch.where(mask[:, t], delta + gamma * lam * next_advantage, next_advantage)  # (B,)
+        next_value = torch.where(mask[:, t], values[:, t], next_value)
+        advantages[:, t] = torch.where(mask[:, t], next_advantage, 0.0)
     returns = torch.where(mask, advantages + values, 0.0)  # (B, T)
     return advantages, returns
 

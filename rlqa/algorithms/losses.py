@@ -1,6 +1,7 @@
 """How per-token losses are aggregated over a batch, and PPO's clipped value loss (policy losses: `policy_losses.py`).
 
-Every loss takes (B, T) tensors with a (B, T) mask that is 1 on response tokens, and returns a scalar.
+Every loss takes (B, T) tensors with a (B, T) mask that is 1 on the response tokens the model sampled (0 on a
+multi-turn rollout's tool or environment tokens, rlqa.learner.batch), and returns a scalar.
 Masked positions are selected away (`torch.where`), never multiplied by 0, so padding holding inf or nan cannot
 make the loss nan. The gradient stays clean only while padding is finite: the policy loss clamps its log-ratio
 for that reason; critic values and returns are finite wherever the model is.

@@ -3,6 +3,11 @@
 Per-token fields (old log-probs, and what the learner adds before a PPO update: reference log-probs, values,
 GAE advantages, returns) are kept per sample as one value per completion token, so a sample can be re-collated
 into any mini- or micro-batch.
+
+The loss mask of a row is 1 where the position predicts a completion token the model sampled. A sample's
+`loss_mask` (multi-turn rollouts: 0 on the tokens a tool or environment inserted) switches positions of the
+completion span off; every loss, aggregation, KL, entropy and log-prob-gap metric of the learner reads this one
+mask, so all of them count the model's tokens only. Per-token fields still cover the whole completion span.
 """
 
 from __future__ import annotations
@@ -11,10 +16,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from rlqa.rollout.types import check_loss_mask
+
 
 @dataclass(frozen=True)
 class TrainSample:
-    """One rollout as the learner needs it."""
+    """One rollout as the learner needs it. `loss_mask` (the rollout's): one 0/1 per completion token, 0 for a
+    token the model did not sample (tool or environment output), which then carries no loss, gradient or metric;
+    None means all ones."""
 
     prompt_tokens: list[int]
     completion_tokens: list[int]
@@ -27,6 +36,10 @@ class TrainSample:
     token_advantages: list[float] | None = None
     returns: list[float] | None = None
     tis_weights: list[float] | None = None  # algorithm.tis_cap only
+    loss_mask: list[int] | None = None  # per completion token: 1 the model's, 0 a tool's / environment's; None: all 1
+
+    def __post_init__(self):
+        check_loss_mask(self.loss_mask, len(self.completion_tokens))
 
     @property
     def length(self) -> int:
@@ -42,7 +55,7 @@ class TensorBatch:
     input_ids: torch.Tensor  # (B, L) prompt + completion, right-padded
     attention_mask: torch.Tensor  # (B, L)
     targets: torch.Tensor  # (B, L-1) the token each position predicts
-    mask: torch.Tensor  # (B, L-1) 1.0 where the target is a completion token
+    mask: torch.Tensor  # (B, L-1) 1.0 where the target is a completion token the model sampled (loss_mask)
     old_logprobs: torch.Tensor  # (B, L-1) zeros outside the mask
     advantages: torch.Tensor  # (B,)
     rewards: torch.Tensor  # (B,)
@@ -70,7 +83,7 @@ def collate(samples: list[TrainSample], pad_token_id: int) -> TensorBatch:
         input_ids[row, : len(tokens)] = torch.tensor(tokens)
         attention_mask[row, : len(tokens)] = 1
         start, end = completion_span(s)
-        mask[row, start:end] = 1.0
+        mask[row, start:end] = 1.0 if s.loss_mask is None else torch.tensor(s.loss_mask, dtype=mask.dtype)
         for name, tensor in per_token.items():
             tensor[row, start:end] = torch.tensor(getattr(s, name))
     return TensorBatch(

@@ -23,6 +23,13 @@ class SamplingParams:
 
 @dataclass
 class Rollout:
+    """One sampled completion of one prompt.
+
+    `loss_mask`, when given, has one entry per completion token: 1 for a token the model sampled, 0 for one it did
+    not (a tool's output or an environment's message inserted between turns). The learner trains on, and every
+    length, loss, KL, entropy and log-prob-gap metric counts, the model's tokens only. None (every rollout of a
+    single-turn generation, and every checkpoint written before the field) means all ones."""
+
     prompt_id: str
     sample_index: int
     prompt_tokens: list[int]
@@ -31,3 +38,27 @@ class Rollout:
     finish_reason: str  # "stop" | "length"
     policy_version: int
     text: str = ""  # the decoded completion, without special tokens
+    loss_mask: list[int] | None = None  # per completion token: 1 the model's, 0 a tool's / environment's; None: all 1
+
+    def __post_init__(self):
+        check_loss_mask(self.loss_mask, len(self.completion_tokens))
+
+    @property
+    def model_tokens(self) -> int:
+        """How many completion tokens the model sampled: the length every length reward and metric counts."""
+        return model_token_count(self.loss_mask, len(self.completion_tokens))
+
+
+def check_loss_mask(loss_mask: list[int] | None, completion_length: int) -> None:
+    """A loss mask is None or one 0/1 per completion token; anything else is a bug in whatever built it."""
+    if loss_mask is None:
+        return
+    if len(loss_mask) != completion_length:
+        raise ValueError(f"loss_mask has {len(loss_mask)} entries for {completion_length} completion tokens")
+    if any(m not in (0, 1) for m in loss_mask):
+        raise ValueError(f"loss_mask entries must be 0 or 1, got {sorted(set(loss_mask))}")
+
+
+def model_token_count(loss_mask: list[int] | None, completion_length: int) -> int:
+    """The completion tokens the mask keeps (all of them without a mask)."""
+    return completion_length if loss_mask is None else sum(loss_mask)
