@@ -14,7 +14,8 @@ from rlqa.algorithms.losses import masked_mean
 
 
 def token_level_rewards(scores: Tensor, mask: Tensor, kl: Tensor | None = None, kl_coef: float = 0.0) -> Tensor:
-    """PPO's per-token reward (ReFT, InstructGPT): the response's scalar score on its last token, minus β·KL on each.
+    """PPO's per-token reward (ReFT, InstructGPT): the response's scalar score on its last (model) token, minus β·KL
+    on each.
 
         r_t = -β · KL_t + [t is the last response token] · score
 

@@ -46,7 +46,7 @@ class Rollout:
     @property
     def model_tokens(self) -> int:
         """How many completion tokens the model sampled: the length every length reward and metric counts."""
-        return model_token_count(self.loss_mask, len(self.completion_tokens))
+        return len(self.completion_tokens) if self.loss_mask is None else sum(self.loss_mask)
 
 
 def check_loss_mask(loss_mask: list[int] | None, completion_length: int) -> None:
@@ -57,8 +57,3 @@ def check_loss_mask(loss_mask: list[int] | None, completion_length: int) -> None
         raise ValueError(f"loss_mask has {len(loss_mask)} entries for {completion_length} completion tokens")
     if any(m not in (0, 1) for m in loss_mask):
         raise ValueError(f"loss_mask entries must be 0 or 1, got {sorted(set(loss_mask))}")
-
-
-def model_token_count(loss_mask: list[int] | None, completion_length: int) -> int:
-    """The completion tokens the mask keeps (all of them without a mask)."""
-    return completion_length if loss_mask is None else sum(loss_mask)
