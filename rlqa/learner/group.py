@@ -8,6 +8,8 @@ loop is the same for one learner or many.
 
 from __future__ import annotations
 
+import socket
+
 import ray
 
 from rlqa.config import LearnerConfig, Recipe
@@ -15,7 +17,7 @@ from rlqa.errors import UserError
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.deepspeed_engine import DeepSpeedEngine
 from rlqa.learner.learner import Learner
-from rlqa.rollout.weight_sync import rendezvous_address
+from rlqa.rollout.weight_sync import free_port
 
 
 def check_learner_gpus(cfg: LearnerConfig, gpus_available: float) -> None:
@@ -76,8 +78,23 @@ class LearnerGroup:
 
 
 def _rendezvous(_learner) -> tuple[str, int]:
-    """Run on rank 0's actor: its node's address and a free port there."""
-    return rendezvous_address()
+    """Run on rank 0's actor: its node's address and a free port there. Not loopback, even where the embedded Ray's
+    node IP is 127.0.0.1: a gloo group (DeepSpeed on CPU) does not form over a loopback MASTER_ADDR, it hangs."""
+    host = ray.util.get_node_ip_address()
+    if host.startswith("127.") or host == "::1":
+        host = _outbound_address()
+    return host, free_port(host)
+
+
+def _outbound_address() -> str:
+    """This machine's address on the interface its traffic leaves by (a UDP connect sends nothing), as Ray finds
+    a node's IP; loopback when there is none."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("8.8.8.8", 80))  # as Ray does: no packet is sent, the route picks the interface
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
 
 
 def start_learners(model_dir: str, recipe: Recipe, actor_options: list[dict] | None = None) -> LearnerGroup:
