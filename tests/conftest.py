@@ -11,7 +11,9 @@ import torch
 from leftover_check import left_behind, started
 
 CACHE = Path(__file__).resolve().parent / ".cache"  # ignored by git; kept between sessions
-SLOW_MODULES = {"test_recipe_space.py"}  # hypothesis over whole in-process steps
+SLOW_MODULES = {  # hypothesis over whole in-process steps; hung-answer and process-group tests; 5,876 real-data cases
+    "test_recipe_space.py", "test_isolation.py", "test_real_data.py",
+}
 
 
 def pytest_collection_modifyitems(config, items):
