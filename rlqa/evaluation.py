@@ -20,8 +20,8 @@ from rlqa.data.sources import build_examples
 from rlqa.errors import UserError
 from rlqa.models import load_tokenizer
 from rlqa.rollout.group import RolloutGroup
-from rlqa.rollout.seeding import sample_seed
-from rlqa.rollout.types import GenerationRequest, SamplingParams
+from rlqa.rollout.seeding import seeded_requests
+from rlqa.rollout.types import Generator, SamplingParams
 from rewards.format import boxed_format
 from rewards.pipeline import RewardPipeline
 
@@ -91,7 +91,7 @@ def scorer(pipeline):
 
 
 def evaluate(
-    group: RolloutGroup,
+    generator: Generator,
     examples: list[Example],
     prompt_tokens: dict[str, tuple[int, ...]],
     score,
@@ -104,25 +104,22 @@ def evaluate(
     by: str | None = None,
 ) -> dict[str, float]:
     """`score(texts, examples) -> (correct flags, extracted answers)` decides correctness, as in training; the
-    workers hold policy `version`. `by`: a dataset column; accuracy and pass@k are also given for the prompts of each
-    of its values, as `<by>=<value>/accuracy` etc."""
-    greedy_requests = [GenerationRequest(e.prompt_id, 0, prompt_tokens[e.prompt_id], 0) for e in examples]
-    greedy = group.generate(greedy_requests, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), version)
+    generator (the rollout workers) holds policy `version`. Requests go through the seam training uses
+    (`seeded_requests`, then `generator.generate`), seeded at step EVAL_STEP: one greedy sample per prompt (the seed
+    does not matter at temperature 0), then k sampled ones. Each prompt's k samples are its group, by position.
+    `by`: a dataset column; accuracy and pass@k are also given for the prompts of each of its values, as
+    `<by>=<value>/accuracy` etc."""
+    greedy_requests = seeded_requests([(e.prompt_id, 1) for e in examples], EVAL_STEP, seed, prompt_tokens)
+    greedy = generator.generate(greedy_requests, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), version)
     greedy_correct, _ = score([r.text for r in greedy], examples)
 
-    sampled_requests = [
-        GenerationRequest(e.prompt_id, j, prompt_tokens[e.prompt_id], sample_seed(seed, EVAL_STEP, e.prompt_id, j))
-        for e in examples
-        for j in range(k)
-    ]
-    sampled = group.generate(sampled_requests, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens), version)
-    by_id = {e.prompt_id: e for e in examples}
-    sampled_correct, answers = score([r.text for r in sampled], [by_id[r.prompt_id] for r in sampled])
-    per_prompt: dict[str, list[tuple[bool, str | None]]] = defaultdict(list)
-    for rollout, ok, answer in zip(sampled, sampled_correct, answers):
-        per_prompt[rollout.prompt_id].append((ok, answer))
+    sampled_requests = seeded_requests([(e.prompt_id, k) for e in examples], EVAL_STEP, seed, prompt_tokens)
+    sampled = generator.generate(sampled_requests, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens), version)
+    sampled_correct, answers = score([r.text for r in sampled], [e for e in examples for _ in range(k)])
+    # per prompt, in `examples` order: its k (correct, answer) pairs
+    per_prompt = [list(zip(sampled_correct[i * k : (i + 1) * k], answers[i * k : (i + 1) * k])) for i in range(len(examples))]
 
-    counts = [(len(v), sum(ok for ok, _ in v)) for v in per_prompt.values()]
+    counts = [(len(v), sum(ok for ok, _ in v)) for v in per_prompt]
     correct_lengths = [r.model_tokens for r, ok in zip(greedy, greedy_correct) if ok]  # the model's tokens
     results = {
         "accuracy": sum(greedy_correct) / len(examples),
@@ -133,7 +130,7 @@ def evaluate(
         "boxed_rate": sum(boxed_format([r.text for r in greedy])) / len(examples),
         "sampled_accuracy": sum(sampled_correct) / len(sampled),
         "sampled_boxed_rate": sum(boxed_format([r.text for r in sampled])) / len(sampled),
-        f"maj@{k}": sum(maj_at_k([a for _, a in v], [ok for ok, _ in v]) for v in per_prompt.values()) / len(per_prompt),
+        f"maj@{k}": sum(maj_at_k([a for _, a in v], [ok for ok, _ in v]) for v in per_prompt) / len(per_prompt),
         "num_prompts": len(examples),
         "temperature": temperature,
     }
@@ -144,7 +141,7 @@ def evaluate(
     return results
 
 
-def _by_column(examples, column: str, greedy_correct: list[bool], per_prompt: dict, k: int) -> dict[str, float]:
+def _by_column(examples, column: str, greedy_correct: list[bool], per_prompt: list, k: int) -> dict[str, float]:
     """Greedy accuracy and pass@1 / pass@k of the prompts of each value of `column` (those without it left out)."""
     values: dict[str, list[int]] = defaultdict(list)
     for i, e in enumerate(examples):
@@ -153,7 +150,7 @@ def _by_column(examples, column: str, greedy_correct: list[bool], per_prompt: di
     results = {}
     for value in sorted(values, key=lambda v: (len(v), v)):
         members = values[value]
-        counts = [(len(per_prompt[examples[i].prompt_id]), sum(ok for ok, _ in per_prompt[examples[i].prompt_id])) for i in members]
+        counts = [(len(per_prompt[i]), sum(ok for ok, _ in per_prompt[i])) for i in members]
         results[f"{column}={value}/accuracy"] = sum(greedy_correct[i] for i in members) / len(members)
         for kk in sorted({1, k}):
             results[f"{column}={value}/pass@{kk}"] = mean_pass_at_k(counts, kk)

@@ -15,11 +15,14 @@ backend, so the bits are the same on CPU and GPU. Only the top 24 bits become a 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from transformers import LogitsProcessor
 
 from rlqa.algorithms.entropy import filter_logits
+from rlqa.rollout.types import GenerationRequest
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
@@ -41,6 +44,26 @@ def stable_seed(*parts: object) -> int:
 def sample_seed(run_seed: int, step: int, prompt_id: str, sample_index: int) -> int:
     """A 63-bit seed for one sample."""
     return stable_seed(run_seed, step, prompt_id, sample_index)
+
+
+def seeded_requests(
+    prompts: Iterable[tuple[str, int]], step: int, run_seed: int, prompt_tokens: Mapping[str, Sequence[int]],
+    earlier: Iterable[str] = (),
+) -> list[GenerationRequest]:
+    """One request per sample of each (prompt id, rollout count), group by group, seeded by (run seed, step, prompt
+    id, sample index). A prompt's sample indices go on from where its earlier groups of the step left off (`earlier`:
+    the prompt ids of the step's rollouts so far), so a prompt drawn twice in one step gets new samples, not the
+    same ones again: indices 0..n-1 for its first group of n, n..n+m-1 for a second of m."""
+    taken = Counter(earlier)
+    requests = []
+    for prompt_id, count in prompts:
+        first = taken[prompt_id]
+        tokens = tuple(prompt_tokens[prompt_id])
+        requests += [
+            GenerationRequest(prompt_id, j, tokens, sample_seed(run_seed, step, prompt_id, j)) for j in range(first, first + count)
+        ]
+        taken[prompt_id] += count
+    return requests
 
 
 def _shift_right(x: torch.Tensor, k: int) -> torch.Tensor:

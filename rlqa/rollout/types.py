@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """One sample to generate. Requests are built in one place (rlqa.rollout.seeding.seeded_requests), for training,
+    dynamic sampling's extra rounds and evaluation alike."""
+
     prompt_id: str
     sample_index: int
     prompt_tokens: tuple[int, ...]
@@ -57,3 +61,12 @@ def check_loss_mask(loss_mask: list[int] | None, completion_length: int) -> None
         raise ValueError(f"loss_mask has {len(loss_mask)} entries for {completion_length} completion tokens")
     if any(m not in (0, 1) for m in loss_mask):
         raise ValueError(f"loss_mask entries must be 0 or 1, got {sorted(set(loss_mask))}")
+
+
+class Generator(Protocol):
+    """The one seam of generation: requests in, rollouts out, one per request and in request order, each tagged with
+    policy `version` (the weights its generator holds). The rollout workers (rlqa.rollout.group.RolloutGroup), a
+    single engine (rlqa.rollout.backends) and the test stand-ins all are one; training, dynamic sampling and the
+    held-out evaluation all generate through it."""
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]: ...

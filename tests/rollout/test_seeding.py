@@ -2,7 +2,7 @@
 
 import torch
 
-from rlqa.rollout.seeding import SeededSampler, filter_logits, sample_seed, uniform_noise
+from rlqa.rollout.seeding import SeededSampler, filter_logits, sample_seed, seeded_requests, uniform_noise
 
 
 def test_sample_seed_is_stable_and_distinct():
@@ -11,6 +11,20 @@ def test_sample_seed_is_stable_and_distinct():
     seeds = {sample_seed(s, t, p, j) for s in (0, 1) for t in (0, 1) for p in ("a", "b") for j in (0, 1)}
     assert len(seeds) == 16
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_requests_are_seeded_per_prompt_and_sample_index_and_a_prompt_drawn_again_goes_on_with_its_indices():
+    tokens = {"a": (5, 6), "b": (7,)}
+    requests = seeded_requests([("a", 2), ("b", 1), ("a", 2)], 3, 11, tokens)
+    # a's second group (drawn again in the same step) takes indices 2, 3, not 0, 1 again: new samples
+    assert [(r.prompt_id, r.sample_index, r.prompt_tokens) for r in requests] == [
+        ("a", 0, (5, 6)), ("a", 1, (5, 6)), ("b", 0, (7,)), ("a", 2, (5, 6)), ("a", 3, (5, 6)),
+    ]
+    assert [r.seed for r in requests] == [sample_seed(11, 3, pid, j) for pid, j in [("a", 0), ("a", 1), ("b", 0), ("a", 2), ("a", 3)]]
+    assert len({r.seed for r in requests}) == 5
+    # an extra round after the step's rollouts so far (a three times, b once): a from 3, b from 1, c from 0
+    later = seeded_requests([("a", 1), ("b", 2), ("c", 1)], 3, 11, tokens | {"c": (8,)}, earlier=["a", "a", "b", "a"])
+    assert [(r.prompt_id, r.sample_index) for r in later] == [("a", 3), ("b", 1), ("b", 2), ("c", 0)]
 
 
 def test_noise_bits_are_pinned():
