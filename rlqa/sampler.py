@@ -17,7 +17,7 @@ estimates, all plain JSON.
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any, Protocol
 
@@ -402,10 +402,12 @@ class RolloutSampler:
             prompt_ids = drawn
         return list(zip(prompt_ids, counts, strict=True))
 
-    def update(self, outcomes: Mapping[str, Sequence[bool | None]]) -> None:
-        """Record whether each rollout was correct, per prompt id. None (no verdict) is left out of the counts. A
-        hinted group's outcomes fade its prompt's hint; they are not the plain prompt's pass rate."""
-        for prompt_id, correct in outcomes.items():
+    def update(self, outcomes: Mapping[str, Sequence[bool | None]] | Iterable[tuple[str, Sequence[bool | None]]]) -> None:
+        """Record whether each rollout was correct, group by group: (prompt id, verdicts) pairs, or a mapping of them.
+        Each group is one visit of its prompt, in order, so a prompt with two groups in a step is updated twice.
+        None (no verdict) is left out of the counts. A hinted group's outcomes fade its prompt's hint; they are not
+        the plain prompt's pass rate."""
+        for prompt_id, correct in outcomes.items() if isinstance(outcomes, Mapping) else outcomes:
             base, hint = split_hinted(prompt_id)
             if base not in self._known or (hint and self._hints is None):
                 raise KeyError(f"unknown prompt id {prompt_id!r}")

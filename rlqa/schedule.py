@@ -8,34 +8,35 @@
     colocated   learners and rollout engines share GPU bundles (`ray.placement: colocate`): the engines sleep while
                 the learners train and wake for the weight sync
 
+The Schedule takes requests, never a way to draw them: the trainer draws each round's prompts (stage 1,
+`stages.draw`) and hands the Schedule a `StepRequests`; it runs them through the rollout workers' one seam,
+`generate(requests, params, version)`. In async mode the trainer draws step t + 1's prompts after step t's sampler
+update and before its update (`ahead`), as the sampler's order requires.
+
 The Schedule also owns the policy version: how many times the weights the rollout workers hold have changed (the
 SFT warm-up once, each RL update once more). It tags every rollout, and goes into the checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import ray
 
+from rlqa import stages
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.group import LearnerGroup
 from rlqa.rollout.group import RolloutGroup
 from rlqa.rollout.sync import WeightSync
-from rlqa.stages import StepBatch
-
-# (step, temperature, policy version[, number of prompts]) -> the step's rollouts
-Generate = Callable[..., StepBatch]
+from rlqa.stages import StepBatch, StepRequests
 
 
 class Schedule:
     def __init__(
-        self, generate: Generate, learner: LearnerGroup, rollout_workers: RolloutGroup, weight_sync: WeightSync, *,
+        self, learner: LearnerGroup, rollout_workers: RolloutGroup, weight_sync: WeightSync, *,
         steps: int, overlap: bool, colocated: bool,
     ):
         self.version = 0
-        self._generate = generate
         self._learner = learner
         self._workers = rollout_workers
         self._weight_sync = weight_sync
@@ -46,31 +47,42 @@ class Schedule:
         self._pending: StepBatch | None = None  # and once it is done, until that step begins
         self._asleep = False
 
-    def generation(self, step: int, temperature: float) -> StepBatch:
-        """Stages 1-2 of `step` at `temperature`: generated now, or (async) during the previous step's update at the
-        temperature the controller had then, or restored with a checkpoint that was saved while it was in flight."""
+    def prefetched(self, step: int) -> StepBatch | None:
+        """Stages 1-2 of `step` if they are done already: (async) generated during the previous step's update, at the
+        temperature the controller had then, or restored with a checkpoint that was saved while they were pending.
+        None: the caller draws the step and `generate`s it now."""
         if self._next is not None:  # sync() waits for it; a caller that did not sync waits here
             self._pending, self._next = self._next.result(), None
-        if self._pending is not None:
-            batch, self._pending = self._pending, None
-            if batch.step != step:
-                raise ValueError(f"the prefetched rollouts are for step {batch.step}, not step {step}")
-            return batch
-        return self._generate(step, temperature, self.version)
+        if self._pending is None:
+            return None
+        batch, self._pending = self._pending, None
+        if batch.step != step:
+            raise ValueError(f"the prefetched rollouts are for step {batch.step}, not step {step}")
+        return batch
 
-    def extra_round(self, step: int, temperature: float, num_prompts: int) -> StepBatch:
-        """Dynamic sampling: `num_prompts` more prompts of `step`, generated now by the policy the workers hold (in
-        async mode one version newer than the step's first round; each rollout records its own)."""
-        return self._generate(step, temperature, self.version, num_prompts=num_prompts)
+    def generate(self, asked: StepRequests) -> StepBatch:
+        """Stage 2 now, by the policy the workers hold: a step's first round, or one of dynamic sampling's extra
+        rounds (in async mode one version newer than the step's first round; each rollout records its own)."""
+        return stages.generate(self._workers, asked, self.version)
 
-    def train(self, samples: list[TrainSample], temperature: float, step: int, next_temperature: float) -> dict[str, float]:
+    def ahead(self, step: int) -> bool:
+        """Whether step + 1 is generated during update `step` (async, and not the last step): the caller then draws
+        its requests before that update and passes them to `train`."""
+        return self._executor is not None and step + 1 < self._steps
+
+    def train(
+        self, samples: list[TrainSample], temperature: float, step: int, next_step: StepRequests | None = None
+    ) -> dict[str, float]:
         """Stage 5's update at `temperature`, the one its rollouts were sampled at (so the entropy it measures is the
-        entropy at that temperature). Meanwhile the next step generates at `next_temperature`, the controller's
-        temperature now (async: it lags the controller by one update, which moves after this one), or the engines
-        sleep (colocated). Returns the learner's metrics."""
+        entropy at that temperature). Meanwhile the next step's requests (async, `ahead`: drawn at the controller's
+        temperature now, which lags the controller by one update, as it moves after this one) are generated by the
+        policy before this update, or the engines sleep (colocated). Returns the learner's metrics."""
+        if (next_step is not None) != self.ahead(step):
+            raise ValueError(f"step {step}: the next step's requests are {'given' if next_step else 'missing'}, "
+                             f"but the schedule {'does' if self.ahead(step) else 'does not'} generate ahead")
         update = self._learner.update(samples, temperature, step)
-        if self._executor is not None and step + 1 < self._steps:
-            self._next = self._executor.submit(self._generate, step + 1, next_temperature, self.version)
+        if next_step is not None:  # the version is read now: the update below moves it
+            self._next = self._executor.submit(stages.generate, self._workers, next_step, self.version)
         elif self._colocated:  # the engines give the shared GPUs to the learners meanwhile
             ray.get([w.sleep.remote() for w in self._workers.workers])
             self._asleep = True
@@ -80,8 +92,8 @@ class Schedule:
 
     def sync(self) -> int:
         """Stage 7: the learner's weights to every rollout worker; the version they now hold. The next step's
-        generation (async) finishes first: the workers are busy with it until then anyway, and afterwards the driver's
-        state (the sampler drew its prompts) is settled, so a checkpoint taken now holds it whole."""
+        generation (async) finishes first: the workers are busy with it until then anyway, and afterwards the
+        rollouts are in hand, so a checkpoint taken now holds them whole."""
         if self._next is not None:
             self._pending, self._next = self._next.result(), None
         if self._asleep:

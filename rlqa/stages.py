@@ -2,9 +2,15 @@
 
 Each stage reads what earlier stages put into the batch, adds its own part, and returns its metrics under its own
 namespace; the trainer merges them and refuses a key produced twice (`rlqa.metrics.merge`). The batch computes each
-grouping of rollouts by prompt once (`group_ids`, `groups`), and every stage uses those.
+grouping of rollouts once (`group_ids`, `groups`), and every stage uses those. A group is a position in the step's
+list of prompts, not a prompt id: a step may hold the same prompt twice (drawn again in an extra round, or as a
+hinted variant), and each occurrence is a group of its own for the advantages, dynamic sampling, the sampler
+update and the yield.
 
-    generate_batch         1-2   prompts and rollout counts from the sampler, then generation      rollout/*
+    draw                   1     the sampler's prompts and rollout counts, one seeded request     (a StepRequests)
+                                 per sample
+    generate               2     requests in, rollouts out (the one seam, rlqa.rollout.types.      rollout/*
+                                 Generator); the Schedule decides when it runs
     score                  3     rewards, correctness                                              reward/*, correct/*
     dynamic_sampling       2-3   DAPO: constant groups out, extra rounds of 1-3 until enough remain sampler/filtered_groups,
                                  (only with `sampler.dynamic_sampling`)                             extra_rounds, prompts_generated
@@ -33,24 +39,36 @@ from rlqa.config import Recipe
 from rlqa.data.example import Example, reward_inputs
 from rlqa.learner.batch import TrainSample
 from rlqa.length_history import LengthHistory
-from rlqa.rollout.group import RolloutGroup
-from rlqa.rollout.seeding import sample_seed
-from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
+from rlqa.rollout.seeding import seeded_requests
+from rlqa.rollout.types import GenerationRequest, Generator, Rollout, SamplingParams
 from rlqa.sampler import RolloutSampler
 from rlqa.temperature import TemperatureController
 from rlqa.yields import YieldTotals
 from rewards.pipeline import RewardPipeline
 
 
+@dataclass(frozen=True)
+class StepRequests:
+    """One round of a step's generation, before it runs (stage 1's output, the Schedule's input): the groups drawn,
+    as (prompt id, rollout count) in the sampler's order, one request per sample in the same order, and how to
+    sample them. The step's first round and each of dynamic sampling's extra rounds are one."""
+
+    step: int
+    prompts: list[tuple[str, int]]
+    requests: list[GenerationRequest]
+    params: SamplingParams
+
+
 @dataclass
 class StepBatch:
-    """One step's data. `rollouts` are in request order: prompt by prompt as the sampler drew them (dynamic sampling's
-    extra rounds after the first), then by sample index. Stages fill the later fields; N = number of rollouts, G of
-    groups (prompts), K = those kept: in a group the update trains on, and not dropped by a reward failure."""
+    """One step's data. `rollouts` are in request order: group by group as the sampler drew them (dynamic sampling's
+    extra rounds after the first), then by sample index; group g is the g-th entry of `prompts` and owns the next
+    count_g rollouts, whatever its prompt id. Stages fill the later fields; N = number of rollouts, G of groups,
+    K = those kept: in a group the update trains on, and not dropped by a reward failure."""
 
     step: int
     temperature: float  # the temperature the rollouts were sampled at (and the update's forward uses)
-    prompts: list[tuple[str, int]]  # (prompt id, rollout count) in the sampler's order
+    prompts: list[tuple[str, int]]  # (prompt id, rollout count) of each group, in the sampler's order
     rollouts: list[Rollout]  # (N,)
     rewards: list[float] = field(default_factory=list)  # (N,) total reward; NaN where dropped          (stage 3)
     correct: list[bool | None] = field(default_factory=list)  # (N,) None: no verdict                 (stage 3)
@@ -60,9 +78,13 @@ class StepBatch:
 
     @cached_property
     def group_ids(self) -> torch.Tensor:
-        """(N,) long: the position of each rollout's prompt in `prompts`."""
-        index = {prompt_id: g for g, (prompt_id, _) in enumerate(self.prompts)}
-        return torch.tensor([index[r.prompt_id] for r in self.rollouts], dtype=torch.long)
+        """(N,) long: the group of each rollout, its group's position in `prompts`. Rollouts that do not line up with
+        the groups (a generator that lost or reordered some) are a bug, and raise."""
+        counts = [count for _, count in self.prompts]
+        expected = [prompt_id for prompt_id, count in self.prompts for _ in range(count)]
+        if [r.prompt_id for r in self.rollouts] != expected:
+            raise ValueError(f"step {self.step}: the rollouts do not follow the groups {self.prompts} in request order")
+        return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
 
     @cached_property
     def groups(self) -> list[list[int]]:
@@ -148,23 +170,24 @@ class StepBatch:
 # -- 1-2. prompts, then their rollouts ---------------------------------------------------------------------------------
 
 
-def generate_batch(
-    step: int, temperature: float, version: int, *,
-    sampler: RolloutSampler, rollout_workers: RolloutGroup, prompt_tokens: dict[str, tuple[int, ...]], recipe: Recipe,
-    num_prompts: int | None = None,
-) -> StepBatch:
-    """The step's prompts and rollout counts, then their generation by the workers holding policy `version`, each
-    sample seeded by (run seed, step, prompt id, sample index). `num_prompts` (default: the step's count) more prompts
-    of the same step make an extra round of dynamic sampling."""
+def draw(
+    sampler: RolloutSampler, step: int, temperature: float, recipe: Recipe, prompt_tokens: dict[str, tuple[int, ...]],
+    *, num_prompts: int | None = None, after: StepBatch | None = None,
+) -> StepRequests:
+    """Stage 1: the sampler's prompts and rollout counts for `step`, and one request per sample, seeded by (run seed,
+    step, prompt id, sample index), sampled at `temperature`. `num_prompts` (default: the step's count) more prompts
+    `after` the step's batch so far make an extra round of dynamic sampling; a prompt drawn again goes on with its
+    sample indices (rlqa.rollout.seeding.seeded_requests)."""
     cfg = recipe.rollout
     prompts = sampler.next_batch(step, num_prompts)
-    requests = [
-        GenerationRequest(pid, j, prompt_tokens[pid], sample_seed(recipe.trainer.seed, step, pid, j))
-        for pid, count in prompts
-        for j in range(count)
-    ]
-    params = SamplingParams(temperature, cfg.max_new_tokens, cfg.top_k, cfg.top_p)
-    return StepBatch(step, temperature, prompts, rollout_workers.generate(requests, params, version))
+    earlier = [] if after is None else [r.prompt_id for r in after.rollouts]
+    requests = seeded_requests(prompts, step, recipe.trainer.seed, prompt_tokens, earlier)
+    return StepRequests(step, prompts, requests, SamplingParams(temperature, cfg.max_new_tokens, cfg.top_k, cfg.top_p))
+
+
+def generate(generator: Generator, asked: StepRequests, version: int) -> StepBatch:
+    """Stage 2: the round's requests in, their rollouts out, by a generator holding policy `version`."""
+    return StepBatch(asked.step, asked.params.temperature, list(asked.prompts), generator.generate(asked.requests, asked.params, version))
 
 
 def rollout_metrics(batch: StepBatch, version: int, worker_restarts: int) -> dict[str, float]:
@@ -240,13 +263,13 @@ def score(
 
 
 def dynamic_sampling(
-    batch: StepBatch, extra_round: Callable[[int], StepBatch], sampler: RolloutSampler, *, target: int, max_extra_rounds: int,
-    signal: str = "accuracy",
+    batch: StepBatch, extra_round: Callable[[StepBatch, int], StepBatch], sampler: RolloutSampler, *, target: int,
+    max_extra_rounds: int, signal: str = "accuracy",
 ) -> tuple[StepBatch, dict[str, float]]:
     """DAPO (ALGORITHMS.md §3): groups all right or all wrong (`signal` "accuracy", DAPO's filter; "reward": groups
     whose total rewards are all equal) are left out of the update; while fewer than
-    `target` informative groups remain, `extra_round(k)` generates and scores k more prompts of the step, at most
-    `max_extra_rounds` times, with
+    `target` informative groups remain, `extra_round(batch, k)` draws, generates and scores k more prompts of the
+    step after `batch` (stages 1-3 again), at most `max_extra_rounds` times, with
 
         k = min(target, ⌈shortfall · G / informative⌉, prompts the step may still draw)    (target if none informative)
 
@@ -260,7 +283,7 @@ def dynamic_sampling(
         k = min(target, sampler.prompts_left_in_step, -(-shortfall * len(batch.prompts) // informative) if informative else target)
         if shortfall <= 0 or k <= 0:
             break
-        batch = batch.extended(extra_round(k))
+        batch = batch.extended(extra_round(batch, k))
         rounds += 1
     informative = batch.informative(signal)
     trained = set([g for g, ok in enumerate(informative) if ok][:target])
@@ -278,10 +301,11 @@ def dynamic_sampling(
 
 def advance_sampler(batch: StepBatch, sampler: RolloutSampler, history: LengthHistory) -> dict[str, float]:
     """Difficulty estimates from the verdicts (None: left out), the length history from the correct lengths, both from
-    every group generated; the allocation of this step, the share of groups that were all right or all wrong (no
-    verdict counts as wrong), and the number of prompts the update trains on."""
+    every group generated, each group one visit of its prompt (a prompt drawn twice in the step is updated twice);
+    the allocation of this step, the share of groups that were all right or all wrong (no verdict counts as wrong),
+    and the number of prompts the update trains on."""
     groups = batch.groups
-    sampler.update({pid: [batch.correct[i] for i in groups[g]] for g, (pid, _) in enumerate(batch.prompts)})
+    sampler.update([(pid, [batch.correct[i] for i in groups[g]]) for g, (pid, _) in enumerate(batch.prompts)])
     history.update([r.prompt_id for r in batch.rollouts], [r.model_tokens for r in batch.rollouts], batch.correct)
     verdicts = [[bool(batch.correct[i]) for i in members] for members in groups]
     return {

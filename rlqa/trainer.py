@@ -1,22 +1,29 @@
 r"""The driver: builds the actors from a recipe, then runs the RL loop of DESIGN.md, one numbered stage at a time.
 
-    1. sampler.next_batch(step)            prompts, each with a rollout count          \  stages.generate_batch, run
-    2. rollout workers generate            seeded per (run seed, step, prompt id,      /  by the Schedule
-                                           sample index), at the controller's temperature
+    1. sampler.next_batch(step)            prompts, each with a rollout count, and one     stages.draw
+                                           request per sample, seeded per (run seed,
+                                           step, prompt id, sample index)
+    2. rollout workers generate            requests in, rollouts out, at the controller's  stages.generate, run by the
+                                           temperature                                     Schedule
     3. reward pipeline                     per-term rewards, total, correctness           stages.score
        (DAPO) drop constant groups, more rounds of 1-3 until enough remain                  stages.dynamic_sampling
     4. sampler.update, length history      the driver's state advances                    stages.advance_sampler
     5. advantages -> learner.update        outcome advantages, then the update at the     stages.estimate_advantages,
                                            sampling temperature: loss metrics + entropy   Schedule.train
+       (async) step t + 1's prompts are drawn (stage 1) just before the update, which generates them meanwhile
     6. temperature.update(entropy)                                                        stages.update_temperature
     7. weights learner -> rollout workers  (policy version + 1)                           Schedule.sync
     8. metrics; checkpoint every k steps; periodic held-out evaluation
 
 Every stage works on one `StepBatch` and returns its metrics under its own namespace; `metrics.merge` refuses a key
-produced twice. The `Schedule` (sync, async or colocated) decides when generation, training and weight sync happen,
-so `rl_step` reads the same in every mode. The driver owns the sampler, the temperature controller, the length
-history and the policy version; the learner owns the weights and the optimizer; both are saved in every checkpoint,
-which is all a resumed run needs to continue bit for bit.
+produced twice. A group of the batch is a position in it (a prompt drawn twice makes two groups). Generation has one
+seam, `Generator.generate(requests, params, version) -> rollouts` (rlqa.rollout.types): the step's first round,
+dynamic sampling's extra rounds and the held-out evaluation all build their requests with
+`seeding.seeded_requests` and generate through it. The `Schedule` (sync, async or colocated) takes a round's
+requests and decides when generation, training and weight sync happen, so `rl_step` reads the same in every mode.
+The driver owns the sampler, the temperature controller, the length history and the policy version; the learner
+owns the weights and the optimizer; both are saved in every checkpoint, which is all a resumed run needs to continue
+bit for bit.
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import ray
@@ -161,9 +167,8 @@ def build(recipe: Recipe, run_dir: Path) -> Components:
     learner_options, worker_options = actor_options(recipe)
     learner = start_learners(d.model_dir, recipe, learner_options)
     workers = RolloutGroup(d.model_dir, recipe, worker_options)
-    generate = partial(stages.generate_batch, sampler=d.sampler, rollout_workers=workers, prompt_tokens=d.prompt_tokens, recipe=recipe)
     schedule = Schedule(
-        generate, learner, workers, make_weight_sync(recipe.rollout.weight_sync, shared_dir(os.environ[TOKEN_VARIABLE])),
+        learner, workers, make_weight_sync(recipe.rollout.weight_sync, shared_dir(os.environ[TOKEN_VARIABLE])),
         steps=recipe.trainer.steps, overlap=bool(recipe.rollout.async_steps), colocated=recipe.ray.placement == "colocate",
     )
     return Components(d, run_dir, learner, workers, RewardPipeline.from_config(recipe.rewards, Path(recipe.base_dir)), schedule)
@@ -186,26 +191,39 @@ class Stopwatch:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
 
 
+def draw(d: Driver, step: int, temperature: float, *, num_prompts: int | None = None, after: stages.StepBatch | None = None) -> stages.StepRequests:
+    """Stage 1 with the driver's sampler and prompt tokens (`stages.draw`)."""
+    return stages.draw(d.sampler, step, temperature, d.recipe, d.prompt_tokens, num_prompts=num_prompts, after=after)
+
+
 def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     """One step of DESIGN.md: the numbered stages over one StepBatch; returns its metrics and sample rows."""
     d, recipe, clock = c.driver, c.recipe, Stopwatch()
     started = time.perf_counter()
-    with clock("generate"):  # 1-2
-        batch = c.schedule.generation(step, d.temperature.temperature)
+    with clock("generate"):  # 1-2, unless (async) the previous step's update generated them
+        batch = c.schedule.prefetched(step)
+        if batch is None:
+            batch = c.schedule.generate(draw(d, step, d.temperature.temperature))
     with clock("reward"):  # 3
         reward_metrics = stages.score(batch, c.rewards, d.train, d.history, d.sampler, recipe.rollout.max_new_tokens)
     dynamic_metrics: dict[str, float] = {}
     if recipe.sampler.dynamic_sampling:  # 1-3 again, until enough groups have signal
+
+        def more(so_far: stages.StepBatch, num_prompts: int) -> stages.StepBatch:
+            return extra_round(c, so_far, num_prompts, clock)
+
         batch, dynamic_metrics = stages.dynamic_sampling(
-            batch, partial(extra_round, c, step, batch.temperature, clock), d.sampler,
-            target=recipe.rollout.prompts_per_step, max_extra_rounds=recipe.sampler.max_extra_rounds,
-            signal=recipe.sampler.dynamic_sampling_signal,
+            batch, more, d.sampler, target=recipe.rollout.prompts_per_step,
+            max_extra_rounds=recipe.sampler.max_extra_rounds, signal=recipe.sampler.dynamic_sampling_signal,
         )
     sampler_metrics = stages.advance_sampler(batch, d.sampler, d.history)  # 4
     advantage_metrics = stages.estimate_advantages(batch, recipe.algorithm.advantage)  # 5
     yield_metrics = stages.account_yield(batch, d.yields)
+    # async: step t + 1's prompts, drawn after this step's sampler update, at the controller's temperature before it
+    # moves; the update below generates them meanwhile
+    next_step = draw(d, step + 1, d.temperature.temperature) if c.schedule.ahead(step) else None
     with clock("train"):
-        train_metrics = c.schedule.train(batch.train_samples(), batch.temperature, step, d.temperature.temperature)
+        train_metrics = c.schedule.train(batch.train_samples(), batch.temperature, step, next_step)
     temperature_metrics = stages.update_temperature(d.temperature, train_metrics, step)  # 6
     with clock("sync"):  # 7
         version = c.schedule.sync()
@@ -219,13 +237,15 @@ def rl_step(c: Components, step: int) -> tuple[dict[str, float], list[dict]]:
     return metrics, stages.sample_rows(batch, d.train, recipe.logging.samples_per_step)
 
 
-def extra_round(c: Components, step: int, temperature: float, clock: Stopwatch, num_prompts: int) -> stages.StepBatch:
-    """Dynamic sampling's extra round of `step`: stages 1-3 for `num_prompts` more prompts. Its reward metrics are
-    left out: reward/* describe the step's first round, as without dynamic sampling."""
+def extra_round(c: Components, so_far: stages.StepBatch, num_prompts: int, clock: Stopwatch) -> stages.StepBatch:
+    """Dynamic sampling's extra round of the step `so_far` holds: stages 1-3 for `num_prompts` more prompts, at the
+    temperature of its first round, by the policy the workers hold now. Its reward metrics are left out: reward/*
+    describe the step's first round, as without dynamic sampling."""
+    d = c.driver
     with clock("generate"):
-        batch = c.schedule.extra_round(step, temperature, num_prompts)
+        batch = c.schedule.generate(draw(d, so_far.step, so_far.temperature, num_prompts=num_prompts, after=so_far))
     with clock("reward"):
-        stages.score(batch, c.rewards, c.driver.train, c.driver.history, c.driver.sampler, c.recipe.rollout.max_new_tokens)
+        stages.score(batch, c.rewards, d.train, d.history, d.sampler, c.recipe.rollout.max_new_tokens)
     return batch
 
 

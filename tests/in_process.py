@@ -2,7 +2,6 @@
 backend and the reward pipeline, with no Ray. The Schedule and the rollout group are the two parts replaced (by
 their sync-mode behaviour), so a step costs about a second on the tiny model."""
 
-from functools import partial
 from pathlib import Path
 
 from rlqa import stages
@@ -26,19 +25,22 @@ class RolloutWorkers:
 
 
 class Schedule:
-    """The sync Schedule without Ray: generate, train, load the new weights into the engine."""
+    """The sync Schedule without Ray: generate through the seam, train, load the new weights into the engine."""
 
-    def __init__(self, generate, learner: Learner, workers: RolloutWorkers):
+    def __init__(self, learner: Learner, workers: RolloutWorkers):
         self.version = 0
-        self.generate, self.learner, self.workers = generate, learner, workers
+        self.learner, self.workers = learner, workers
 
-    def generation(self, step, temperature):
-        return self.generate(step, temperature, self.version)
+    def prefetched(self, step):
+        return None
 
-    def extra_round(self, step, temperature, num_prompts):
-        return self.generate(step, temperature, self.version, num_prompts=num_prompts)
+    def generate(self, asked):
+        return stages.generate(self.workers, asked, self.version)
 
-    def train(self, samples, temperature, step, next_temperature):
+    def ahead(self, step):
+        return False
+
+    def train(self, samples, temperature, step, next_step=None):
         metrics = self.learner.update(samples, temperature, step)
         self.version += 1
         return metrics
@@ -53,6 +55,5 @@ def components(recipe: Recipe, run_dir: Path, rewards: RewardPipeline) -> Compon
     learner = Learner(driver.model_dir, recipe, recipe.trainer.steps)
     learner.start_rl()
     workers = RolloutWorkers(driver.model_dir, recipe)
-    generate = partial(stages.generate_batch, sampler=driver.sampler, rollout_workers=workers, prompt_tokens=driver.prompt_tokens, recipe=recipe)
-    schedule = Schedule(generate, learner, workers)
+    schedule = Schedule(learner, workers)
     return Components(driver, run_dir, learner=None, rollout_workers=workers, rewards=rewards, schedule=schedule)

@@ -42,6 +42,51 @@ def test_groups_are_computed_once_from_the_samplers_order():
     assert b.kept == [0, 1, 2, 4, 5]
 
 
+def twice() -> stages.StepBatch:
+    """Prompt a twice in one step (drawn again in an extra round): groups a (2 rollouts), b (2), a again (3)."""
+    rollouts = [rollout("a", 0), rollout("a", 1), rollout("b", 0), rollout("b", 1), rollout("a", 2), rollout("a", 3), rollout("a", 4)]
+    b = stages.StepBatch(0, 0.9, [("a", 2), ("b", 2), ("a", 3)], rollouts)
+    b.rewards = [1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    b.correct = [x == 1.0 for x in b.rewards]
+    b.dropped = [False] * 7
+    return b
+
+
+def test_the_same_prompt_twice_in_a_step_makes_two_groups_with_their_own_advantages():
+    b = twice()
+    assert b.group_ids.tolist() == [0, 0, 1, 1, 2, 2, 2] and b.groups == [[0, 1], [2, 3], [4, 5, 6]]
+    stages.estimate_advantages(b, "grpo")
+    # group 0, a: rewards 1, 0 → mean 1/2, unbiased std √((1/4 + 1/4) / 1) = √0.5 → ±0.5 / √0.5 = ±0.707107
+    # group 1, b: 1, 1 → 0, 0
+    # group 2, a again: 1, 1, 0 → mean 2/3, deviations 1/3, 1/3, -2/3, unbiased std √((1/9 + 1/9 + 4/9) / 2) = √(1/3)
+    #   = 0.577350 → (1/3) / 0.577350 = 0.577350 twice, (-2/3) / 0.577350 = -1.154701
+    # (one merged group a of 1, 0, 1, 1, 0 would give mean 0.6, std √0.3: 0.730297, -1.095445, ...)
+    expected = torch.tensor([0.707107, -0.707107, 0.0, 0.0, 0.577350, 0.577350, -1.154701])
+    assert torch.allclose(b.advantages, expected, atol=1e-5)
+    assert b.informative() == [True, False, True]
+    assert stages.informative_rollouts(b) == [0, 1, 4, 5, 6]
+    # the sampler: each group one visit of a, in order. Beta(1, 1); 1 of 2 → α = 0.9 + 1 = 1.9, β = 0.9 + 1 = 1.9;
+    # then 2 of 3 → α = 0.9 · 1.9 + 2 = 3.71, β = 0.9 · 1.9 + 1 = 2.71 → pass rate 3.71 / 6.42
+    sampler = RolloutSampler(["a", "b"], SamplerConfig(), prompts_per_step=2, rollouts_per_prompt=2, seed=0)
+    sampler.next_batch(0)
+    metrics = stages.advance_sampler(b, sampler, LengthHistory())
+    assert sampler.pass_rate("a") == pytest.approx(3.71 / 6.42)
+    assert metrics["sampler/all_correct_frac"] == pytest.approx(1 / 3)  # b only, of 3 groups
+
+
+def test_dynamic_sampling_keeps_one_occurrence_of_a_prompt_and_filters_the_other():
+    # target 1: the first informative group trains (group 0, a); a's second group is surplus, b constant
+    b, metrics = stages.dynamic_sampling(twice(), None, SimpleNamespace(prompts_left_in_step=0), target=1, max_extra_rounds=0)
+    assert b.filtered == [False, True, True] and b.kept == [0, 1]
+    assert metrics["sampler/filtered_groups"] == 1.0 and metrics["sampler/prompts_generated"] == 3.0
+
+
+def test_rollouts_that_do_not_follow_the_groups_are_refused():
+    b = stages.StepBatch(0, 1.0, [("a", 1), ("b", 1)], [rollout("b", 0), rollout("a", 0)])
+    with pytest.raises(ValueError, match=r"step 0: the rollouts do not follow the groups"):
+        b.group_ids
+
+
 def test_advantages_over_the_kept_rollouts_of_each_group():
     b = batch()
     # a: rewards 1, 0 → mean 0.5, std √0.5 → ±0.5/√0.5 = ±0.707107; b alone → 0; c (kept 0.5, 0.25) → ±0.707107
@@ -101,10 +146,10 @@ def test_dynamic_sampling_drops_constant_groups_and_refills_up_to_the_target():
     more = scored(0, {"e": [1.0, 0.0], "f": [0.0, 0.0], "g": [0.2, 0.1], "h": [1.0, 0.5]})
     asked = []
     batch, metrics = stages.dynamic_sampling(
-        first, lambda k: asked.append(k) or more, SimpleNamespace(prompts_left_in_step=4), target=4, max_extra_rounds=3,
+        first, lambda so_far, k: asked.append((len(so_far.prompts), k)) or more, SimpleNamespace(prompts_left_in_step=4), target=4, max_extra_rounds=3,
         signal="reward",  # c (0, 0.5) and g (0.2, 0.1) are all wrong: they have signal in their rewards only
     )
-    assert asked == [4]
+    assert asked == [(4, 4)]  # after the first round's 4 groups, 4 more
     assert metrics == {"sampler/filtered_groups": 3.0, "sampler/extra_rounds": 1.0, "sampler/prompts_generated": 8.0}
     # the first 4 informative groups train: a, c, e, g; h is surplus; b, d, f constant
     assert batch.filtered == [False, True, False, True, False, True, False, True]
@@ -139,7 +184,7 @@ def test_dynamic_sampling_filters_on_accuracy_by_default_and_on_the_total_reward
 def test_dynamic_sampling_stops_at_the_round_cap_and_at_the_end_of_the_data():
     first = scored(0, {"a": [1.0, 0.0], "b": [1.0, 1.0]})
     rounds = iter(range(10))
-    constant = lambda k: scored(0, {f"x{next(rounds)}": [0.0, 0.0] for _ in range(k)})  # noqa: E731
+    constant = lambda so_far, k: scored(0, {f"x{next(rounds)}": [0.0, 0.0] for _ in range(k)})  # noqa: E731
     batch, metrics = stages.dynamic_sampling(first, constant, SimpleNamespace(prompts_left_in_step=9), target=2, max_extra_rounds=2)
     # each round: shortfall 1 over a share 1/G → ⌈1 · 2 / 1⌉ = 2, then ⌈1 · 4 / 1⌉ = 4, at most the target: 2; the cap
     assert metrics == {"sampler/filtered_groups": 5.0, "sampler/extra_rounds": 2.0, "sampler/prompts_generated": 6.0}
