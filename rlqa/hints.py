@@ -10,9 +10,10 @@ line (the answer), as the beginning of its own answer; the completion goes on fr
 How hints fade: per prompt, each hinted group whose pass rate reaches `solved_at` multiplies f_i by `fade`; over the
 run, the ramp takes every k to 0 by `until` of the steps. A prompt whose k is 0 is drawn plain.
 
-Grouping: a hinted prompt has its own id, `<id>#hint<k>`, so its rollouts are their own group, never merged with the
-plain prompt's, and its outcomes fade its hint instead of counting as the plain prompt's pass rate. Held-out
-evaluation never sees hints. The state is the f_i that faded, saved with the sampler's.
+Grouping: a hinted prompt has its own id, `<id>#hint<k>`, which names its own prompt text and tokens and seeds its
+samples. Its rollouts are a group of their own as every drawn prompt's are (a group is a position in the step,
+rlqa.stages.StepBatch), and its outcomes fade
+its hint instead of counting as the plain prompt's pass rate. Held-out evaluation never sees hints. The state is the f_i that faded, saved with the sampler's.
 """
 
 from __future__ import annotations
