@@ -12,8 +12,8 @@ run, the ramp takes every k to 0 by `until` of the steps. A prompt whose k is 0 
 
 Grouping: a hinted prompt has its own id, `<id>#hint<k>`, which names its own prompt text and tokens and seeds its
 samples. Its rollouts are a group of their own as every drawn prompt's are (a group is a position in the step,
-rlqa.stages.StepBatch), and its outcomes fade
-its hint instead of counting as the plain prompt's pass rate. Held-out evaluation never sees hints. The state is the f_i that faded, saved with the sampler's.
+rlqa.stages.StepBatch), and its outcomes fade its hint instead of counting as the plain prompt's pass rate.
+Held-out evaluation never sees hints. The state is the f_i that faded, saved with the sampler's.
 """
 
 from __future__ import annotations
