@@ -117,7 +117,8 @@ def evaluate(
     sampled = generator.generate(sampled_requests, SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens), version)
     sampled_correct, answers = score([r.text for r in sampled], [e for e in examples for _ in range(k)])
     # per prompt, in `examples` order: its k (correct, answer) pairs
-    per_prompt = [list(zip(sampled_correct[i * k : (i + 1) * k], answers[i * k : (i + 1) * k])) for i in range(len(examples))]
+    pairs = list(zip(sampled_correct, answers))
+    per_prompt = [pairs[i * k : (i + 1) * k] for i in range(len(examples))]
 
     counts = [(len(v), sum(ok for ok, _ in v)) for v in per_prompt]
     correct_lengths = [r.model_tokens for r, ok in zip(greedy, greedy_correct) if ok]  # the model's tokens

@@ -187,7 +187,8 @@ def draw(
 
 def generate(generator: Generator, asked: StepRequests, version: int) -> StepBatch:
     """Stage 2: the round's requests in, their rollouts out, by a generator holding policy `version`."""
-    return StepBatch(asked.step, asked.params.temperature, list(asked.prompts), generator.generate(asked.requests, asked.params, version))
+    rollouts = generator.generate(asked.requests, asked.params, version)
+    return StepBatch(asked.step, asked.params.temperature, list(asked.prompts), rollouts)
 
 
 def rollout_metrics(batch: StepBatch, version: int, worker_restarts: int) -> dict[str, float]:

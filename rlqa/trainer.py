@@ -191,7 +191,9 @@ class Stopwatch:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
 
 
-def draw(d: Driver, step: int, temperature: float, *, num_prompts: int | None = None, after: stages.StepBatch | None = None) -> stages.StepRequests:
+def draw(
+    d: Driver, step: int, temperature: float, *, num_prompts: int | None = None, after: stages.StepBatch | None = None
+) -> stages.StepRequests:
     """Stage 1 with the driver's sampler and prompt tokens (`stages.draw`)."""
     return stages.draw(d.sampler, step, temperature, d.recipe, d.prompt_tokens, num_prompts=num_prompts, after=after)
 

@@ -2,8 +2,8 @@
 trained, and what a checkpoint taken between two async steps holds.
 
 The learner, the rollout workers (the generation seam) and the weight sync are recording stand-ins: the Schedule
-takes a round's requests, and its job is only *when* each is called and with what, which is what these tests pin down (real training through each mode is in
-tests/test_learner_group.py and tests/test_resume_async.py).
+takes a round's requests, and its job is only *when* each is called and with what, which is what these tests pin
+down (real training through each mode is in tests/test_learner_group.py and tests/test_resume_async.py).
 """
 
 import json

@@ -59,9 +59,8 @@ def seeded_requests(
     for prompt_id, count in prompts:
         first = taken[prompt_id]
         tokens = tuple(prompt_tokens[prompt_id])
-        requests += [
-            GenerationRequest(prompt_id, j, tokens, sample_seed(run_seed, step, prompt_id, j)) for j in range(first, first + count)
-        ]
+        for j in range(first, first + count):
+            requests.append(GenerationRequest(prompt_id, j, tokens, sample_seed(run_seed, step, prompt_id, j)))
         taken[prompt_id] += count
     return requests
 
