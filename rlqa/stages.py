@@ -3,9 +3,9 @@
 Each stage reads what earlier stages put into the batch, adds its own part, and returns its metrics under its own
 namespace; the trainer merges them and refuses a key produced twice (`rlqa.metrics.merge`). The batch computes each
 grouping of rollouts once (`group_ids`, `groups`), and every stage uses those. A group is a position in the step's
-list of prompts, not a prompt id: a step may hold the same prompt twice (drawn again in an extra round, or as a
-hinted variant), and each occurrence is a group of its own for the advantages, dynamic sampling, the sampler
-update and the yield.
+list of prompts, not a prompt id: should a step hold the same prompt twice (drawn again in an extra round), each
+occurrence is a group of its own for the advantages, dynamic sampling, the sampler update and the yield, with
+sample indices of its own (a hinted prompt is another prompt, `<id>#hint<k>`).
 
     draw                   1     the sampler's prompts and rollout counts, one seeded request     (a StepRequests)
                                  per sample
