@@ -3,7 +3,8 @@ import math
 import pytest
 
 from rlqa.data.example import Example
-from rlqa.evaluation import evaluate, maj_at_k, mean_pass_at_k, pass_at_k
+from rlqa.evaluation import EVAL_STEP, evaluate, maj_at_k, mean_pass_at_k, pass_at_k
+from rlqa.rollout.seeding import sample_seed, seeded_requests
 from rlqa.rollout.types import Rollout
 
 
@@ -99,6 +100,24 @@ def test_evaluate_reports_accuracy_lengths_pass_at_k_and_the_boxed_rate():
     assert results["sampled_boxed_rate"] == 3 / 4  # two boxes are not one final answer
     assert results["pass@1"] == (1 / 2 + 2 / 2) / 2 and results["pass@2"] == 1.0
     assert results["maj@2"] == (1 + 1) / 2  # a: a tie, the first answer ("2") wins; b: "4" twice
+
+
+def test_evaluation_asks_the_generator_through_the_training_seam_at_step_minus_one():
+    examples = [Example("a", "1+1=?", "2"), Example("b", "2+2=?", "4")]
+    generator = ScriptedGenerator({"a": "\\boxed{2}", "b": "\\boxed{4}"}, {"a": ["\\boxed{2}"] * 3, "b": ["\\boxed{1}"] * 3})
+    asked = []
+    generate = generator.generate
+    generator.generate = lambda requests, params, version: asked.append((requests, params)) or generate(requests, params, version)
+    score = lambda texts, rows: ([t == f"\\boxed{{{e.answer}}}" for t, e in zip(texts, rows)], texts)  # noqa: E731
+    results = evaluate(generator, examples, {"a": (5,), "b": (6,)}, score, seed=7, k=3, temperature=0.8, max_new_tokens=4, version=2)
+    (greedy, greedy_params), (sampled, sampled_params) = asked
+    assert greedy_params.temperature == 0.0 and sampled_params.temperature == 0.8
+    # the requests training builds (seeding.seeded_requests), at step EVAL_STEP = -1: one greedy sample a prompt, then k
+    assert greedy == seeded_requests([("a", 1), ("b", 1)], EVAL_STEP, 7, {"a": (5,), "b": (6,)})
+    assert [(r.prompt_id, r.sample_index, r.seed) for r in sampled] == [
+        (pid, j, sample_seed(7, -1, pid, j)) for pid in "ab" for j in range(3)
+    ]
+    assert results["pass@1"] == 0.5 and results["pass@3"] == 0.5  # a 3 of 3 right, b 0 of 3
 
 
 def test_evaluate_by_a_column_reports_each_value_on_its_own():
