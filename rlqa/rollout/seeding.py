@@ -46,25 +46,6 @@ def sample_seed(run_seed: int, step: int, prompt_id: str, sample_index: int) -> 
     return stable_seed(run_seed, step, prompt_id, sample_index)
 
 
-def seeded_requests(
-    prompts: Iterable[tuple[str, int]], step: int, run_seed: int, prompt_tokens: Mapping[str, Sequence[int]],
-    earlier: Iterable[str] = (),
-) -> list[GenerationRequest]:
-    """One request per sample of each (prompt id, rollout count), group by group, seeded by (run seed, step, prompt
-    id, sample index). A prompt's sample indices go on from where its earlier groups of the step left off (`earlier`:
-    the prompt ids of the step's rollouts so far), so a prompt drawn twice in one step gets new samples, not the
-    same ones again: indices 0..n-1 for its first group of n, n..n+m-1 for a second of m."""
-    taken = Counter(earlier)
-    requests = []
-    for prompt_id, count in prompts:
-        first = taken[prompt_id]
-        tokens = tuple(prompt_tokens[prompt_id])
-        for j in range(first, first + count):
-            requests.append(GenerationRequest(prompt_id, j, tokens, sample_seed(run_seed, step, prompt_id, j)))
-        taken[prompt_id] += count
-    return requests
-
-
 def _shift_right(x: torch.Tensor, k: int) -> torch.Tensor:
     """Logical right shift of int64 (torch's >> is arithmetic on negatives)."""
     return (x >> k) & ((1 << (64 - k)) - 1)
@@ -177,3 +158,22 @@ class SeededSampler(LogitsProcessor):
     def logprobs(self) -> torch.Tensor:
         """(B, N) log-probs of the tokens picked at the N positions generated so far."""
         return torch.stack(self._logprobs, dim=1)
+
+
+def seeded_requests(
+    prompts: Iterable[tuple[str, int]], step: int, run_seed: int, prompt_tokens: Mapping[str, Sequence[int]],
+    earlier: Iterable[str] = (),
+) -> list[GenerationRequest]:
+    """One request per sample of each (prompt id, rollout count), group by group, seeded by (run seed, step, prompt
+    id, sample index). A prompt's sample indices go on from where its earlier groups of the step left off (`earlier`:
+    the prompt ids of the step's rollouts so far), so a prompt drawn twice in one step gets new samples, not the
+    same ones again: indices 0..n-1 for its first group of n, n..n+m-1 for a second of m."""
+    taken = Counter(earlier)
+    requests = []
+    for prompt_id, count in prompts:
+        first = taken[prompt_id]
+        tokens = tuple(prompt_tokens[prompt_id])
+        for j in range(first, first + count):
+            requests.append(GenerationRequest(prompt_id, j, tokens, sample_seed(run_seed, step, prompt_id, j)))
+        taken[prompt_id] += count
+    return requests
