@@ -171,6 +171,10 @@ def _check(args) -> int:
     for spec, kwargs in calls:
         if spec is not None:  # a misspelt or broken reward, or one TRL's call cannot reach, fails here
             check_call(spec, load_reward_fn(spec, base_dir=Path(recipe.base_dir)), kwargs)
+    if recipe.rollout.tools:  # not importable, no type hints or docstring, two of one name: fails here
+        from rlqa.tools.registry import tool_schemas
+
+        tool_schemas(recipe.rollout, recipe.base_dir)
     print(to_yaml(recipe), end="")
     return 0
 
