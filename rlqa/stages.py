@@ -4,7 +4,7 @@ Each stage reads what earlier stages put into the batch, adds its own part, and 
 namespace; the trainer merges them and refuses a key produced twice (`rlqa.metrics.merge`). The batch computes each
 grouping of rollouts by prompt once (`group_ids`, `groups`), and every stage uses those.
 
-    generate_batch         1-2   prompts and rollout counts from the sampler, then generation      rollout/*
+    generate_batch         1-2   prompts and rollout counts from the sampler, then generation      rollout/*, tools/*
     score                  3     rewards, correctness                                              reward/*, correct/*
     dynamic_sampling       2-3   DAPO: constant groups out, extra rounds of 1-3 until enough remain sampler/filtered_groups,
                                  (only with `sampler.dynamic_sampling`)                             extra_rounds, prompts_generated

@@ -209,3 +209,37 @@ def test_a_raising_tool_answers_with_its_error_and_the_episode_goes_on(setup):
     [(a, b)] = spans(episode.loss_mask)
     assert episode.completion_tokens[a:b] == suffix(tokenizer, "Error: ValueError: the adder is broken")
     assert len(episode.completion_tokens) > b  # the model's second turn followed
+
+
+def test_a_training_step_with_tools_renders_them_runs_them_and_reports_them(smollm2_dir, tmp_path):
+    """The whole path in one process: the recipe's tools rendered into a chat dataset's prompts, the backend built
+    from the recipe (tool files found from its directory), one GRPO step on the multi-turn rollouts, and the
+    step's tool metrics next to the learner's log-prob gap."""
+    import in_process
+    from rewards.pipeline import RewardPipeline, RewardTermSpec
+    from rlqa import trainer
+
+    (tmp_path / "add.py").write_text(ADD)
+    rows = [{"prompt": SHOTS, "answer": "45", "id": "sum"}]  # 17 + 25 + 3 = 45
+    (tmp_path / "sums.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = {"path": "sums.jsonl", "chat_template": True, "id_key": "id", "answer_key": "answer"}
+    raw = {
+        "model": {"path": str(smollm2_dir)},
+        "data": {"train": data, "test": data},
+        "rollout": {"workers": 1, "prompts_per_step": 1, "rollouts_per_prompt": 4, "max_new_tokens": 40,
+                    "tools": ["add.py:add"], "max_turns": 3},
+        "learner": {"lr": 1e-6, "torch_threads": 1},
+        "rewards": {"terms": [{"fn": "accuracy"}]},
+        "temperature": {"mode": "fixed", "initial": 0.7},
+        "sampler": {"allocation": "uniform"},
+        "trainer": {"steps": 1, "eval_before": False, "eval_after": False},
+        "logging": {"progress": False},
+    }
+    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
+    with RewardPipeline([RewardTermSpec("accuracy", "accuracy")], correctness="accuracy", base_dir=tmp_path) as rewards:
+        c = in_process.components(recipe, tmp_path / "run", rewards)
+        assert "# Tools" in c.driver.test[0].prompt and '"name": "add"' in c.driver.test[0].prompt
+        metrics, _ = trainer.rl_step(c, 0)
+    assert metrics["tools/calls"] >= 1 and metrics["rollout/turns"] > 1, metrics
+    assert metrics["tools/timeouts"] == 0
+    assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4
