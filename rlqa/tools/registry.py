@@ -99,6 +99,13 @@ def tool_schemas(rollout, base_dir: Path | str | None = None) -> list[dict]:
     return [schema for _, _, schema in load_tools(list(rollout.tools), base_dir, python_limits(rollout))]
 
 
+def check_tools(recipe) -> None:
+    """A recipe's tools load and make schemas (a UserError if not): `rlqa check` and `rlqa train` run this before
+    anything starts or is written."""
+    if recipe.rollout.tools:
+        tool_schemas(recipe.rollout, recipe.base_dir)
+
+
 def describe_limits(limits) -> str:
     """The python tool's limits as its docstring words them: "10 seconds, 1 GB of memory and 64 KB of output"."""
     memory = f"{limits.memory_mb // 1024} GB" if limits.memory_mb % 1024 == 0 else f"{limits.memory_mb} MB"

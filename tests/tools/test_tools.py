@@ -162,6 +162,13 @@ def test_rlqa_check_exits_2_with_one_line_on_a_bad_tool(tools_dir, capsys):
     assert line == "rollout.tools: 'python' and 'shadow.py:python' are both named 'python'; a model calls a tool by its name"
     line = check_error(capsys, tools_dir, {"tools": ["python"], "backend": "vllm", "gpus_per_worker": 1})
     assert line == f"{tools_dir / 'recipe.yaml'}: rollout.tools: the vllm backend does not run tools; use backend: hf"
+    # train refuses it the same way, before anything is written
+    run_dir = tools_dir / "run"
+    (tools_dir / "recipe.yaml").write_text(yaml.safe_dump({"data": {"train": CHAT, "test": {**CHAT, "split": "test"}}, "rollout": {"max_turns": 2, "tools": ["untyped.py:f"]}}))
+    capsys.readouterr()
+    assert main(["train", str(tools_dir / "recipe.yaml"), "--run-dir", str(run_dir)]) == 2
+    assert capsys.readouterr().err == "rlqa: error: rollout.tools: 'untyped.py:f': Argument x is missing a type hint in function f\n"
+    assert not run_dir.exists()
     # and a good one passes, printing the resolved recipe
     assert main(["check", str(tools_dir / "recipe.yaml"), "rollout.backend=hf", "rollout.gpus_per_worker=0", "rollout.tools=[mytools.py:add]"]) == 0
 
