@@ -243,3 +243,23 @@ def test_a_training_step_with_tools_renders_them_runs_them_and_reports_them(smol
     assert metrics["tools/calls"] >= 1 and metrics["rollout/turns"] > 1, metrics
     assert metrics["tools/timeouts"] == 0
     assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4
+
+
+@pytest.mark.integration
+def test_a_ray_rollout_worker_runs_the_same_episode(setup, episodes):
+    """Through a real RolloutWorker actor: the tool file found from the recipe's directory, the tool pool started
+    inside the actor, and the episode the same ids as in this process (seeded by sample and turn alone)."""
+    import ray
+
+    from rlqa.rollout.group import RolloutGroup
+
+    recipe, _, _, _, prompt = setup
+    recipe = recipe.model_copy(update={"rollout": recipe.rollout.model_copy(update={"workers": 1, "torch_threads": 1})})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        group = RolloutGroup(str(recipe.model.path), recipe)
+        [remote] = group.generate(requests(prompt, [3]), PARAMS, 0)
+    finally:
+        ray.shutdown()
+    assert (remote.turns, remote.tool_calls) == (2, 1)
+    assert remote.completion_tokens == episodes[1].completion_tokens and remote.loss_mask == episodes[1].loss_mask
