@@ -73,8 +73,11 @@ def _train(args) -> int:
     from rlqa.config import check_paths, load_recipe
     from rlqa.metrics import require_sinks
 
+    from rlqa.tools.registry import check_tools
+
     recipe = load_recipe(args.recipe, args.overrides)
     check_paths(recipe)  # before Ray starts or anything is written
+    check_tools(recipe)
     require_sinks(recipe.logging, args.recipe)
     if args.resume and args.run_dir is None:
         raise UserError("--resume needs --run-dir DIR (the run to continue)")
@@ -164,6 +167,7 @@ def _import_gguf(args) -> int:
 def _check(args) -> int:
     from rewards.registry import check_call, load_reward_fn
     from rlqa.config import check_paths, load_recipe, to_yaml
+    from rlqa.tools.registry import check_tools
 
     recipe = load_recipe(args.recipe, args.overrides)
     check_paths(recipe)
@@ -171,6 +175,7 @@ def _check(args) -> int:
     for spec, kwargs in calls:
         if spec is not None:  # a misspelt or broken reward, or one TRL's call cannot reach, fails here
             check_call(spec, load_reward_fn(spec, base_dir=Path(recipe.base_dir)), kwargs)
+    check_tools(recipe)  # not importable, no type hints or docstring, two of one name: fails here
     print(to_yaml(recipe), end="")
     return 0
 

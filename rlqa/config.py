@@ -123,6 +123,12 @@ class DataConfig(Section):
     )
 
 
+class PythonToolConfig(Section):
+    cpu_s: int = Field(5, ge=1, le=3600, description="CPU seconds one python-tool call may use (RLIMIT_CPU); its wall deadline is rollout.tool_deadline_s")
+    memory_mb: int = Field(1024, ge=64, le=1024 * 1024, description="address space of each process of a python-tool call, MB (RLIMIT_AS)")
+    max_output_bytes: int = Field(65536, ge=1, le=16 * 1024**2, description="stdout and stderr of a python-tool call together; more stops the program")
+
+
 class RolloutConfig(Section):
     workers: int = Field(2, ge=1, le=MAX_PROCESSES, description="RolloutWorker actors")
     backend: Literal["hf", "vllm"] = Field("hf", description="generation backend: hf (CPU or GPU) or vllm (GPU, extra rlqa[vllm])")
@@ -142,6 +148,17 @@ class RolloutConfig(Section):
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker on CPU")
     deadline_s: float = Field(600.0, gt=0, le=MAX_DEADLINE_S, description="a worker's share of a step taking longer counts as hung: the worker is replaced and the share redone")
     max_retries: int = Field(2, ge=0, description="replacements of one worker within a step before the run stops")
+    tools: list[str] = Field(
+        [], description="functions the model may call between turns (hf backend): python (the sandboxed built-in), 'package.module:function' or 'path/to/file.py:function', each typed and with a docstring; needs max_turns >= 2 and chat_template on the datasets"
+    )
+    max_turns: int = Field(1, ge=1, le=1000, description="model turns of a rollout: a turn ending in tool calls is followed by their results and the next turn; 1: single-turn generation")
+    max_total_tokens: int | None = Field(None, ge=1, description="completion tokens of a multi-turn rollout, the model's and the tools' together (null: max_new_tokens x max_turns); max_new_tokens bounds each turn")
+    tool_deadline_s: float = Field(10.0, gt=0, le=MAX_DEADLINE_S, description="wall deadline of one tool call (the python tool's included); past it the model reads an error")
+    python: PythonToolConfig = Field(default_factory=PythonToolConfig, description="limits of the built-in python tool")
+
+    def total_token_limit(self) -> int:
+        """What `max_total_tokens` means: its value, or max_new_tokens x max_turns."""
+        return self.max_total_tokens if self.max_total_tokens is not None else self.max_new_tokens * self.max_turns
 
 
 class LearnerConfig(Section):
@@ -508,7 +525,28 @@ class Recipe(Section):
             raise ValueError("rollout.async_steps: the off-policy correction needs algorithm.old_logprobs: sampling")
         if self.rollout.weight_sync == "ipc" and self.ray.placement != "colocate":
             raise ValueError("rollout.weight_sync: ipc needs learners and workers on the same GPUs (ray.placement: colocate)")
+        self._check_tools()
         return self
+
+    def _check_tools(self) -> None:
+        """Tools and turns make sense only together, on the hf backend, with chat-rendered prompts (a tool's result
+        is a chat message)."""
+        rollout = self.rollout
+        if not rollout.tools:
+            if rollout.max_turns > 1:
+                raise ValueError("rollout.max_turns: a turn ends at a tool call, so more than one needs rollout.tools")
+            if rollout.max_total_tokens is not None:
+                raise ValueError("rollout.max_total_tokens: bounds a multi-turn rollout, which needs rollout.tools")
+            return
+        if len(set(rollout.tools)) != len(rollout.tools):
+            raise ValueError("rollout.tools: a tool is listed twice")
+        if rollout.backend == "vllm":
+            raise ValueError("rollout.tools: the vllm backend does not run tools; use backend: hf")
+        if rollout.max_turns < 2:
+            raise ValueError("rollout.max_turns: a tool's result is read in the next turn; set max_turns >= 2 with rollout.tools")
+        for name in ("train", "test"):
+            if not getattr(self.data, name).chat_template:
+                raise ValueError(f"data.{name}.chat_template: rollout.tools needs chat-rendered prompts (a tool's result is a chat message); set true")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

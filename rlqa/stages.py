@@ -9,7 +9,7 @@ sample indices of its own (a hinted prompt is another prompt, `<id>#hint<k>`).
 
     draw                   1     the sampler's prompts and rollout counts, one seeded request     (a StepRequests)
                                  per sample
-    generate               2     requests in, rollouts out (the one seam, rlqa.rollout.types.      rollout/*
+    generate               2     requests in, rollouts out (the one seam, rlqa.rollout.types.      rollout/*, tools/*
                                  Generator); the Schedule decides when it runs
     score                  3     rewards, correctness                                              reward/*, correct/*
     dynamic_sampling       2-3   DAPO: constant groups out, extra rounds of 1-3 until enough remain sampler/filtered_groups,
@@ -211,6 +211,19 @@ def rollout_metrics(batch: StepBatch, version: int, worker_restarts: int) -> dic
         "rollout/dropped": float(len(rollouts) - len(batch.kept)),
         "rollout/worker_restarts": float(worker_restarts),
         "rollout/staleness": staleness(version - 1, rollouts),
+    } | tool_metrics(batch.rollouts)
+
+
+def tool_metrics(rollouts: list[Rollout]) -> dict[str, float]:
+    """Multi-turn (rollout.tools) rollouts only: every rollout generated this step, filtered groups included (their
+    tools ran too): tool calls, the errors and timeouts among them (totals), and the model turns (mean)."""
+    if not rollouts or any(r.turns is None for r in rollouts):
+        return {}
+    return {
+        "tools/calls": float(sum(r.tool_calls for r in rollouts)),
+        "tools/errors": float(sum(r.tool_errors for r in rollouts)),
+        "tools/timeouts": float(sum(r.tool_timeouts for r in rollouts)),
+        "rollout/turns": sum(r.turns for r in rollouts) / len(rollouts),
     }
 
 

@@ -18,7 +18,7 @@ class RolloutWorkers:
     restarts = 0
 
     def __init__(self, model_dir: str, recipe: Recipe):
-        self.backend = make_backend(model_dir, recipe.model, recipe.rollout)
+        self.backend = make_backend(model_dir, recipe.model, recipe.rollout, recipe.base_dir)
 
     def generate(self, requests, params, version):
         return self.backend.generate(requests, params, version)

@@ -29,6 +29,7 @@ import pyarrow.parquet
 from rlqa.config import DatasetConfig
 from rlqa.data.example import Example
 from rlqa.errors import UserError
+from rlqa.tools.hermes import with_tools_system_message
 
 JSONL_SUFFIXES = (".jsonl", ".json-lines", ".jsonlines", ".ndjson")
 
@@ -39,7 +40,9 @@ _DEFAULT_ANSWER_KEY = {"jsonl": "answer", "parquet": "answer", "verl": "reward_m
 _GSM8K_CALCULATION = re.compile(r"<<.*?>>")
 
 
-def load_examples(path: str | Path, spec: DatasetConfig | None = None, tokenizer: Any = None) -> list[Example]:
+def load_examples(
+    path: str | Path, spec: DatasetConfig | None = None, tokenizer: Any = None, tools: list[dict] | None = None
+) -> list[Example]:
     """Read a dataset file or directory into `Example`s, in its order, as the recipe's dataset section `spec` says
     (default: every key at its default).
 
@@ -49,7 +52,8 @@ def load_examples(path: str | Path, spec: DatasetConfig | None = None, tokenizer
     the prompt text. With chat_template the templated text becomes the user message (after `system_prompt`, if
     given; verl rows keep their own messages) rendered by `tokenizer.apply_chat_template(...,
     add_generation_prompt=True)`. prompt_id is the id_key column if given, else f"{file stem}-{row number - 1}".
-    `columns` keeps every top-level column except those holding the prompt, answer and solution.
+    `columns` keeps every top-level column except those holding the prompt, answer and solution. `tools` (JSON
+    schemas, `rollout.tools`) are shown in the prompt as `render_prompt` says.
     """
     path = Path(path)
     spec = spec or DatasetConfig(path=str(path))
@@ -78,7 +82,7 @@ def load_examples(path: str | Path, spec: DatasetConfig | None = None, tokenizer
         if style == "gsm8k":
             answer, solution = _parse_gsm8k(answer, answer_key, where)
         text, messages = render_prompt(
-            row, style, prompt_key, spec.prompt_template, spec.chat_template, tokenizer, spec.system_prompt, where
+            row, style, prompt_key, spec.prompt_template, spec.chat_template, tokenizer, spec.system_prompt, where, tools
         )
         prompt_id = _required_text(row, id_key, where) if id_key else f"{path.stem}-{row_number - 1}"
         if prompt_id in seen_ids:
@@ -257,14 +261,26 @@ def check_prompt_options(where: str, chat_template: bool, tokenizer: Any) -> Non
 
 
 def render_prompt(
-    row: Mapping, style: str, prompt_key: str, template: str, chat_template: bool, tokenizer: Any, system_prompt: str | None, where: str
+    row: Mapping, style: str, prompt_key: str, template: str, chat_template: bool, tokenizer: Any, system_prompt: str | None,
+    where: str, tools: list[dict] | None = None,
 ) -> tuple[str, tuple[dict[str, str], ...] | None]:
     """What the model sees, and the messages it was rendered from (None without the chat template): the row's
     messages with `template` over the last user message, rendered by the chat template when it is on (after
-    `system_prompt`, which replaces any system message of the row), else that message's text."""
+    `system_prompt`, which replaces any system message of the row), else that message's text.
+
+    `tools` (JSON schemas) go to the template as `tools=`; a template that renders nothing of them (SmolLM2's) gets
+    them as the Hermes tools section of the system message instead (rlqa.tools.hermes), so the model always sees
+    its tools."""
     messages = _templated_messages(row, style, prompt_key, template, where)
     if not chat_template:
         return messages[-1]["content"], None
     if system_prompt is not None:
         messages = [{"role": "system", "content": system_prompt}] + [m for m in messages if m["role"] != "system"]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), tuple(messages)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if tools:
+        with_tools = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        if with_tools != text:
+            return with_tools, tuple(messages)
+        messages = with_tools_system_message(messages, tools)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text, tuple(messages)

@@ -52,8 +52,10 @@ def check_backend(backend: str, gpus_available: float) -> None:
             raise UserError("rollout.backend: vllm needs a GPU and the Ray cluster has none; use backend: hf")
 
 
-def make_backend(model_dir: str, model: ModelConfig, rollout: RolloutConfig) -> GenerationBackend:
-    """The engine `rollout.backend` names, holding the policy in `model_dir` (the recipe's validated sections)."""
+def make_backend(model_dir: str, model: ModelConfig, rollout: RolloutConfig, base_dir: str = ".") -> GenerationBackend:
+    """The engine `rollout.backend` names, holding the policy in `model_dir` (the recipe's validated sections);
+    with `rollout.tools` (found from `base_dir`, the recipe's directory), one that runs multi-turn tool episodes.
+    The schema refuses tools on vllm, so only the hf backend meets them."""
     if rollout.backend == "vllm":
         from rlqa.rollout.vllm_backend import VLLMBackend
 
@@ -64,4 +66,16 @@ def make_backend(model_dir: str, model: ModelConfig, rollout: RolloutConfig) -> 
     policy = load_model(model_dir, model.dtype, model.trust_remote_code)
     if torch.cuda.is_available():  # Ray shows a worker its GPU only when it asked for one
         policy = policy.to("cuda")
-    return HFBackend(policy, load_tokenizer(model_dir, model.trust_remote_code), rollout.micro_batch_size)
+    tokenizer = load_tokenizer(model_dir, model.trust_remote_code)
+    return HFBackend(policy, tokenizer, rollout.micro_batch_size, tool_turns(tokenizer, rollout, base_dir))
+
+
+def tool_turns(tokenizer, rollout: RolloutConfig, base_dir: str):
+    """The multi-turn machinery of `rollout.tools` (None without tools: single-turn generation)."""
+    if not rollout.tools:
+        return None
+    from rlqa.rollout.multi_turn import ToolTurns
+    from rlqa.tools.runner import ToolRunner, python_limits
+
+    runner = ToolRunner(list(rollout.tools), base_dir, rollout.tool_deadline_s, python_limits(rollout))
+    return ToolTurns(tokenizer, runner, rollout.max_turns, rollout.total_token_limit())

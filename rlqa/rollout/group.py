@@ -63,7 +63,7 @@ class RolloutGroup:
 
     def _start_worker(self, index: int):
         actor = ray.remote(RolloutWorker).options(**self.actor_options[index])
-        return actor.remote(self.model_dir, self.recipe.model, self.recipe.rollout)
+        return actor.remote(self.model_dir, self.recipe.model, self.recipe.rollout, self.recipe.base_dir)
 
     def pids(self) -> list[int]:
         """The workers' process ids, without asking a worker that may hang now."""

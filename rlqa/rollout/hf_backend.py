@@ -14,7 +14,8 @@ from collections.abc import Iterable
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from rlqa.rollout.seeding import SeededSampler
+from rlqa.rollout.multi_turn import Episode, ToolTurns
+from rlqa.rollout.seeding import SeededSampler, turn_seed
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 from rlqa.rollout.weight_sync import BroadcastChannel, WeightSpec, open_ipc_handles
 
@@ -50,11 +51,15 @@ class GreedyLogprobs(LogitsProcessor):
 
 
 class HFBackend:
-    def __init__(self, model, tokenizer, micro_batch_size: int):
+    """`tool_turns` (rlqa.rollout.multi_turn) makes every rollout a multi-turn episode with tool calls; without it
+    each rollout is one completion, as always."""
+
+    def __init__(self, model, tokenizer, micro_batch_size: int, tool_turns: ToolTurns | None = None):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.tokenizer = tokenizer
         self.micro_batch_size = micro_batch_size
+        self.tool_turns = tool_turns
         self.eos_ids = eos_token_ids(model.generation_config, tokenizer)
         # generate() fills every unset field from model.generation_config: leave nothing of the checkpoint's there
         self.model.generation_config = GenerationConfig(eos_token_id=self.eos_ids, pad_token_id=tokenizer.pad_token_id)
@@ -96,50 +101,87 @@ class HFBackend:
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]:
         rollouts: list[Rollout] = []
+        batch = self._generate_episodes if self.tool_turns is not None else self._generate_batch
         for start in range(0, len(requests), self.micro_batch_size):
-            rollouts += self._generate_batch(requests[start : start + self.micro_batch_size], params, version)
+            rollouts += batch(requests[start : start + self.micro_batch_size], params, version)
         return rollouts
 
     def _generate_batch(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]:
+        turns = self._sample([list(r.prompt_tokens) for r in requests], [r.seed for r in requests], params, params.max_new_tokens)
+        return [
+            Rollout(
+                prompt_id=request.prompt_id,
+                sample_index=request.sample_index,
+                prompt_tokens=list(request.prompt_tokens),
+                completion_tokens=tokens,
+                logprobs=logprobs,
+                finish_reason=finish,
+                policy_version=version,
+                text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            )
+            for request, (tokens, logprobs, finish) in zip(requests, turns)
+        ]
+
+    def _generate_episodes(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]:
+        """Multi-turn rollouts: each turn generates for the episodes still going, from their exact ids, seeded by
+        (sample seed, turn); between turns their tool calls run and the tool suffixes are appended."""
+        tools = self.tool_turns
+        episodes = [Episode(request) for request in requests]
+        for turn in range(tools.max_turns):
+            active = [e for e in episodes if e.finish is None]
+            if not active:
+                break
+            budgets = [tools.budget(e) for e in active]
+            seeds = [turn_seed(e.request.seed, turn) for e in active]
+            sampled = self._sample([e.context for e in active], seeds, params, min(params.max_new_tokens, max(budgets)))
+            calling, calls = [], []
+            for episode, budget, (tokens, logprobs, finish) in zip(active, budgets, sampled):
+                if len(tokens) > budget:  # the widest budget of the batch ran past this one's: cut at its own
+                    tokens, logprobs, finish = tokens[:budget], logprobs[:budget], "length"
+                episode.add_turn(tokens, logprobs)
+                turn_calls = tools.calls(tokens) if finish == "stop" else []
+                if finish == "length" or not turn_calls:
+                    episode.finish = finish
+                elif episode.turns == tools.max_turns:  # calls that no turn is left to read
+                    episode.finish = "length"
+                else:
+                    calling.append(episode)
+                    calls.append(turn_calls)
+            if calling:
+                tools.respond(calling, calls)
+        return [e.rollout(version, self.tokenizer.decode(e.tokens, skip_special_tokens=True)) for e in episodes]
+
+    def _sample(
+        self, contexts: list[list[int]], seeds: list[int], params: SamplingParams, max_new_tokens: int
+    ) -> list[tuple[list[int], list[float], str]]:
+        """One turn for each context (left-padded together): its tokens up to and including the first stop token,
+        their log-probs, and "stop" or "length"."""
         pad = self.tokenizer.pad_token_id
-        width = max(len(r.prompt_tokens) for r in requests)
-        input_ids = torch.full((len(requests), width), pad, dtype=torch.long)  # (B, P), left-padded
+        width = max(len(c) for c in contexts)
+        input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)  # (B, P), left-padded
         attention_mask = torch.zeros_like(input_ids)
-        for row, request in enumerate(requests):
-            input_ids[row, width - len(request.prompt_tokens) :] = torch.tensor(request.prompt_tokens)
-            attention_mask[row, width - len(request.prompt_tokens) :] = 1
+        for row, context in enumerate(contexts):
+            input_ids[row, width - len(context) :] = torch.tensor(context)
+            attention_mask[row, width - len(context) :] = 1
 
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         if params.temperature > 0:
-            seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64)
-            picker = SeededSampler(seeds, width, params.temperature, params.top_k, params.top_p)
+            picker = SeededSampler(torch.tensor(seeds, dtype=torch.int64), width, params.temperature, params.top_k, params.top_p)
         else:
             picker = GreedyLogprobs()
         sequences = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            generation_config=self._generation_config(params.max_new_tokens),
+            generation_config=self._generation_config(max_new_tokens),
             logits_processor=LogitsProcessorList([picker]),
         )
         completions = sequences[:, width:]  # (B, N)
         logprobs = picker.logprobs()  # (B, N) of the tokens picked, under the distribution they were drawn from
 
-        rollouts = []
-        for row, request in enumerate(requests):
+        turns = []
+        for row in range(len(contexts)):
             tokens = completions[row].tolist()
             stop = first_stop(tokens, self.eos_ids)
-            finish = "length" if stop is None else "stop"
             tokens = tokens if stop is None else tokens[: stop + 1]
-            rollouts.append(
-                Rollout(
-                    prompt_id=request.prompt_id,
-                    sample_index=request.sample_index,
-                    prompt_tokens=list(request.prompt_tokens),
-                    completion_tokens=tokens,
-                    logprobs=logprobs[row, : len(tokens)].tolist(),
-                    finish_reason=finish,
-                    policy_version=version,
-                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                )
-            )
-        return rollouts
+            turns.append((tokens, logprobs[row, : len(tokens)].tolist(), "length" if stop is None else "stop"))
+        return turns

@@ -46,6 +46,14 @@ def sample_seed(run_seed: int, step: int, prompt_id: str, sample_index: int) -> 
     return stable_seed(run_seed, step, prompt_id, sample_index)
 
 
+def turn_seed(seed: int, turn: int) -> int:
+    """The seed of a multi-turn rollout's turn `turn` (0-based) from its sample's seed: turn 0 samples with the
+    sample's own seed (so a single-turn rollout is unchanged); later turns with a stable hash of (seed, turn), so each
+    turn's noise depends on (run seed, step, prompt id, sample index, turn) alone. Positions count from each turn's
+    first generated token."""
+    return seed if turn == 0 else stable_seed(seed, "turn", turn)
+
+
 def _shift_right(x: torch.Tensor, k: int) -> torch.Tensor:
     """Logical right shift of int64 (torch's >> is arithmetic on negatives)."""
     return (x >> k) & ((1 << (64 - k)) - 1)

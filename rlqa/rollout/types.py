@@ -43,6 +43,11 @@ class Rollout:
     policy_version: int
     text: str = ""  # the decoded completion, without special tokens
     loss_mask: list[int] | None = None  # per completion token: 1 the model's, 0 a tool's / environment's; None: all 1
+    # a multi-turn (tool) rollout's counts (rlqa.rollout.multi_turn); None / 0 for single-turn generation
+    turns: int | None = None  # model turns
+    tool_calls: int = 0  # tool calls answered, errors and timeouts included
+    tool_errors: int = 0  # calls that gave an error message: malformed, unknown tool, bad arguments, raised, crashed
+    tool_timeouts: int = 0  # calls stopped at rollout.tool_deadline_s
 
     def __post_init__(self):
         check_loss_mask(self.loss_mask, len(self.completion_tokens))

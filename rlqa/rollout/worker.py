@@ -12,10 +12,10 @@ from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 
 
 class RolloutWorker:
-    def __init__(self, model_dir: str, model: ModelConfig, rollout: RolloutConfig):
+    def __init__(self, model_dir: str, model: ModelConfig, rollout: RolloutConfig, base_dir: str = "."):
         quiet_hf()
         torch.set_num_threads(rollout.torch_threads)
-        self.backend = make_backend(model_dir, model, rollout)
+        self.backend = make_backend(model_dir, model, rollout, base_dir)  # base_dir: where rollout.tools' files are
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.backend.load_weights(weights.items())

@@ -119,3 +119,13 @@ def test_sampling_frequencies_and_pairs_match_softmax_within_four_standard_error
     cells = torch.bincount(tokens[:, 0] * 5 + tokens[:, 1], minlength=25).double()
     expected = n * torch.outer(p, p).flatten().double()
     assert float(((cells - expected) ** 2 / expected).sum()) < 51.2
+
+
+def test_each_turn_of_a_multi_turn_rollout_has_its_own_seed():
+    from rlqa.rollout.seeding import stable_seed, turn_seed
+
+    seed = sample_seed(0, 1, "p", 2)
+    assert turn_seed(seed, 0) == seed  # the first turn samples as a single-turn rollout does
+    later = [turn_seed(seed, turn) for turn in (1, 2, 3)]
+    assert later == [stable_seed(seed, "turn", turn) for turn in (1, 2, 3)] and len({seed, *later}) == 4
+    assert all(0 <= s < 2**63 for s in later)

@@ -1,0 +1,265 @@
+"""Multi-turn tool episodes on the stand-in real model (SmolLM2-135M-Instruct, its BPE tokenizer and chat template):
+tokens in, tokens out (issue 27 point 5).
+
+The prompt is a few-shot conversation in which the assistant adds numbers with an `add` tool, one call a turn, so
+the 135M model calls the tool itself. At temperature 0.7 the sample seeded by (run seed 0, step 1, "p", 2) makes a
+3-turn episode: add(17, 25), reads 42, add(42, 45), reads 87, and its third turn runs into max_new_tokens; sample 3
+makes add(17, 25), reads 42, and answers. The checks: the completion is exactly the model's sampled ids with each
+tool suffix (tokenised once by the chat template) between them, the mask is 0 on the suffixes only, and the
+learner's recomputed log-probs of the model's tokens match the recorded ones to < 1e-4 (fp32, CPU).
+"""
+
+import json
+
+import pytest
+
+from rlqa.config import validate_recipe
+from rlqa.data.loaders import render_prompt
+from rlqa.errors import UserError
+from rlqa.learner.batch import TrainSample
+from rlqa.learner.learner import Learner
+from rlqa.models import load_model, load_tokenizer
+from rlqa.rollout.hf_backend import HFBackend
+from rlqa.rollout.multi_turn import ToolTurns, check_tool_template, tool_suffix_ids
+from rlqa.rollout.seeding import sample_seed
+from rlqa.rollout.types import GenerationRequest, SamplingParams
+from rlqa.tools.hermes import with_tools_system_message
+from rlqa.tools.python_tool import SandboxLimits
+from rlqa.tools.registry import tool_schemas
+from rlqa.tools.runner import ToolRunner
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ADD = '''
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: the first integer
+        b: the second integer
+    """
+    return a + b
+'''
+BROKEN_ADD = ADD.replace("return a + b", 'raise ValueError("the adder is broken")')
+IM_END = 2  # SmolLM2's <|im_end|>, its EOS
+PARAMS = SamplingParams(temperature=0.7, max_new_tokens=40)
+
+
+def call(a: int, b: int) -> str:
+    return "<tool_call>\n" + json.dumps({"name": "add", "arguments": {"a": a, "b": b}}) + "\n</tool_call>"
+
+
+SHOTS = [
+    {"role": "user", "content": "What is 2 + 3 + 4?"},
+    {"role": "assistant", "content": call(2, 3)}, {"role": "tool", "content": "5"},
+    {"role": "assistant", "content": call(5, 4)}, {"role": "tool", "content": "9"},
+    {"role": "assistant", "content": "The answer is 9."},
+    {"role": "user", "content": "What is 6 + 7 + 8?"},
+    {"role": "assistant", "content": call(6, 7)}, {"role": "tool", "content": "13"},
+    {"role": "assistant", "content": call(13, 8)}, {"role": "tool", "content": "21"},
+    {"role": "assistant", "content": "The answer is 21."},
+    {"role": "user", "content": "What is 17 + 25 + 3?"},
+]
+
+
+@pytest.fixture(scope="module")
+def setup(smollm2_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tools")
+    (root / "add.py").write_text(ADD)
+    (root / "broken.py").write_text(BROKEN_ADD)
+    raw = {
+        "model": {"path": str(smollm2_dir)},
+        "data": {"train": {"task": "arithmetic", "chat_template": True}, "test": {"task": "arithmetic", "chat_template": True}},
+        "rollout": {"tools": ["add.py:add"], "max_turns": 3, "max_new_tokens": PARAMS.max_new_tokens},
+        "learner": {"torch_threads": 1, "lr": 1e-6},
+    }
+    recipe = validate_recipe(raw, source="test", base_dir=root)
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    model = load_model(str(smollm2_dir), "float32")
+    messages = with_tools_system_message(SHOTS, tool_schemas(recipe.rollout, root))
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = tuple(tokenizer(text, add_special_tokens=False).input_ids)
+    return recipe, root, model, tokenizer, prompt
+
+
+def backend(setup, tool="add.py:add", max_turns=3, max_total_tokens=None):
+    _, root, model, tokenizer, _ = setup
+    runner = ToolRunner([tool], root, 10.0, SandboxLimits())
+    total = max_total_tokens or PARAMS.max_new_tokens * max_turns
+    return HFBackend(model, tokenizer, micro_batch_size=8, tool_turns=ToolTurns(tokenizer, runner, max_turns, total))
+
+
+def requests(prompt, samples):
+    return [GenerationRequest("p", j, prompt, sample_seed(0, 1, "p", j)) for j in samples]
+
+
+@pytest.fixture(scope="module")
+def episodes(setup):
+    """Samples 2 and 3, generated together."""
+    return backend(setup).generate(requests(setup[4], [2, 3]), PARAMS, version=0)
+
+
+def spans(mask: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each run of 0s."""
+    runs, start = [], None
+    for i, m in enumerate(mask + [1]):
+        if m == 0 and start is None:
+            start = i
+        elif m == 1 and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def suffix(tokenizer, content: str) -> list[int]:
+    return tool_suffix_ids(tokenizer, [{"role": "tool", "name": "add", "content": content}])
+
+
+def test_the_suffix_is_the_templates_tool_message_and_next_assistant_opening(setup):
+    tokenizer = setup[3]
+    # SmolLM2's template after an assistant turn's <|im_end|>: newline, the tool message, the assistant opening
+    assert tokenizer.decode(suffix(tokenizer, "42")) == "\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
+    check_tool_template(tokenizer, "data.train.chat_template")
+
+
+def test_a_template_that_cannot_render_a_tool_message_is_a_user_error(setup):
+    tokenizer = load_tokenizer(str(setup[0].model.path))
+    tokenizer.chat_template = "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tool role') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(UserError) as err:
+        check_tool_template(tokenizer, "data.train.chat_template")
+    assert str(err.value) == "data.train.chat_template: rollout.tools needs a chat template that renders tool messages, and this one fails: no tool role"
+
+
+def test_a_template_that_ignores_tools_gets_them_in_the_system_message(setup):
+    recipe, root, _, tokenizer, _ = setup
+    schemas = tool_schemas(recipe.rollout, root)
+    text, messages = render_prompt({"prompt": "What is 1 + 2?"}, "jsonl", "prompt", "{prompt}", True, tokenizer, "Be brief.", "x", schemas)
+    # SmolLM2's template renders nothing of tools=: the Hermes section follows the system prompt instead
+    assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions")
+    assert '{"type": "function", "function": {"name": "add", "description": "Add two integers."' in text
+    assert text.endswith("<|im_start|>user\nWhat is 1 + 2?<|im_end|>\n<|im_start|>assistant\n")
+    assert messages[0]["role"] == "system" and len(messages) == 2
+
+
+def test_a_three_turn_episode_is_the_sampled_ids_with_each_tool_suffix_between(setup, episodes):
+    tokenizer = setup[3]
+    three, two = episodes
+    assert (three.turns, three.tool_calls, three.tool_errors, three.tool_timeouts, three.finish_reason) == (3, 2, 0, 0, "length")
+    assert (two.turns, two.tool_calls, two.finish_reason) == (2, 1, "stop")
+    # the inserted spans are exactly the tool suffixes of the results: 17 + 25 = 42, then 42 + 45 = 87
+    runs = spans(three.loss_mask)
+    assert [three.completion_tokens[a:b] for a, b in runs] == [suffix(tokenizer, "42"), suffix(tokenizer, "87")]
+    assert [two.completion_tokens[a:b] for a, b in spans(two.loss_mask)] == [suffix(tokenizer, "42")]
+    # each model turn before a suffix ends at its EOS; the model's calls are what the suffixes answer
+    turns = [three.completion_tokens[: runs[0][0]], three.completion_tokens[runs[0][1] : runs[1][0]], three.completion_tokens[runs[1][1] :]]
+    assert [t[-1] for t in turns[:2]] == [IM_END, IM_END]
+    # turn 3 is cut by the total limit, max_new_tokens x max_turns = 40 x 3 = 120 completion tokens: "length"
+    assert len(three.completion_tokens) == 120 and len(turns[2]) < PARAMS.max_new_tokens
+    assert tokenizer.decode(turns[0]) == call(17, 25) + "<|im_end|>"
+    assert tokenizer.decode(turns[1]) == call(42, 45) + "<|im_end|>"
+    # one log-prob per completion token: 0.0 on the tool's, a real (negative or zero) one on the model's
+    assert len(three.logprobs) == len(three.completion_tokens) == len(three.loss_mask)
+    assert all(lp == 0.0 for lp, m in zip(three.logprobs, three.loss_mask) if m == 0)
+    assert all(lp <= 0.0 for lp in three.logprobs) and sum(lp < 0 for lp in three.logprobs) > 10
+    assert sum(three.loss_mask) == sum(len(t) for t in turns) == three.model_tokens
+    # the text rewards read: everything, special tokens left out
+    assert three.text == tokenizer.decode(three.completion_tokens, skip_special_tokens=True)
+
+
+def test_the_learner_recomputes_the_sampled_logprobs_across_turns(setup, episodes):
+    recipe, _, _, _, _ = setup
+    learner = Learner(str(recipe.model.path), recipe, total_steps=1)
+    learner.start_rl()
+    samples = [
+        TrainSample(r.prompt_tokens, r.completion_tokens, r.logprobs, advantage=a, loss_mask=r.loss_mask)
+        for r, a in zip(episodes, (1.0, -1.0))
+    ]
+    metrics = learner.update(samples, PARAMS.temperature, step=0)
+    # fp32 on one CPU, the same ids: rounding only. A masked (tool) position counted with its 0.0 would be nats off.
+    assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4, metrics["rollout/logprob_diff_max"]
+
+
+def test_an_episode_is_the_same_alone_or_in_another_batch(setup, episodes):
+    [alone] = backend(setup).generate(requests(setup[4], [2]), PARAMS, version=0)
+    assert alone.completion_tokens == episodes[0].completion_tokens and alone.loss_mask == episodes[0].loss_mask
+    assert alone.logprobs == pytest.approx(episodes[0].logprobs, abs=1e-4)  # other padding: float rounding only
+
+
+def test_the_turn_and_token_limits_cut_the_episode_where_the_full_one_went_on(setup, episodes):
+    tokenizer, prompt = setup[3], setup[4]
+    three, two = episodes
+    first_suffix = spans(three.loss_mask)[0]
+    # max_turns 2 (the same 120-token total): turn 2 of sample 2 calls add again, and no turn is left to read it
+    [cut] = backend(setup, max_turns=2, max_total_tokens=120).generate(requests(prompt, [2]), PARAMS, version=0)
+    end_of_turn_2 = spans(three.loss_mask)[1][0]
+    assert (cut.turns, cut.tool_calls, cut.finish_reason) == (2, 1, "length")
+    assert cut.completion_tokens == three.completion_tokens[:end_of_turn_2]
+    # a total of turn 1 + its suffix leaves no token for turn 2: the suffix is not inserted
+    limit = first_suffix[1]  # = len(turn 1) + len(suffix)
+    [short] = backend(setup, max_total_tokens=limit).generate(requests(prompt, [3]), PARAMS, version=0)
+    assert (short.turns, short.finish_reason) == (1, "length")
+    assert short.completion_tokens == two.completion_tokens[: spans(two.loss_mask)[0][0]]
+    assert short.loss_mask == [1] * len(short.completion_tokens)
+
+
+def test_a_raising_tool_answers_with_its_error_and_the_episode_goes_on(setup):
+    tokenizer, prompt = setup[3], setup[4]
+    [episode] = backend(setup, tool="broken.py:add", max_turns=2).generate(requests(prompt, [3]), PARAMS, version=0)
+    assert (episode.turns, episode.tool_calls, episode.tool_errors) == (2, 1, 1)
+    [(a, b)] = spans(episode.loss_mask)
+    assert episode.completion_tokens[a:b] == suffix(tokenizer, "Error: ValueError: the adder is broken")
+    assert len(episode.completion_tokens) > b  # the model's second turn followed
+
+
+def test_a_training_step_with_tools_renders_them_runs_them_and_reports_them(smollm2_dir, tmp_path):
+    """The whole path in one process: the recipe's tools rendered into a chat dataset's prompts, the backend built
+    from the recipe (tool files found from its directory), one GRPO step on the multi-turn rollouts, and the
+    step's tool metrics next to the learner's log-prob gap."""
+    import in_process
+    from rewards.pipeline import RewardPipeline, RewardTermSpec
+    from rlqa import trainer
+
+    (tmp_path / "add.py").write_text(ADD)
+    rows = [{"prompt": SHOTS, "answer": "45", "id": "sum"}]  # 17 + 25 + 3 = 45
+    (tmp_path / "sums.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = {"path": "sums.jsonl", "chat_template": True, "id_key": "id", "answer_key": "answer"}
+    raw = {
+        "model": {"path": str(smollm2_dir)},
+        "data": {"train": data, "test": data},
+        "rollout": {"workers": 1, "prompts_per_step": 1, "rollouts_per_prompt": 4, "max_new_tokens": 40,
+                    "tools": ["add.py:add"], "max_turns": 3},
+        "learner": {"lr": 1e-6, "torch_threads": 1},
+        "rewards": {"terms": [{"fn": "accuracy"}]},
+        "temperature": {"mode": "fixed", "initial": 0.7},
+        "sampler": {"allocation": "uniform"},
+        "trainer": {"steps": 1, "eval_before": False, "eval_after": False},
+        "logging": {"progress": False},
+    }
+    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
+    with RewardPipeline([RewardTermSpec("accuracy", "accuracy")], correctness="accuracy", base_dir=tmp_path) as rewards:
+        c = in_process.components(recipe, tmp_path / "run", rewards)
+        assert "# Tools" in c.driver.test[0].prompt and '"name": "add"' in c.driver.test[0].prompt
+        metrics, _ = trainer.rl_step(c, 0)
+    assert metrics["tools/calls"] >= 1 and metrics["rollout/turns"] > 1, metrics
+    assert metrics["tools/timeouts"] == 0
+    assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4
+
+
+@pytest.mark.integration
+def test_a_ray_rollout_worker_runs_the_same_episode(setup, episodes):
+    """Through a real RolloutWorker actor: the tool file found from the recipe's directory, the tool pool started
+    inside the actor, and the episode the same ids as in this process (seeded by sample and turn alone)."""
+    import ray
+
+    from rlqa.rollout.group import RolloutGroup
+
+    recipe, _, _, _, prompt = setup
+    recipe = recipe.model_copy(update={"rollout": recipe.rollout.model_copy(update={"workers": 1, "torch_threads": 1})})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        group = RolloutGroup(str(recipe.model.path), recipe)
+        [remote] = group.generate(requests(prompt, [3]), PARAMS, 0)
+    finally:
+        ray.shutdown()
+    assert (remote.turns, remote.tool_calls) == (2, 1)
+    assert remote.completion_tokens == episodes[1].completion_tokens and remote.loss_mask == episodes[1].loss_mask
