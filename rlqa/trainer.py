@@ -341,7 +341,7 @@ def write_processes(c: Components) -> None:
     if c.learner_pids is None:
         c.learner_pids = [actor_pid(a) for a in c.learner.actors]
     pids = {"driver": os.getpid(), "learners": c.learner_pids, "rollout_workers": c.rollout_workers.pids()}
-    (c.run_dir / "processes.json").write_text(json.dumps(pids))
+    checkpoint.write_text_atomic(c.run_dir / "processes.json", json.dumps(pids))  # read by others while it changes
 
 
 class _Interrupt:

@@ -1,12 +1,14 @@
 """Stopping a run at any moment and resuming it gives the result of a run that never stopped; a dead or hung
-rollout worker costs a retry, not the run; a dead learner stops the run with its last checkpoint intact.
+rollout worker costs a retry, not the run; a dead learner stops the run with its last checkpoint intact; a kill while
+final/ or summary.json is written loses nothing the run had committed.
 
 Every run here is the real `rlqa train` in a subprocess (Ray actors, a tiny transformers model, the reward worker
 pool), so that it can be killed the way a preempted node or an operator kills it. The reference is one undisturbed
 run of 10 steps; 8 prompts at 4 per step make every even step the last of an epoch. A training process costs 15-40 s
 on 2 cores (Ray and actor start-up; the steps take 0.2 s each), so a second run goes through every kind of stop in
-turn (Ctrl-C, SIGKILL, a truncated checkpoint, a dead learner, a dead and a hung rollout worker) and must still end
-with exactly the reference's metrics, samples and weights.
+turn (a kill before the first checkpoint, Ctrl-C, SIGKILL, a truncated checkpoint, a dead learner, a dead and a hung
+rollout worker, a kill during final/, another during summary.json) and must still end with exactly the reference's
+metrics, samples and weights.
 """
 
 import json
@@ -35,7 +37,7 @@ RECIPE = {
         "train": {"task": "arithmetic", "size": 8, "levels": [1, 2]},
         "test": {"task": "arithmetic", "split": "test", "size": 2, "levels": [1]},
     },
-    "rollout": {"workers": 2, "prompts_per_step": 4, "rollouts_per_prompt": 4, "max_new_tokens": 16},
+    "rollout": {"workers": 1, "prompts_per_step": 4, "rollouts_per_prompt": 4, "max_new_tokens": 16},
     "learner": {"lr": 1.0e-2},
     # a random tiny model is never right, so the reward is one with spread: the share of digits in the completion
     "rewards": {"terms": [{"fn": "digits.py:digit_share"}]},
@@ -163,10 +165,23 @@ def processes(run_dir):
     return json.loads((run_dir / "processes.json").read_text())
 
 
+def kill_before_any_checkpoint(recipe, run_dir):
+    """What a requeued cluster job does: `--resume` on a run directory with no checkpoint yet starts from the
+    beginning and says so; SIGKILL to the whole tree while it starts leaves no checkpoint."""
+    run = Train(recipe, run_dir, "--resume")
+    run.wait_for(lambda: "starting from the beginning" in run.out)
+    assert f"no checkpoint in {run_dir} yet: starting from the beginning" in run.out
+    run.wait_for(lambda: (run_dir / "processes.json").exists())  # the actors are up, no step has finished
+    run.kill_tree()
+    assert checkpoint.list_checkpoints(run_dir) == []
+
+
 def stop_with_ctrl_c(recipe, run_dir):
-    """Ctrl-C as a terminal sends it, to the whole foreground process group (Ray's processes included)."""
-    run = Train(recipe, run_dir)
+    """The same `--resume` command again starts from the beginning; then Ctrl-C as a terminal sends it, to the whole
+    foreground process group (Ray's processes included)."""
+    run = Train(recipe, run_dir, "--resume")
     run.wait_for(lambda: logged_steps(run_dir) >= 2)
+    assert "starting from the beginning" in run.out
     os.killpg(run.proc.pid, signal.SIGINT)
     assert run.finish() == 0, run.err
     stopped = logged_steps(run_dir)  # the step in flight was finished and logged, not lost
@@ -212,33 +227,75 @@ def resume_past_a_truncated_checkpoint_then_kill_the_learner(run_dir):
     assert not (run_dir / "final").exists()
 
 
-def resume_through_a_dead_and_a_hung_rollout_worker(run_dir):
-    """One worker is killed, later the other one hangs (SIGSTOP; rollout.deadline_s catches it): both are replaced
-    within their step and the run completes."""
-    run = Train(run_dir / "recipe.yaml", run_dir, "rollout.deadline_s=4", "--resume")
+def resume_through_a_dead_and_a_hung_rollout_worker_then_kill_at_final(run_dir):
+    """The rollout worker is killed, then its replacement hangs (SIGSTOP; rollout.deadline_s catches it): each is
+    replaced within its step and the run trains to the end, where SIGKILL comes half-way through writing final/:
+    the last checkpoint is left, and `rlqa eval RUN` evaluates its policy."""
+    run = Train(run_dir / "recipe.yaml", run_dir, "rollout.deadline_s=4", "--resume", env={checkpoint.PAUSE_VARIABLE: "final"})
     run.wait_for(lambda: "resumed from" in run.out)
     start = int(re.search(r"resumed from .* \(step (\d+)\)", run.out).group(1))
+    assert start + 3 < STEPS  # steps enough to go for both faults
     run.wait_for(lambda: logged_steps(run_dir) >= start + 1)  # processes.json is rewritten before the first step
-    workers = processes(run_dir)["rollout_workers"]
-    os.kill(workers[1], signal.SIGKILL)
-    run.wait_for(lambda: logged_steps(run_dir) >= start + 2)
-    os.kill(workers[0], signal.SIGSTOP)
-    assert run.finish() == 0, run.err
-    assert "rollout worker 1 failed (" in run.err and "rollout worker 1 replaced in" in run.err
+    (worker,) = processes(run_dir)["rollout_workers"]
+    os.kill(worker, signal.SIGKILL)
+    run.wait_for(lambda: processes(run_dir)["rollout_workers"] != [worker])  # rewritten after the step that replaced it
+    (replacement,) = processes(run_dir)["rollout_workers"]
+    os.kill(replacement, signal.SIGSTOP)
+    run.wait_for(lambda: "rlqa: paused before renaming final into place" in run.err)
+    run.kill_tree()
+    assert run.proc.returncode == -signal.SIGKILL
+    assert run.err.count("rollout worker 0 replaced in") == 2
     assert "rollout worker 0 failed (no result within rollout.deadline_s=4s" in run.err or (
         "rollout worker 0 failed (GetTimeoutError while loading weights)" in run.err  # hung between two steps
     )
-    replaced = processes(run_dir)["rollout_workers"]
-    assert replaced[0] != workers[0] and replaced[1] != workers[1]
+    assert processes(run_dir)["rollout_workers"] != [replacement]
     assert rows(run_dir / "metrics.jsonl")[-1]["rollout/worker_restarts"] == 2.0
+    last = checkpoint.latest_good(run_dir)
+    assert last == checkpoint.step_dir(run_dir, STEPS)  # the end-of-run checkpoint came before final/
+    assert not (run_dir / "final").exists() and (run_dir / ".tmp_final" / "model.safetensors").is_file()
+    assert not (run_dir / "summary.json").exists()
+    assert eval_model(run_dir, run_dir.parent / "scratch") == str(run_dir.parent / "scratch")  # the checkpoint's policy
+    return last
+
+
+def resume_to_the_end_then_kill_while_writing_summary(run_dir, last):
+    """--resume completes from the last checkpoint (final/ sealed and verified, summary.json written, eval uses
+    final/); a later --resume of the finished run killed half-way through rewriting summary.json leaves the previous
+    summary.json whole and final/ verified."""
+    run = Train(run_dir / "recipe.yaml", run_dir, "--resume")
+    assert run.finish() == 0, run.err
+    assert f"resuming from {last}" in run.out
+    checkpoint.verify(run_dir / "final")
+    first = json.loads((run_dir / "summary.json").read_text())
+    assert first["steps"] == STEPS and not (run_dir / ".tmp_final").exists()
+    assert eval_model(run_dir, run_dir.parent / "scratch2") == str(run_dir / "final")
+
+    run = Train(run_dir / "recipe.yaml", run_dir, "--resume", env={checkpoint.PAUSE_VARIABLE: "summary.json"})
+    run.wait_for(lambda: "rlqa: paused before renaming summary.json into place" in run.err)
+    run.kill_tree()
+    assert run.proc.returncode == -signal.SIGKILL
+    assert json.loads((run_dir / "summary.json").read_text()) == first  # the old one, whole
+    assert json.loads((run_dir / ".summary.json.tmp").read_text())["steps"] == STEPS  # the new one, never published
+    checkpoint.verify(run_dir / "final")
+    assert checkpoint.latest_good(run_dir) == last
+
+
+def eval_model(target, scratch):
+    """The model directory `rlqa eval TARGET` would evaluate (evaluation.resolve_target), found in a process of its
+    own: what it imports leaves temporary directories in /tmp until its process exits."""
+    code = "import sys; from pathlib import Path; from rlqa.evaluation import resolve_target; print(resolve_target(Path(sys.argv[1]), Path(sys.argv[2]))[0])"
+    done = subprocess.run([sys.executable, "-c", code, str(target), str(scratch)], capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1]
 
 
 def test_a_run_stopped_every_way_ends_exactly_where_the_undisturbed_run_ends(recipe, reference, tmp_path):
     run_dir = tmp_path / "run"
+    kill_before_any_checkpoint(recipe, run_dir)
     stop_with_ctrl_c(recipe, run_dir)
     resume_from_an_epoch_end_then_sigkill(recipe, run_dir)
     resume_past_a_truncated_checkpoint_then_kill_the_learner(run_dir)
-    resume_through_a_dead_and_a_hung_rollout_worker(run_dir)
+    last = resume_through_a_dead_and_a_hung_rollout_worker_then_kill_at_final(run_dir)
+    resume_to_the_end_then_kill_while_writing_summary(run_dir, last)
 
     metrics = rows(run_dir / "metrics.jsonl")
     # no lost or duplicated samples: the same count every step, the same total
@@ -247,25 +304,6 @@ def test_a_run_stopped_every_way_ends_exactly_where_the_undisturbed_run_ends(rec
     # and in fact the very same run: per-step metrics (wall-clock figures and the restart count aside), samples and
     # final weights
     assert_same_run(run_dir, reference, also_ignore={"rollout/worker_restarts"})
-
-
-def test_the_same_resume_command_starts_a_run_and_continues_it_after_a_kill_before_any_checkpoint(
-    recipe, reference, tmp_path
-):
-    """What a requeued cluster job does: `--resume` on a run directory with no checkpoint yet starts from the
-    beginning and says so; killed before its first save (SIGKILL to the whole tree while it starts), the same
-    command again ends exactly where the undisturbed run ends."""
-    run_dir = tmp_path / "run"
-    run = Train(recipe, run_dir, "--resume")
-    run.wait_for(lambda: "starting from the beginning" in run.out)
-    assert f"no checkpoint in {run_dir} yet: starting from the beginning" in run.out
-    run.wait_for(lambda: (run_dir / "processes.json").exists())  # the actors are up, no step has finished
-    run.kill_tree()
-    assert checkpoint.list_checkpoints(run_dir) == []
-    run = Train(recipe, run_dir, "--resume")
-    assert run.finish() == 0, run.err
-    assert "starting from the beginning" in run.out
-    assert_same_run(run_dir, reference)
 
 
 # -- async mode ------------------------------------------------------------------------------------------------------
@@ -333,50 +371,3 @@ def test_an_async_run_killed_at_step_3_and_at_a_random_moment_resumes_bit_identi
         run = Train(run_dir / "recipe.yaml", run_dir, "--resume")
         assert run.finish() == 0, f"killed {delay:.2f} s after resuming\n{run.err}"
     assert_same_run(run_dir, async_reference)
-
-
-# -- a kill while the run writes what outlives it ----------------------------------------------------------------------
-
-
-def killed_at(recipe, run_dir, point, *args):
-    """A run stopped by SIGKILL to its whole tree half-way through writing `point` (checkpoint.kill_point: its
-    temporary copy is complete, the rename that publishes it has not happened)."""
-    run = Train(recipe, run_dir, *args, env={checkpoint.PAUSE_VARIABLE: point})
-    run.wait_for(lambda: f"rlqa: paused before renaming {point} into place" in run.err)
-    run.kill_tree()
-    assert run.proc.returncode == -signal.SIGKILL
-
-
-def eval_model(target, scratch):
-    """The model directory `rlqa eval TARGET` would evaluate (evaluation.resolve_target), found in a process of its
-    own: what it imports leaves temporary directories in /tmp until its process exits."""
-    code = "import sys; from pathlib import Path; from rlqa.evaluation import resolve_target; print(resolve_target(Path(sys.argv[1]), Path(sys.argv[2]))[0])"
-    done = subprocess.run([sys.executable, "-c", code, str(target), str(scratch)], capture_output=True, text=True, check=True)
-    return done.stdout.strip().splitlines()[-1]
-
-
-@pytest.mark.slow
-def test_a_run_killed_while_writing_final_or_summary_loses_nothing_it_had_committed(recipe, tmp_path):
-    """SIGKILL during final/ leaves the last checkpoint, which eval uses and --resume completes from; SIGKILL during
-    a later summary.json leaves the previous summary.json whole and the new final/ verified."""
-    run_dir, steps = tmp_path / "run", "trainer.steps=2"
-    killed_at(recipe, run_dir, "final", steps)
-    last = checkpoint.latest_good(run_dir)
-    assert last == checkpoint.step_dir(run_dir, 2)  # the end-of-run checkpoint came before final/
-    assert not (run_dir / "final").exists() and (run_dir / ".tmp_final" / "model.safetensors").is_file()
-    assert not (run_dir / "summary.json").exists()
-    assert eval_model(run_dir, tmp_path / "scratch") == str(tmp_path / "scratch")  # eval: the checkpoint's policy
-
-    run = Train(run_dir / "recipe.yaml", run_dir, "--resume")
-    assert run.finish() == 0, run.err
-    assert f"resuming from {last}" in run.out
-    checkpoint.verify(run_dir / "final")
-    first = json.loads((run_dir / "summary.json").read_text())
-    assert first["steps"] == 2 and not (run_dir / ".tmp_final").exists()
-    assert eval_model(run_dir, tmp_path / "scratch2") == str(run_dir / "final")
-
-    killed_at(run_dir / "recipe.yaml", run_dir, "summary.json", "--resume")
-    assert json.loads((run_dir / "summary.json").read_text()) == first  # the old one, whole
-    assert json.loads((run_dir / ".summary.json.tmp").read_text())["steps"] == 2  # the new one, never published
-    checkpoint.verify(run_dir / "final")
-    assert checkpoint.latest_good(run_dir) == last
