@@ -346,3 +346,45 @@ def test_a_reset_observation_is_appended_to_the_prompt_which_is_tokenised_again(
     [plain] = backend(setup, max_turns=2).generate([GenerationRequest("p", 3, tuple(expected), sample_seed(0, 1, "p", 3))], PARAMS, version=0)
     assert episode.completion_tokens == plain.completion_tokens and episode.loss_mask == plain.loss_mask
     assert episode.tool_calls == plain.tool_calls >= 1 and episode.environment_reward is None  # no get_reward
+
+
+def test_a_training_step_with_an_environment_resets_it_from_the_rows_and_logs_its_term(smollm2_dir, tmp_path):
+    """The recipe's path in one process: the environment's methods rendered into the prompts, each request handed
+    its dataset row (reset reads the answer column), the episodes scored by get_reward and the `environment` term
+    summed and logged next to accuracy, one GRPO step on them."""
+    import in_process
+    from rewards.pipeline import RewardPipeline
+    from rlqa import trainer
+
+    rows = [{"prompt": SHOTS, "answer": "42", "id": "sum"}]  # SumToTarget's target: 17 + 25, the first call's sum
+    (tmp_path / "sums.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = {"path": "sums.jsonl", "chat_template": True, "id_key": "id", "answer_key": "answer"}
+    raw = {
+        "model": {"path": str(smollm2_dir)},
+        "data": {"train": data, "test": data},
+        "rollout": {"workers": 1, "prompts_per_step": 1, "rollouts_per_prompt": 4, "max_new_tokens": 40,
+                    "environment": "rlqa.tools.examples:SumToTarget", "max_turns": 3},
+        "learner": {"lr": 1e-6, "torch_threads": 1},
+        "rewards": {"terms": [{"fn": "accuracy"}, {"fn": "environment", "weight": 0.5}]},
+        "temperature": {"mode": "fixed", "initial": 0.7},
+        "sampler": {"allocation": "uniform"},
+        "trainer": {"steps": 1, "eval_before": False, "eval_after": False},
+        "logging": {"progress": False},
+    }
+    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
+    with RewardPipeline.from_config(recipe.rewards, tmp_path) as rewards:
+        c = in_process.components(recipe, tmp_path / "run", rewards)
+        assert '"name": "add"' in c.driver.test[0].prompt
+        generated = []
+        generate = c.schedule.generate
+        c.schedule.generate = lambda *a, **k: generated.append(generate(*a, **k)) or generated[-1]
+        metrics, _ = trainer.rl_step(c, 0)
+    [batch] = generated
+    values = [r.environment_reward for r in batch.rollouts]
+    # the seeds of step 0 make samples 0 and 2 call add(17, 25) = 42, the target: done at once, reward 1; samples 1
+    # and 3 answer without a call (44, 10): reward 0. One turn each; reward/environment = (1 + 0 + 1 + 0) / 4
+    calls = [json.dumps({"name": "add", "arguments": {"a": 17, "b": 25}}) in r.text for r in batch.rollouts]
+    assert calls == [True, False, True, False] and values == [1.0, 0.0, 1.0, 0.0], [r.text for r in batch.rollouts]
+    assert metrics["reward/environment"] == 0.5 and metrics["tools/environment_errors"] == 0
+    assert metrics["tools/calls"] == 2 and metrics["rollout/turns"] == 1.0
+    assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4
