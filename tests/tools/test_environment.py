@@ -276,3 +276,15 @@ def test_an_environment_needs_chat_rendered_prompts():
     with pytest.raises(UserError) as err:
         validate_recipe({"rollout": {"environment": "envs.py:Counter", "max_turns": 2}}, source="r.yaml", base_dir=".")
     assert "data.train.chat_template: rollout.environment needs chat-rendered prompts" in str(err.value)
+
+
+def test_the_environment_term_and_correctness_read_get_reward_and_a_failed_instance_is_a_failure():
+    from rewards.pipeline import RewardPipeline, RewardTermSpec
+
+    # get_reward gave 1 and 0; the third episode's instance failed (NaN)
+    with RewardPipeline([RewardTermSpec("game", "environment", weight=2.0)], correctness="environment") as pipeline:
+        out = pipeline(["a", "b", "c"], ["p"] * 3, {"environment_reward": [1.0, 0.0, math.nan]})
+    # weight 2: totals 2 and 0; the failure scores 0 (failure_value "zero") and is counted; 1 >= 0.5 is correct
+    assert out.total == [2.0, 0.0, 0.0] and out.correct[:2] == [True, False]
+    # reward/game is the mean after failure handling, the failure's 0 included: (1 + 0 + 0) / 3
+    assert out.metrics["reward/game/nonfinite"] == 1 and out.metrics["reward/game"] == pytest.approx(1 / 3)
