@@ -388,3 +388,35 @@ def test_a_training_step_with_an_environment_resets_it_from_the_rows_and_logs_it
     assert metrics["reward/environment"] == 0.5 and metrics["tools/environment_errors"] == 0
     assert metrics["tools/calls"] == 2 and metrics["rollout/turns"] == 1.0
     assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4
+
+
+@pytest.mark.integration
+def test_a_ray_rollout_worker_runs_the_same_environment_episode(setup, episodes, tmp_path):
+    """Through a real RolloutGroup and RolloutWorker actor: the group hands each request its row from the recipe's
+    dataset, the environment's zygote and episode processes start inside the actor, and sample 2's episode is the
+    in-process one: add(17, 25) = 42, add(42, 45) = 87 = the row's answer, done, reward 1."""
+    import ray
+
+    from rlqa.rollout.group import RolloutGroup
+
+    recipe, _, _, _, prompt = setup
+    three = episodes[0]
+    (tmp_path / "sums.jsonl").write_text(json.dumps({"prompt": SHOTS, "answer": "87", "id": "p"}) + "\n")
+    data = {"path": "sums.jsonl", "chat_template": True, "id_key": "id", "answer_key": "answer"}
+    raw = {
+        "model": {"path": str(recipe.model.path)},
+        "data": {"train": data, "test": data},
+        "rollout": {"workers": 1, "torch_threads": 1, "environment": "rlqa.tools.examples:SumToTarget", "max_turns": 3,
+                    "max_new_tokens": PARAMS.max_new_tokens},
+        "rewards": {"terms": [{"fn": "environment"}], "correctness": None},
+    }
+    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        group = RolloutGroup(str(recipe.model.path), recipe)
+        [remote] = group.generate(requests(prompt, [2]), PARAMS, 0)
+    finally:
+        ray.shutdown()
+    end_of_turn_2 = spans(three.loss_mask)[1][0]
+    assert (remote.turns, remote.tool_calls, remote.finish_reason, remote.environment_reward) == (2, 2, "stop", 1.0)
+    assert remote.completion_tokens == three.completion_tokens[:end_of_turn_2]

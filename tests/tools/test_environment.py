@@ -288,3 +288,21 @@ def test_the_environment_term_and_correctness_read_get_reward_and_a_failed_insta
     assert out.total == [2.0, 0.0, 0.0] and out.correct[:2] == [True, False]
     # reward/game is the mean after failure handling, the failure's 0 included: (1 + 0 + 0) / 3
     assert out.metrics["reward/game/nonfinite"] == 1 and out.metrics["reward/game"] == pytest.approx(1 / 3)
+
+
+def test_an_async_checkpoints_unscored_batch_keeps_the_environments_rewards():
+    """Async mode saves the next step's generated batch (JSON); an episode's get_reward, NaN included, survives."""
+    import json
+
+    from rlqa.rollout.types import Rollout
+    from rlqa.stages import StepBatch
+
+    rollouts = [
+        Rollout("q", i, [1], [2, 3], [-0.5, 0.0], "stop", 4, loss_mask=[1, 0], turns=1, tool_calls=1,
+                environment_reward=reward, environment_error=error)
+        for i, (reward, error) in enumerate([(1.0, ""), (math.nan, "reset: ValueError: no")])
+    ]
+    state = json.loads(json.dumps(StepBatch(3, 1.0, [("q", 2)], rollouts).to_state()))
+    restored = StepBatch.from_state(state).rollouts
+    assert restored[0].environment_reward == 1.0 and math.isnan(restored[1].environment_reward)
+    assert restored[1].environment_error == "reset: ValueError: no" and restored[0].loss_mask == [1, 0]
