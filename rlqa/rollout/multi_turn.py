@@ -138,6 +138,7 @@ class ToolTurns:
     def respond(self, episodes: list[Episode], calls: list[list[ToolCall | BadCall]]) -> None:
         """Run every episode's calls (one batch, so slow tools overlap), then append each episode's tool suffix,
         or end it where the suffix would not fit or no turn is left."""
+        calls = [[self._known(call) for call in episode_calls] for episode_calls in calls]
         routed = [[self._is_method(call) for call in episode_calls] for episode_calls in calls]
         flat = [call for episode_calls, where in zip(calls, routed) for call, method in zip(episode_calls, where) if not method]
         outcomes = iter(self.runner.run(flat) if flat else [])
@@ -157,6 +158,15 @@ class ToolTurns:
                 episode.finish = "length"
                 continue
             episode.add_suffix(suffix)
+
+    def _known(self, call: ToolCall | BadCall) -> ToolCall | BadCall:
+        """With an environment, a call to a name neither a tool nor a method is answered with both lists."""
+        if self.environment is None or not isinstance(call, ToolCall):
+            return call
+        names = self.runner.names + list(self.environment.methods)
+        if call.name in names:
+            return call
+        return BadCall(f"there is no tool named {call.name!r} (tools: {', '.join(names)})", call.name)
 
     def _is_method(self, call: ToolCall | BadCall) -> bool:
         return self.environment is not None and isinstance(call, ToolCall) and call.name in self.environment.methods

@@ -170,6 +170,9 @@ def with_rows(requests: list, rows: dict[str, dict] | None) -> list:
     """The requests, each with its prompt's row (unchanged without an environment)."""
     if rows is None:
         return requests
+    missing = next((r.prompt_id for r in requests if r.prompt_id not in rows), None)
+    if missing is not None:
+        raise ValueError(f"rollout.environment: no dataset row for prompt {missing!r}")
     return [replace(r, row=rows[r.prompt_id]) for r in requests]
 
 

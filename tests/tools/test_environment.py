@@ -306,3 +306,38 @@ def test_an_async_checkpoints_unscored_batch_keeps_the_environments_rewards():
     restored = StepBatch.from_state(state).rollouts
     assert restored[0].environment_reward == 1.0 and math.isnan(restored[1].environment_reward)
     assert restored[1].environment_error == "reset: ValueError: no" and restored[0].loss_mask == [1, 0]
+
+
+def test_between_turns_calls_go_to_their_episodes_instance_and_done_ends_the_episode(env_dir, smollm2_dir):
+    """ToolTurns with Counter and a plain tool, on SmolLM2's tokenizer (no model): reset rewrites the prompt, the
+    calls of each episode reach its own instance, a call to no known name or with missing arguments is answered
+    without running, and an instance that is done ends its episode without the results' suffix."""
+    from rlqa.models import load_tokenizer
+    from rlqa.rollout.multi_turn import Episode, ToolTurns, tool_suffix_ids
+    from rlqa.rollout.types import GenerationRequest
+    from rlqa.tools.hermes import ToolCall
+    from rlqa.tools.python_tool import SandboxLimits
+    from rlqa.tools.runner import ToolRunner
+
+    (env_dir / "more.py").write_text('def echo(text: str) -> str:\n    """Echo.\n\n    Args:\n        text: x\n    """\n    return text\n')
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    messages = [{"role": "user", "content": "Count."}]
+    turns = ToolTurns(tokenizer, ToolRunner(["more.py:echo"], env_dir, 5.0, SandboxLimits()), 3, 500, host(env_dir), [])
+    episodes = [Episode(GenerationRequest("p", i, (1, 2), 0, row={"prompt": messages, "start": start})) for i, start in enumerate((1, 5))]
+    turns.begin(episodes)
+    observed = [{"role": "user", "content": "Count. Start at 1."}]
+    assert episodes[0].prompt == tokenizer(tokenizer.apply_chat_template(observed, tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids
+    turns.respond(episodes, [
+        [ToolCall("bump", {"by": 2}), ToolCall("echo", {"text": "hi"}), ToolCall("nope"), ToolCall("bump"), ToolCall("bump", {"by": 3})],
+        [ToolCall("bump", {"by": 5})],
+    ])
+    first, second = episodes
+    # episode 0: 1 + 2 = 3, the tool's echo, two errors that ran nothing, then 3 + 3 = 6 (in the order written)
+    expected = [("bump", "3"), ("echo", "hi"), ("nope", "Error: there is no tool named 'nope' (tools: echo, bump, crash, fail, hang)"),
+                ("bump", "Error: bump: missing a required argument: 'by'"), ("bump", "6")]
+    assert first.tokens == tool_suffix_ids(tokenizer, [{"role": "tool", "name": n, "content": c} for n, c in expected])
+    assert (first.tool_calls, first.tool_errors, first.finish) == (5, 2, None)
+    # episode 1: 5 + 5 = 10, Counter is done at 10: the episode ends, "stop", nothing appended
+    assert (second.tokens, second.tool_calls, second.finish) == ([], 1, "stop")
+    turns.finish(episodes)
+    assert (first.environment_reward, second.environment_reward) == (6.0, 10.0)
