@@ -532,8 +532,8 @@ class Recipe(Section):
         return self
 
     def _check_tools(self) -> None:
-        """Tools and turns make sense only together, on the hf backend, with chat-rendered prompts (a tool's result
-        is a chat message)."""
+        """Tools (or an environment) and turns make sense only together, on the hf backend, with chat-rendered
+        prompts (a tool's result is a chat message); the `environment` reward term needs an environment."""
         rollout = self.rollout
         environment_terms = [t.fn for t in self.rewards.terms if t.fn.strip() in ENVIRONMENT_REWARD] + (
             [self.rewards.correctness] if (self.rewards.correctness or "").strip() in ENVIRONMENT_REWARD else []
