@@ -23,6 +23,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "easy_prompt_length_bias": "rewards.length:easy_prompt_length_bias",
     "boxed_format": "rewards.format:boxed_format",
     "think_format": "rewards.format:think_format",
+    "environment": "rewards.environment:environment",
 }
 
 

@@ -349,6 +349,66 @@ class WorkerPool:
             self._closed = True
             _stop_all(self._workers, self._zygotes)
 
+    def session(self) -> "Session":
+        """A worker of its own, outside the shared ones, for a sequence of tasks that share its memory (one
+        environment's episode: the instance a task creates lives on for the next). `run_sessions` runs their tasks."""
+        self.start()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self._name}: the pool is closed")
+            return Session(self._spawn_locked())
+
+    def run_sessions(self, tasks: Sequence[tuple["Session", Any]], deadline_s: float) -> list[Outcome]:
+        """One task on each of these sessions (distinct), side by side, each under `deadline_s` from when it was
+        sent; one outcome per task, in order. A session whose worker timed out, crashed or broke the protocol is
+        ended (its worker killed, never replaced: the state it held is gone), and every later task on it is a
+        "crashed" outcome at once."""
+        sessions = [session for session, _ in tasks]
+        if len(set(map(id, sessions))) != len(sessions):
+            raise ValueError("run_sessions takes one task per session")
+        outcomes: list[Outcome | None] = [None] * len(tasks)
+        held: dict[Session, tuple[int, int, float]] = {}  # session -> (task index, seq, expiry)
+        for index, (session, task) in enumerate(tasks):
+            if session.ended:
+                outcomes[index] = Outcome("crashed", detail=session.ended)
+                continue
+            seq = next(self._seq)
+            try:
+                session.worker.conn.send((seq, task))
+            except OSError:  # the worker died: its end-of-file settles the task below
+                pass
+            held[session] = (index, seq, time.monotonic() + deadline_s)
+        while held:
+            timeout = max(0.0, min(expiry for _, _, expiry in held.values()) - time.monotonic())
+            ready = multiprocessing.connection.wait([session.worker.conn for session in held], timeout=timeout)
+            now = time.monotonic()
+            for session, (index, seq, expiry) in list(held.items()):
+                if session.worker.conn in ready:
+                    outcome = session.receive(seq)
+                    if outcome is None:
+                        continue
+                elif now >= expiry:
+                    outcome = Outcome("timeout", detail=f"no answer within the deadline; {session.worker.name} was killed")
+                    session.end(f"{session.worker.name} was killed at a deadline")
+                else:
+                    continue
+                del held[session]
+                outcomes[index] = outcome
+        for session in sessions:
+            if session.ended:
+                self._forget(session.worker)
+        return outcomes
+
+    def close_session(self, session: "Session") -> None:
+        """Kill the session's worker (what it held goes with it)."""
+        session.end("the session was closed")
+        self._forget(session.worker)
+
+    def _forget(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+
     def pids(self) -> list[int]:
         """The zygote's and the live workers' process ids."""
         return [z.process.pid for z in self._zygotes] + [w.pid for w in self._workers]
@@ -412,6 +472,44 @@ class WorkerPool:
         if kind == "ok":
             return Outcome("ok", value=payload), worker
         return Outcome("error", detail=payload), worker
+
+
+class Session:
+    """A worker held by one sequence of tasks (`WorkerPool.session`); `ended` says why it can run no more ("" while
+    it can)."""
+
+    def __init__(self, worker: _Worker):
+        self.worker = worker
+        self.ended = ""
+
+    def receive(self, seq: int) -> Outcome | None:
+        """The outcome the worker's pipe settles (None while its reply is incomplete); a death, a reply out of turn
+        or one that breaks the protocol ends the session."""
+        worker = self.worker
+        try:
+            message = worker.reader.feed()
+        except (EOFError, OSError):
+            description = worker.exit_description()
+            self.end(f"{worker.name} {description}")
+            return Outcome("crashed", detail=f"{worker.name} {description}")
+        except ProtocolError as err:
+            self.end(f"{worker.name} {err}")
+            return Outcome("error", detail=f"{worker.name} {err}; it was killed")
+        if message is _PENDING:
+            return None
+        if not (
+            isinstance(message, list) and len(message) == 3 and message[0] == seq and message[1] in ("ok", "error")
+            and (message[1] == "ok" or isinstance(message[2], str))
+        ):
+            self.end(f"{worker.name} sent a reply of the wrong shape or out of turn")
+            return Outcome("error", detail=f"{worker.name} sent a reply of the wrong shape or out of turn; it was killed")
+        _, kind, payload = message
+        return Outcome("ok", value=payload) if kind == "ok" else Outcome("error", detail=payload)
+
+    def end(self, why: str) -> None:
+        if not self.ended:
+            self.ended = why
+        self.worker.kill()
 
 
 class ProtocolError(Exception):

@@ -151,9 +151,12 @@ class RolloutConfig(Section):
     tools: list[str] = Field(
         [], description="functions the model may call between turns (hf backend): python (the sandboxed built-in), 'package.module:function' or 'path/to/file.py:function', each typed and with a docstring; needs max_turns >= 2 and chat_template on the datasets"
     )
+    environment: str | None = Field(
+        None, description="a stateful environment, TRL's environment_factory convention (hf backend): 'path/to/file.py:ClassName' or 'package.module:ClassName'; one instance per rollout, reset(**row) from its dataset row, its public methods the model's tools, optional get_reward() (the reward term 'environment') and done; needs max_turns >= 2 and chat_template on the datasets"
+    )
     max_turns: int = Field(1, ge=1, le=1000, description="model turns of a rollout: a turn ending in tool calls is followed by their results and the next turn; 1: single-turn generation")
     max_total_tokens: int | None = Field(None, ge=1, description="completion tokens of a multi-turn rollout, the model's and the tools' together (null: max_new_tokens x max_turns); max_new_tokens bounds each turn")
-    tool_deadline_s: float = Field(10.0, gt=0, le=MAX_DEADLINE_S, description="wall deadline of one tool call (the python tool's included); past it the model reads an error")
+    tool_deadline_s: float = Field(10.0, gt=0, le=MAX_DEADLINE_S, description="wall deadline of one tool call (the python tool's included) and of an environment's reset and get_reward; past it the model reads an error")
     python: PythonToolConfig = Field(default_factory=PythonToolConfig, description="limits of the built-in python tool")
 
     def total_token_limit(self) -> int:
@@ -529,24 +532,37 @@ class Recipe(Section):
         return self
 
     def _check_tools(self) -> None:
-        """Tools and turns make sense only together, on the hf backend, with chat-rendered prompts (a tool's result
-        is a chat message)."""
+        """Tools (or an environment) and turns make sense only together, on the hf backend, with chat-rendered
+        prompts (a tool's result is a chat message); the `environment` reward term needs an environment."""
         rollout = self.rollout
-        if not rollout.tools:
+        environment_terms = [t.fn for t in self.rewards.terms if t.fn.strip() in ENVIRONMENT_REWARD] + (
+            [self.rewards.correctness] if (self.rewards.correctness or "").strip() in ENVIRONMENT_REWARD else []
+        )
+        if environment_terms and not rollout.environment:
+            raise ValueError("rewards: the environment term reads the reward of rollout.environment, which is not set")
+        if rollout.environment is not None and not rollout.environment.strip():
+            raise ValueError("rollout.environment: empty; name a class ('path/to/file.py:ClassName') or leave it out")
+        key = "rollout.environment" if rollout.environment and not rollout.tools else "rollout.tools"
+        if not rollout.tools and not rollout.environment:
             if rollout.max_turns > 1:
-                raise ValueError("rollout.max_turns: a turn ends at a tool call, so more than one needs rollout.tools")
+                raise ValueError("rollout.max_turns: a turn ends at a tool call, so more than one needs rollout.tools or rollout.environment")
             if rollout.max_total_tokens is not None:
-                raise ValueError("rollout.max_total_tokens: bounds a multi-turn rollout, which needs rollout.tools")
+                raise ValueError("rollout.max_total_tokens: bounds a multi-turn rollout, which needs rollout.tools or rollout.environment")
             return
         if len(set(rollout.tools)) != len(rollout.tools):
             raise ValueError("rollout.tools: a tool is listed twice")
         if rollout.backend == "vllm":
-            raise ValueError("rollout.tools: the vllm backend does not run tools; use backend: hf")
+            raise ValueError(f"{key}: the vllm backend does not run tools; use backend: hf")
         if rollout.max_turns < 2:
-            raise ValueError("rollout.max_turns: a tool's result is read in the next turn; set max_turns >= 2 with rollout.tools")
+            raise ValueError(f"rollout.max_turns: a tool's result is read in the next turn; set max_turns >= 2 with {key}")
         for name in ("train", "test"):
             if not getattr(self.data, name).chat_template:
-                raise ValueError(f"data.{name}.chat_template: rollout.tools needs chat-rendered prompts (a tool's result is a chat message); set true")
+                raise ValueError(f"data.{name}.chat_template: {key} needs chat-rendered prompts (a tool's result is a chat message); set true")
+        if rollout.environment and self.sampler.hints is not None:
+            raise ValueError("sampler.hints: a hint continues the prompt's text, which an environment's reset may rewrite; leave hints out with rollout.environment")
+
+
+ENVIRONMENT_REWARD = ("environment", "rewards.environment:environment")  # the reward term of rollout.environment
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

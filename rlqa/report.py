@@ -207,6 +207,20 @@ def plot_reward_health(run: Run):
     return fig, ax, drawn
 
 
+def plot_turns_and_tools(run: Run):
+    """Multi-turn runs (rollout.tools, rollout.environment): model turns per rollout, and the step's tool calls with
+    the errors and timeouts among them."""
+    fig, ax = _figure("Turns and tool calls", "model turns per rollout (mean)")
+    drawn = _line(ax, run.rows, "rollout/turns", "rollout/turns", color="tab:blue")
+    right = ax.twinx()
+    right.set_ylabel("tool calls in the step")
+    for name, color in (("tools/calls", "tab:green"), ("tools/errors", "tab:orange"), ("tools/timeouts", "tab:red")):
+        drawn |= _line(right, run.rows, name, f"{name} (right axis)", color=color, linestyle="--")
+    right.set_ylim(bottom=0)
+    _merge_legends(ax, right)
+    return fig, ax, drawn
+
+
 def _merge_legends(left, right) -> None:
     handles, labels = left.get_legend_handles_labels()
     more, more_labels = right.get_legend_handles_labels()
@@ -257,6 +271,7 @@ PLOTS = {
     "step_time.png": plot_step_time,
     "reward_health.png": plot_reward_health,
     "accuracy_by_compute.png": plot_accuracy_by_compute,
+    "turns_and_tools.png": plot_turns_and_tools,
 }
 
 
@@ -302,7 +317,24 @@ def eval_table(summary: dict) -> list[str]:
     return lines
 
 
-TRACKED = ("reward/mean", "correct/mean", "policy/entropy", "rollout/temperature", "rollout/length_mean", "rollout/length_correct_mean", "policy/kl")
+TRACKED = ("reward/mean", "correct/mean", "policy/entropy", "rollout/temperature", "rollout/length_mean", "rollout/length_correct_mean", "policy/kl",
+           "rollout/turns", "tools/calls")
+
+
+def tools_line(rows: list[dict]) -> list[str]:
+    """A multi-turn run's totals over the steps logged: tool calls, the errors and timeouts among them, episodes
+    whose environment failed, and the mean of the per-step mean turns (nothing for a single-turn run)."""
+    turns = [float(r["rollout/turns"]) for r in rows if _finite(r.get("rollout/turns"))]
+    if not turns:
+        return []
+
+    def total(name: str) -> int:
+        return round(sum(float(r[name]) for r in rows if _finite(r.get(name))))
+
+    line = (f"Turns and tool calls: {statistics.fmean(turns):.2f} model turns per rollout (mean over {len(turns)} steps); "
+            f"{total('tools/calls'):,} tool calls, {total('tools/errors'):,} errors, {total('tools/timeouts'):,} timeouts")
+    environment_errors = total("tools/environment_errors")
+    return [line + (f"; {environment_errors:,} episodes whose environment failed." if environment_errors else ".")]
 
 
 def training_table(rows: list[dict]) -> list[str]:
@@ -363,8 +395,9 @@ def markdown(run: Run, written: list[str], skipped: list[str]) -> str:
             head.append(f"SFT warm-up: {_fmt(s['sft'].get('sft/steps'))} steps, final loss {_fmt(s['sft'].get('sft/loss'))}, {_fmt(s['sft'].get('time/sft'))} s.")
     else:
         head.append(f"No summary.json yet (run still going or stopped); {len(run.rows)} steps logged.")
+    tools = tools_line(run.rows)
     body = ["", "## Held-out evaluation", "", *eval_table(s), "", "## Training", "", *training_table(run.rows),
-            "", "## Step time", "", *time_table(run.rows), "", "## Plots", ""]
+            *(["", *tools] if tools else []), "", "## Step time", "", *time_table(run.rows), "", "## Plots", ""]
     body += [f"![{name.removesuffix('.png')}]({name})" for name in written]
     if skipped:
         body += ["", "Not drawn (their metrics were not logged): " + ", ".join(skipped) + "."]

@@ -223,6 +223,7 @@ def tool_metrics(rollouts: list[Rollout]) -> dict[str, float]:
         "tools/calls": float(sum(r.tool_calls for r in rollouts)),
         "tools/errors": float(sum(r.tool_errors for r in rollouts)),
         "tools/timeouts": float(sum(r.tool_timeouts for r in rollouts)),
+        "tools/environment_errors": float(sum(bool(r.environment_error) for r in rollouts)),
         "rollout/turns": sum(r.turns for r in rollouts) / len(rollouts),
     }
 
@@ -252,6 +253,7 @@ def reward_columns(
         "max_new_tokens": [max_new_tokens] * len(rollouts),
         "history_length": history.lengths_for([r.prompt_id for r in rollouts]),
         "difficulty": [sampler.estimate(r.prompt_id) for r in rollouts],
+        "environment_reward": [r.environment_reward for r in rollouts],  # rollout.environment's get_reward()
     }
     for key in sorted({k for e in rows for k in e.columns}):
         columns.setdefault(key, [e.columns.get(key) for e in rows])

@@ -8,6 +8,7 @@ from rlqa import stages
 from rlqa.config import Recipe
 from rlqa.learner.learner import Learner
 from rlqa.rollout.backends import make_backend
+from rlqa.tools.environment import environment_rows, with_rows
 from rlqa.trainer import Components, build_driver
 from rewards.pipeline import RewardPipeline
 
@@ -19,9 +20,10 @@ class RolloutWorkers:
 
     def __init__(self, model_dir: str, recipe: Recipe):
         self.backend = make_backend(model_dir, recipe.model, recipe.rollout, recipe.base_dir)
+        self.rows = environment_rows(recipe, model_dir)
 
     def generate(self, requests, params, version):
-        return self.backend.generate(requests, params, version)
+        return self.backend.generate(with_rows(requests, self.rows), params, version)
 
 
 class Schedule:

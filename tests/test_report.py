@@ -9,8 +9,8 @@ import pytest
 from rlqa.cli import main
 from rlqa.errors import UserError
 from rlqa.report import (
-    held_out_by_compute, load_run, plot_accuracy_by_compute, plot_reward_accuracy, plot_reward_health, step_phases,
-    write_report,
+    held_out_by_compute, load_run, plot_accuracy_by_compute, plot_reward_accuracy, plot_reward_health, plot_turns_and_tools,
+    step_phases, write_report,
 )
 
 # two steps; per-phase seconds chosen so every share is exact
@@ -110,7 +110,7 @@ def test_plots_of_metrics_never_logged_are_skipped_and_named(tmp_path):
     path = write_report(make_run(tmp_path, rows, summary=None))
     assert not (path.parent / "rollout_allocation.png").exists()
     md = path.read_text()
-    assert "Not drawn (their metrics were not logged): rollout_allocation.png." in md
+    assert "Not drawn (their metrics were not logged): rollout_allocation.png, turns_and_tools.png." in md
     assert "No summary.json yet" in md
 
 
@@ -138,3 +138,17 @@ def test_held_out_accuracy_is_plotted_against_rollouts_and_informative_tokens(tm
     (tmp_path / "old").mkdir()
     old = load_run(make_run(tmp_path / "old", [{k: v for k, v in r.items() if not k.startswith("yield/")} for r in ROWS]))
     assert held_out_by_compute(old, "yield/total_rollouts") == ([], [])
+
+
+def test_a_multi_turn_run_reports_its_turns_and_tool_calls(tmp_path):
+    tools = [{"rollout/turns": 1.5, "tools/calls": 10.0, "tools/errors": 2.0, "tools/timeouts": 1.0, "tools/environment_errors": 0.0},
+             {"rollout/turns": 2.5, "tools/calls": 30.0, "tools/errors": 1.0, "tools/timeouts": 0.0, "tools/environment_errors": 3.0}]
+    run = make_run(tmp_path, [{**row, **more} for row, more in zip(ROWS, tools)])
+    _, ax, drawn = plot_turns_and_tools(load_run(run))
+    assert drawn and {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()} == {"rollout/turns": [1.5, 2.5]}
+    md = write_report(run).read_text()
+    assert "](turns_and_tools.png)" in md
+    # turns: mean of the step means (1.5 + 2.5) / 2 = 2; calls 10 + 30 = 40, errors 2 + 1 = 3, timeouts 1 + 0 = 1
+    assert "Turns and tool calls: 2.00 model turns per rollout (mean over 2 steps); 40 tool calls, 3 errors, 1 timeouts; 3 episodes whose environment failed." in md
+    # the training table: first, last, and the mean of the last tenth (the last step, of two)
+    assert "| rollout/turns | 1.5 | 2.5 | 2.5 |" in md and "| tools/calls | 10 | 30 | 30 |" in md

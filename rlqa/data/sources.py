@@ -12,9 +12,10 @@ from rlqa.tasks.arithmetic import make_examples
 
 
 def build_examples(spec: DatasetConfig, recipe: Recipe, tokenizer, where: str) -> list[Example]:
-    """The examples of one dataset section; with `rollout.tools`, each prompt shows the model its tools."""
+    """The examples of one dataset section; with `rollout.tools` or `rollout.environment`, each prompt shows the model
+    its tools (the environment's methods among them)."""
     tools = None
-    if recipe.rollout.tools:
+    if recipe.rollout.tools or recipe.rollout.environment:
         from rlqa.rollout.multi_turn import check_tool_template
         from rlqa.tools.registry import tool_schemas
 

@@ -54,7 +54,8 @@ def check_backend(backend: str, gpus_available: float) -> None:
 
 def make_backend(model_dir: str, model: ModelConfig, rollout: RolloutConfig, base_dir: str = ".") -> GenerationBackend:
     """The engine `rollout.backend` names, holding the policy in `model_dir` (the recipe's validated sections);
-    with `rollout.tools` (found from `base_dir`, the recipe's directory), one that runs multi-turn tool episodes.
+    with `rollout.tools` or `rollout.environment` (found from `base_dir`, the recipe's directory), one that runs
+    multi-turn episodes.
     The schema refuses tools on vllm, so only the hf backend meets them."""
     if rollout.backend == "vllm":
         from rlqa.rollout.vllm_backend import VLLMBackend
@@ -71,11 +72,17 @@ def make_backend(model_dir: str, model: ModelConfig, rollout: RolloutConfig, bas
 
 
 def tool_turns(tokenizer, rollout: RolloutConfig, base_dir: str):
-    """The multi-turn machinery of `rollout.tools` (None without tools: single-turn generation)."""
-    if not rollout.tools:
+    """The multi-turn machinery of `rollout.tools` and `rollout.environment` (None without either: single-turn
+    generation)."""
+    if not rollout.tools and not rollout.environment:
         return None
     from rlqa.rollout.multi_turn import ToolTurns
+    from rlqa.tools.environment import EnvironmentHost, resolve_environment_spec
+    from rlqa.tools.registry import tool_schemas
     from rlqa.tools.runner import ToolRunner, python_limits
 
     runner = ToolRunner(list(rollout.tools), base_dir, rollout.tool_deadline_s, python_limits(rollout))
-    return ToolTurns(tokenizer, runner, rollout.max_turns, rollout.total_token_limit())
+    environment = None
+    if rollout.environment:
+        environment = EnvironmentHost(resolve_environment_spec(rollout.environment, base_dir), rollout.tool_deadline_s)
+    return ToolTurns(tokenizer, runner, rollout.max_turns, rollout.total_token_limit(), environment, tool_schemas(rollout, base_dir))

@@ -18,6 +18,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from rlqa.config import Recipe
 from rlqa.rollout.types import GenerationRequest, Rollout, SamplingParams
 from rlqa.rollout.worker import RolloutWorker
+from rlqa.tools.environment import environment_rows, with_rows
 
 log = logging.getLogger("rlqa.rollout")
 
@@ -60,6 +61,7 @@ class RolloutGroup:
         self._nodes: list[str] | None = None  # Ray node ids, asked once like the pids
         self._load = None  # how the weights last sent reach a worker (index, actor) -> ObjectRef; for a replacement
         self.restarts = 0  # over the whole run; the trainer keeps it in the checkpoint
+        self.rows = environment_rows(recipe, model_dir)  # rollout.environment: each prompt's reset row (else None)
 
     def _start_worker(self, index: int):
         actor = ray.remote(RolloutWorker).options(**self.actor_options[index])
@@ -114,7 +116,7 @@ class RolloutGroup:
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int) -> list[Rollout]:
         """All requests' rollouts, in request order, tagged with policy `version`. A dead or hung worker is replaced
         and its share redone."""
-        shares = split_evenly(requests, len(self.workers))
+        shares = split_evenly(with_rows(requests, self.rows), len(self.workers))
         pending: dict = {}  # ObjectRef -> (worker index, deadline)
         results: dict[int, list[Rollout]] = {}
         failures = [0] * len(shares)

@@ -127,6 +127,17 @@ class HFBackend:
         (sample seed, turn); between turns their tool calls run and the tool suffixes are appended."""
         tools = self.tool_turns
         episodes = [Episode(request) for request in requests]
+        tools.begin(episodes)
+        try:
+            self._turns(episodes, params)
+        except BaseException:
+            tools.abandon(episodes)
+            raise
+        tools.finish(episodes)
+        return [e.rollout(version, self.tokenizer.decode(e.tokens, skip_special_tokens=True)) for e in episodes]
+
+    def _turns(self, episodes: list[Episode], params: SamplingParams) -> None:
+        tools = self.tool_turns
         for turn in range(tools.max_turns):
             active = [e for e in episodes if e.finish is None]
             if not active:
@@ -149,7 +160,6 @@ class HFBackend:
                     calls.append(turn_calls)
             if calling:
                 tools.respond(calling, calls)
-        return [e.rollout(version, self.tokenizer.decode(e.tokens, skip_special_tokens=True)) for e in episodes]
 
     def _sample(
         self, contexts: list[list[int]], seeds: list[int], params: SamplingParams, max_new_tokens: int

@@ -21,10 +21,15 @@ generation prompt, and take the difference after the prefix's last EOS.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rlqa.errors import UserError
 from rlqa.rollout.types import GenerationRequest, Rollout
 from rlqa.tools.hermes import BadCall, ToolCall, parse_tool_calls
+from rlqa.tools.runner import ToolOutcome, _cut, _signature_problem
+
+if TYPE_CHECKING:
+    from rlqa.tools.environment import EpisodeState
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Episode:
     """One request's multi-turn rollout as it is built."""
 
     request: GenerationRequest
+    prompt: list[int] = field(default_factory=list)  # the request's, unless an environment's reset rewrote it
     tokens: list[int] = field(default_factory=list)  # completion ids: model turns and tool suffixes
     logprobs: list[float] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)
@@ -40,11 +46,16 @@ class Episode:
     tool_errors: int = 0
     tool_timeouts: int = 0
     finish: str | None = None  # set when the episode ends
+    environment: EpisodeState | None = None  # rollout.environment: this episode's instance
+    environment_reward: float | None = None
+
+    def __post_init__(self):
+        self.prompt = self.prompt or list(self.request.prompt_tokens)
 
     @property
     def context(self) -> list[int]:
         """The ids the next turn is generated from."""
-        return list(self.request.prompt_tokens) + self.tokens
+        return self.prompt + self.tokens
 
     def add_turn(self, tokens: list[int], logprobs: list[float]) -> None:
         self.tokens += tokens
@@ -61,7 +72,7 @@ class Episode:
         return Rollout(
             prompt_id=self.request.prompt_id,
             sample_index=self.request.sample_index,
-            prompt_tokens=list(self.request.prompt_tokens),
+            prompt_tokens=list(self.prompt),
             completion_tokens=self.tokens,
             logprobs=self.logprobs,
             finish_reason=self.finish or "length",
@@ -72,17 +83,53 @@ class Episode:
             tool_calls=self.tool_calls,
             tool_errors=self.tool_errors,
             tool_timeouts=self.tool_timeouts,
+            environment_reward=self.environment_reward,
+            environment_error=self.environment.error if self.environment is not None else "",
         )
 
 
 class ToolTurns:
-    """What happens between two model turns: parse the calls, run them, and tokenise the tool messages once."""
+    """What happens between two model turns: parse the calls, run them, and tokenise the tool messages once.
 
-    def __init__(self, tokenizer, runner, max_turns: int, max_total_tokens: int):
+    With an `environment` (rlqa.tools.environment.EnvironmentHost), `begin` gives each episode its own instance,
+    reset from the request's row, calls to its methods go to that instance (one at a time, in the order the model
+    wrote them), and `finish` scores each episode with get_reward() and ends the instances. `schemas` are every tool's,
+    the prompt's `tools=`, for a prompt that reset rewrites."""
+
+    def __init__(self, tokenizer, runner, max_turns: int, max_total_tokens: int, environment=None, schemas: list[dict] | None = None):
         self.tokenizer = tokenizer
         self.runner = runner
         self.max_turns = max_turns
         self.max_total_tokens = max_total_tokens
+        self.environment = environment
+        self.schemas = schemas or []
+
+    def begin(self, episodes: list[Episode]) -> None:
+        """rollout.environment: a fresh instance per episode, reset from its row; a reset that returns text appends
+        it to the prompt's last message (as TRL does) and the prompt is rendered and tokenised again."""
+        if self.environment is None:
+            return
+        rows = [e.request.row for e in episodes]
+        if any(row is None for row in rows):
+            raise ValueError("rollout.environment: a generation request came without its dataset row")
+        states, observations = self.environment.reset(rows)
+        for episode, state, observation, row in zip(episodes, states, observations, rows):
+            episode.environment = state
+            if observation:
+                episode.prompt = prompt_with_observation(self.tokenizer, row["prompt"], observation, self.schemas)
+
+    def finish(self, episodes: list[Episode]) -> None:
+        """rollout.environment: each episode's reward from its instance, then the instances end."""
+        if self.environment is None:
+            return
+        started = [e for e in episodes if e.environment is not None]
+        for episode, reward in zip(started, self.environment.finish([e.environment for e in started])):
+            episode.environment_reward = reward
+
+    def abandon(self, episodes: list[Episode]) -> None:
+        """End the instances of episodes that will not finish (generation raised)."""
+        if self.environment is not None:
+            self.environment.close_sessions([e.environment for e in episodes if e.environment is not None])
 
     def calls(self, turn_tokens: list[int]) -> list[ToolCall | BadCall]:
         """The tool calls in a model turn, read from its text (special tokens kept: a tag may be one)."""
@@ -91,19 +138,61 @@ class ToolTurns:
     def respond(self, episodes: list[Episode], calls: list[list[ToolCall | BadCall]]) -> None:
         """Run every episode's calls (one batch, so slow tools overlap), then append each episode's tool suffix,
         or end it where the suffix would not fit or no turn is left."""
-        flat = [call for episode_calls in calls for call in episode_calls]
-        outcomes = iter(self.runner.run(flat))
-        for episode, episode_calls in zip(episodes, calls):
-            results = [next(outcomes) for _ in episode_calls]
+        calls = [[self._known(call) for call in episode_calls] for episode_calls in calls]
+        routed = [[self._is_method(call) for call in episode_calls] for episode_calls in calls]
+        flat = [call for episode_calls, where in zip(calls, routed) for call, method in zip(episode_calls, where) if not method]
+        outcomes = iter(self.runner.run(flat) if flat else [])
+        method_results, done = self._call_methods(episodes, calls, routed)
+        for e, (episode, episode_calls) in enumerate(zip(episodes, calls)):
+            from_methods = iter(method_results[e])
+            results = [next(from_methods) if method else next(outcomes) for method in routed[e]]
             episode.tool_calls += len(results)
             episode.tool_errors += sum(r.status == "error" for r in results)
             episode.tool_timeouts += sum(r.status == "timeout" for r in results)
+            if done[e]:  # the environment says the episode is over: no turn follows to read the results
+                episode.finish = "stop"
+                continue
             messages = [{"role": "tool", "name": r.name, "content": r.content} for r in results]
             suffix = tool_suffix_ids(self.tokenizer, messages)
             if len(episode.tokens) + len(suffix) >= self.max_total_tokens:  # no room left for the model to read it
                 episode.finish = "length"
                 continue
             episode.add_suffix(suffix)
+
+    def _known(self, call: ToolCall | BadCall) -> ToolCall | BadCall:
+        """With an environment, a call to a name neither a tool nor a method is answered with both lists."""
+        if self.environment is None or not isinstance(call, ToolCall):
+            return call
+        names = self.runner.names + list(self.environment.methods)
+        if call.name in names:
+            return call
+        return BadCall(f"there is no tool named {call.name!r} (tools: {', '.join(names)})", call.name)
+
+    def _is_method(self, call: ToolCall | BadCall) -> bool:
+        return self.environment is not None and isinstance(call, ToolCall) and call.name in self.environment.methods
+
+    def _call_methods(self, episodes: list[Episode], calls, routed) -> tuple[list[list[ToolOutcome]], list[bool]]:
+        """The environment calls of every episode: the k-th of each episode side by side in round k, so that one
+        instance sees its calls in order. Per episode: the outcomes, and whether the instance is done after them."""
+        pending = [[call for call, method in zip(episode_calls, where) if method] for episode_calls, where in zip(calls, routed)]
+        results: list[list[ToolOutcome]] = [[] for _ in episodes]
+        done = [False] * len(episodes)
+        for k in range(max((len(p) for p in pending), default=0)):
+            batch = []
+            for e, episode_calls in enumerate(pending):
+                if k >= len(episode_calls):
+                    continue
+                call = episode_calls[k]
+                problem = _signature_problem(self.environment.methods[call.name], call)
+                if problem is not None:
+                    results[e].append(ToolOutcome(call.name, f"Error: {problem}", "error"))
+                else:
+                    batch.append((e, call))
+            answers = self.environment.call([(episodes[e].environment, call.name, call.arguments) for e, call in batch])
+            for (e, call), (content, status, finished) in zip(batch, answers):
+                results[e].append(ToolOutcome(call.name, content if status != "ok" else _cut(content), status))
+                done[e] = done[e] or finished
+        return results, done
 
     def budget(self, episode: Episode) -> int:
         """Tokens the episode's next turn may still generate under the total limit."""
@@ -123,6 +212,16 @@ def tool_suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
     if full[: len(prefix)] != prefix:
         raise ValueError("the chat template renders an assistant turn differently once tool messages follow it")
     return full[len(prefix) :]
+
+
+def prompt_with_observation(tokenizer, messages: list[dict], observation: str, schemas: list[dict]) -> list[int]:
+    """The prompt's ids once an environment's reset observation is appended to its last message: rendered as the
+    driver renders a prompt with tools (`tools=` to the template; a template that ignores them has the Hermes section
+    in the messages already) and tokenised as the driver tokenises it."""
+    messages = [dict(m) for m in messages]
+    messages[-1] = {**messages[-1], "content": messages[-1]["content"] + observation}
+    text = tokenizer.apply_chat_template(messages, tools=schemas or None, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False).input_ids
 
 
 def check_tool_template(tokenizer, where: str) -> None:

@@ -15,6 +15,7 @@ class GenerationRequest:
     sample_index: int
     prompt_tokens: tuple[int, ...]
     seed: int  # from rlqa.rollout.seeding.sample_seed(run seed, step, prompt id, sample index)
+    row: dict | None = None  # rollout.environment: the dataset row its reset(**row) gets (rlqa.tools.environment)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class Rollout:
     tool_calls: int = 0  # tool calls answered, errors and timeouts included
     tool_errors: int = 0  # calls that gave an error message: malformed, unknown tool, bad arguments, raised, crashed
     tool_timeouts: int = 0  # calls stopped at rollout.tool_deadline_s
+    # rollout.environment (rlqa.tools.environment): get_reward() at the episode's end (None: no environment or no
+    # get_reward; NaN: the instance failed, `environment_error` says how, and the environment term counts a failure)
+    environment_reward: float | None = None
+    environment_error: str = ""
 
     def __post_init__(self):
         check_loss_mask(self.loss_mask, len(self.completion_tokens))

@@ -94,16 +94,22 @@ def load_tools(specs: list[str], base_dir: Path | str | None = None, python_limi
 
 def tool_schemas(rollout, base_dir: Path | str | None = None) -> list[dict]:
     """The schemas of a validated `rollout` section's tools: what the prompt shows the model."""
+    from rlqa.tools.environment import environment_info
     from rlqa.tools.runner import python_limits
 
-    return [schema for _, _, schema in load_tools(list(rollout.tools), base_dir, python_limits(rollout))]
+    schemas = [schema for _, _, schema in load_tools(list(rollout.tools), base_dir, python_limits(rollout))]
+    environment = environment_info(rollout, base_dir)
+    return schemas + (environment.schemas if environment is not None else [])
 
 
 def check_tools(recipe) -> None:
-    """A recipe's tools load and make schemas (a UserError if not): `rlqa check` and `rlqa train` run this before
-    anything starts or is written."""
+    """A recipe's tools and environment load and make schemas (a UserError if not): `rlqa check` and `rlqa train`
+    run this before anything starts or is written."""
+    from rlqa.tools.environment import check_environment
+
     if recipe.rollout.tools:
         tool_schemas(recipe.rollout, recipe.base_dir)
+    check_environment(recipe)
 
 
 def describe_limits(limits) -> str:

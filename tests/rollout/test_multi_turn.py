@@ -263,3 +263,160 @@ def test_a_ray_rollout_worker_runs_the_same_episode(setup, episodes):
         ray.shutdown()
     assert (remote.turns, remote.tool_calls) == (2, 1)
     assert remote.completion_tokens == episodes[1].completion_tokens and remote.loss_mask == episodes[1].loss_mask
+
+
+# -- stateful environments (rollout.environment) ------------------------------------------------------------------------
+
+OBSERVING = '''
+class Observing:
+    """SumToTarget whose reset adds a line to the prompt."""
+
+    def reset(self, answer, **row):
+        self.target = int(answer)
+        return " Use the add tool."
+
+    def add(self, a: int, b: int) -> int:
+        """Add two integers.
+
+        Args:
+            a: the first integer
+            b: the second integer
+        """
+        return a + b
+'''
+
+
+def environment_backend(setup, spec="rlqa.tools.examples:SumToTarget", max_turns=3):
+    from rlqa.tools.environment import EnvironmentHost, load_environment, method_schemas, resolve_environment_spec
+
+    _, root, model, tokenizer, _ = setup
+    resolved = resolve_environment_spec(spec, root)
+    schemas = method_schemas(load_environment(resolved), spec)
+    turns = ToolTurns(tokenizer, ToolRunner([], root, 10.0, SandboxLimits()), max_turns, PARAMS.max_new_tokens * max_turns,
+                      EnvironmentHost(resolved, 10.0), schemas)
+    return HFBackend(model, tokenizer, micro_batch_size=8, tool_turns=turns), schemas
+
+
+def rows_of(prompt, samples, answer):
+    row = {"prompt": SHOTS, "answer": answer}
+    return [GenerationRequest("p", j, prompt, sample_seed(0, 1, "p", j), row=row) for j in samples]
+
+
+def test_an_environment_episode_runs_its_instance_ends_when_done_and_scores_it(setup, episodes):
+    """SumToTarget (the built-in example) with the row's answer 87 and the same `add` schema as the tool, so the
+    prompt and the first turns are the tool episodes': sample 2 adds 17 + 25 = 42, then 42 + 45 = 87, the target,
+    so the instance is done and the episode ends there (no suffix, no third turn) with reward 1; sample 3 adds
+    17 + 25 = 42 and answers, never reaching 87: the tool episode exactly, reward 0."""
+    from rewards.pipeline import RewardPipeline, RewardTermSpec
+
+    tokenizer, prompt = setup[3], setup[4]
+    three, two = episodes
+    environment, schemas = environment_backend(setup)
+    assert schemas == tool_schemas(setup[0].rollout, setup[1])  # the prompt is the tool episodes' prompt
+    done, missed = environment.generate(rows_of(prompt, [2, 3], "87"), PARAMS, version=0)
+    end_of_turn_2 = spans(three.loss_mask)[1][0]
+    assert (done.turns, done.tool_calls, done.tool_errors, done.finish_reason) == (2, 2, 0, "stop")
+    assert done.completion_tokens == three.completion_tokens[:end_of_turn_2]
+    assert done.loss_mask == three.loss_mask[:end_of_turn_2] and [done.completion_tokens[a:b] for a, b in spans(done.loss_mask)] == [suffix(tokenizer, "42")]
+    assert done.prompt_tokens == list(prompt) and done.environment_reward == 1.0 and done.environment_error == ""
+    assert (missed.turns, missed.tool_calls, missed.finish_reason) == (2, 1, "stop")
+    assert missed.completion_tokens == two.completion_tokens and missed.loss_mask == two.loss_mask
+    assert missed.environment_reward == 0.0
+    # the reward term, weight 0.5: totals 0.5 x 1 = 0.5 and 0.5 x 0 = 0; reward/environment is the mean, (1 + 0) / 2
+    with RewardPipeline([RewardTermSpec("environment", "environment", weight=0.5)], correctness=None) as pipeline:
+        scored = pipeline(["a", "b"], ["p", "p"], {"environment_reward": [done.environment_reward, missed.environment_reward]})
+    assert scored.total == [0.5, 0.0] and scored.metrics["reward/environment"] == 0.5
+
+
+def test_a_reset_observation_is_appended_to_the_prompt_which_is_tokenised_again(setup, tmp_path):
+    """Observing.reset returns " Use the add tool.": the rollout's prompt is the chat template over the messages with
+    that text after the last user message's, tokenised as the driver tokenises prompts; and the episode is the one a
+    plain `add` tool gives from that prompt, same seeds."""
+    (setup[1] / "observing.py").write_text(OBSERVING)
+    tokenizer = setup[3]
+    environment, schemas = environment_backend(setup, "observing.py:Observing", max_turns=2)
+    messages = with_tools_system_message(SHOTS, schemas)
+    row_prompt = tuple(tokenizer(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids)
+    observed = [dict(m) for m in messages]
+    observed[-1]["content"] = "What is 17 + 25 + 3? Use the add tool."
+    expected = tokenizer(tokenizer.apply_chat_template(observed, tokenize=False, add_generation_prompt=True), add_special_tokens=False).input_ids
+    request = GenerationRequest("p", 3, row_prompt, sample_seed(0, 1, "p", 3), row={"prompt": messages, "answer": "45"})
+    [episode] = environment.generate([request], PARAMS, version=0)
+    assert episode.prompt_tokens == expected and len(expected) > len(row_prompt)
+    [plain] = backend(setup, max_turns=2).generate([GenerationRequest("p", 3, tuple(expected), sample_seed(0, 1, "p", 3))], PARAMS, version=0)
+    assert episode.completion_tokens == plain.completion_tokens and episode.loss_mask == plain.loss_mask
+    assert episode.tool_calls == plain.tool_calls >= 1 and episode.environment_reward is None  # no get_reward
+
+
+def test_a_training_step_with_an_environment_resets_it_from_the_rows_and_logs_its_term(smollm2_dir, tmp_path):
+    """The recipe's path in one process: the environment's methods rendered into the prompts, each request handed
+    its dataset row (reset reads the answer column), the episodes scored by get_reward and the `environment` term
+    summed and logged next to accuracy, one GRPO step on them."""
+    import in_process
+    from rewards.pipeline import RewardPipeline
+    from rlqa import trainer
+
+    rows = [{"prompt": SHOTS, "answer": "42", "id": "sum"}]  # SumToTarget's target: 17 + 25, the first call's sum
+    (tmp_path / "sums.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = {"path": "sums.jsonl", "chat_template": True, "id_key": "id", "answer_key": "answer"}
+    raw = {
+        "model": {"path": str(smollm2_dir)},
+        "data": {"train": data, "test": data},
+        "rollout": {"workers": 1, "prompts_per_step": 1, "rollouts_per_prompt": 4, "max_new_tokens": 40,
+                    "environment": "rlqa.tools.examples:SumToTarget", "max_turns": 3},
+        "learner": {"lr": 1e-6, "torch_threads": 1},
+        "rewards": {"terms": [{"fn": "accuracy"}, {"fn": "environment", "weight": 0.5}]},
+        "temperature": {"mode": "fixed", "initial": 0.7},
+        "sampler": {"allocation": "uniform"},
+        "trainer": {"steps": 1, "eval_before": False, "eval_after": False},
+        "logging": {"progress": False},
+    }
+    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
+    with RewardPipeline.from_config(recipe.rewards, tmp_path) as rewards:
+        c = in_process.components(recipe, tmp_path / "run", rewards)
+        assert '"name": "add"' in c.driver.test[0].prompt
+        generated = []
+        generate = c.schedule.generate
+        c.schedule.generate = lambda *a, **k: generated.append(generate(*a, **k)) or generated[-1]
+        metrics, _ = trainer.rl_step(c, 0)
+    [batch] = generated
+    values = [r.environment_reward for r in batch.rollouts]
+    # the seeds of step 0 make samples 0 and 2 call add(17, 25) = 42, the target: done at once, reward 1; samples 1
+    # and 3 answer without a call (44, 10): reward 0. One turn each; reward/environment = (1 + 0 + 1 + 0) / 4
+    calls = [json.dumps({"name": "add", "arguments": {"a": 17, "b": 25}}) in r.text for r in batch.rollouts]
+    assert calls == [True, False, True, False] and values == [1.0, 0.0, 1.0, 0.0], [r.text for r in batch.rollouts]
+    assert metrics["reward/environment"] == 0.5 and metrics["tools/environment_errors"] == 0
+    assert metrics["tools/calls"] == 2 and metrics["rollout/turns"] == 1.0
+    assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4
+
+
+@pytest.mark.integration
+def test_a_ray_rollout_worker_runs_the_same_environment_episode(setup, episodes, tmp_path):
+    """Through a real RolloutGroup and RolloutWorker actor: the group hands each request its row from the recipe's
+    dataset, the environment's zygote and episode processes start inside the actor, and sample 2's episode is the
+    in-process one: add(17, 25) = 42, add(42, 45) = 87 = the row's answer, done, reward 1."""
+    import ray
+
+    from rlqa.rollout.group import RolloutGroup
+
+    recipe, _, _, _, prompt = setup
+    three = episodes[0]
+    (tmp_path / "sums.jsonl").write_text(json.dumps({"prompt": SHOTS, "answer": "87", "id": "p"}) + "\n")
+    data = {"path": "sums.jsonl", "chat_template": True, "id_key": "id", "answer_key": "answer"}
+    raw = {
+        "model": {"path": str(recipe.model.path)},
+        "data": {"train": data, "test": data},
+        "rollout": {"workers": 1, "torch_threads": 1, "environment": "rlqa.tools.examples:SumToTarget", "max_turns": 3,
+                    "max_new_tokens": PARAMS.max_new_tokens},
+        "rewards": {"terms": [{"fn": "environment"}], "correctness": None},
+    }
+    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        group = RolloutGroup(str(recipe.model.path), recipe)
+        [remote] = group.generate(requests(prompt, [2]), PARAMS, 0)
+    finally:
+        ray.shutdown()
+    end_of_turn_2 = spans(three.loss_mask)[1][0]
+    assert (remote.turns, remote.tool_calls, remote.finish_reason, remote.environment_reward) == (2, 2, "stop", 1.0)
+    assert remote.completion_tokens == three.completion_tokens[:end_of_turn_2]

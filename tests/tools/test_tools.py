@@ -176,8 +176,8 @@ def test_rlqa_check_exits_2_with_one_line_on_a_bad_tool(tools_dir, capsys):
 @pytest.mark.parametrize(
     "rollout, message",
     [
-        ({"max_turns": 3}, "rollout.max_turns: a turn ends at a tool call, so more than one needs rollout.tools"),
-        ({"max_total_tokens": 100}, "rollout.max_total_tokens: bounds a multi-turn rollout, which needs rollout.tools"),
+        ({"max_turns": 3}, "rollout.max_turns: a turn ends at a tool call, so more than one needs rollout.tools or rollout.environment"),
+        ({"max_total_tokens": 100}, "rollout.max_total_tokens: bounds a multi-turn rollout, which needs rollout.tools or rollout.environment"),
         ({"tools": ["python"]}, "rollout.max_turns: a tool's result is read in the next turn; set max_turns >= 2 with rollout.tools"),
         ({"tools": ["python", "python"], "max_turns": 2}, "rollout.tools: a tool is listed twice"),
     ],
@@ -310,5 +310,5 @@ def test_tool_metrics_count_every_generated_rollout():
 
     metrics = tool_metrics([rollout(3, 2, 1, 0), rollout(1, 0, 0, 0), rollout(2, 3, 1, 1)])
     # calls 2 + 0 + 3 = 5; errors 1 + 0 + 1 = 2; timeouts 1; turns (3 + 1 + 2) / 3 = 2
-    assert metrics == {"tools/calls": 5.0, "tools/errors": 2.0, "tools/timeouts": 1.0, "rollout/turns": 2.0}
+    assert metrics == {"tools/calls": 5.0, "tools/errors": 2.0, "tools/timeouts": 1.0, "tools/environment_errors": 0.0, "rollout/turns": 2.0}
     assert tool_metrics([Rollout("p", 0, [1], [2], [0.0], "stop", 0)]) == {}  # single-turn: no tool metrics at all
