@@ -170,22 +170,14 @@ def test_the_learner_recomputes_the_sampled_logprobs_across_turns(setup, episode
     recipe, _, _, _, _ = setup
     learner = Learner(str(recipe.model.path), recipe, total_steps=1)
     learner.start_rl()
-    samples = [
-        TrainSample(r.prompt_tokens, r.completion_tokens, r.logprobs, advantage=a, loss_mask=r.loss_mask)
-        for r, a in zip(episodes, (1.0, -1.0))
-    ]
+    three = episodes[0]  # the 3-turn episode: 2 tool suffixes masked out between its 3 model turns
+    samples = [TrainSample(three.prompt_tokens, three.completion_tokens, three.logprobs, advantage=1.0, loss_mask=three.loss_mask)]
     metrics = learner.update(samples, PARAMS.temperature, step=0)
     # fp32 on one CPU, the same ids: rounding only. A masked (tool) position counted with its 0.0 would be nats off.
     assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4, metrics["rollout/logprob_diff_max"]
 
 
-def test_an_episode_is_the_same_alone_or_in_another_batch(setup, episodes):
-    [alone] = backend(setup).generate(requests(setup[4], [2]), PARAMS, version=0)
-    assert alone.completion_tokens == episodes[0].completion_tokens and alone.loss_mask == episodes[0].loss_mask
-    assert alone.logprobs == pytest.approx(episodes[0].logprobs, abs=1e-4)  # other padding: float rounding only
-
-
-def test_the_turn_and_token_limits_cut_the_episode_where_the_full_one_went_on(setup, episodes):
+def test_the_turn_and_token_limits_cut_the_episode_where_the_full_one_in_a_batch_went_on(setup, episodes):
     tokenizer, prompt = setup[3], setup[4]
     three, two = episodes
     first_suffix = spans(three.loss_mask)[0]
@@ -194,6 +186,10 @@ def test_the_turn_and_token_limits_cut_the_episode_where_the_full_one_went_on(se
     end_of_turn_2 = spans(three.loss_mask)[1][0]
     assert (cut.turns, cut.tool_calls, cut.finish_reason) == (2, 1, "length")
     assert cut.completion_tokens == three.completion_tokens[:end_of_turn_2]
+    # and alone, sample 2 is the episode it was in a batch with sample 3 (seeded by sample and turn, not by batch):
+    # the same ids and mask; other padding, so the log-probs agree to float rounding only
+    assert cut.loss_mask == three.loss_mask[:end_of_turn_2]
+    assert cut.logprobs == pytest.approx(three.logprobs[:end_of_turn_2], abs=1e-4)
     # a total of turn 1 + its suffix leaves no token for turn 2: the suffix is not inserted
     limit = first_suffix[1]  # = len(turn 1) + len(suffix)
     [short] = backend(setup, max_total_tokens=limit).generate(requests(prompt, [3]), PARAMS, version=0)
@@ -209,60 +205,6 @@ def test_a_raising_tool_answers_with_its_error_and_the_episode_goes_on(setup):
     [(a, b)] = spans(episode.loss_mask)
     assert episode.completion_tokens[a:b] == suffix(tokenizer, "Error: ValueError: the adder is broken")
     assert len(episode.completion_tokens) > b  # the model's second turn followed
-
-
-def test_a_training_step_with_tools_renders_them_runs_them_and_reports_them(smollm2_dir, tmp_path):
-    """The whole path in one process: the recipe's tools rendered into a chat dataset's prompts, the backend built
-    from the recipe (tool files found from its directory), one GRPO step on the multi-turn rollouts, and the
-    step's tool metrics next to the learner's log-prob gap."""
-    import in_process
-    from rewards.pipeline import RewardPipeline, RewardTermSpec
-    from rlqa import trainer
-
-    (tmp_path / "add.py").write_text(ADD)
-    rows = [{"prompt": SHOTS, "answer": "45", "id": "sum"}]  # 17 + 25 + 3 = 45
-    (tmp_path / "sums.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    data = {"path": "sums.jsonl", "chat_template": True, "id_key": "id", "answer_key": "answer"}
-    raw = {
-        "model": {"path": str(smollm2_dir)},
-        "data": {"train": data, "test": data},
-        "rollout": {"workers": 1, "prompts_per_step": 1, "rollouts_per_prompt": 4, "max_new_tokens": 40,
-                    "tools": ["add.py:add"], "max_turns": 3},
-        "learner": {"lr": 1e-6, "torch_threads": 1},
-        "rewards": {"terms": [{"fn": "accuracy"}]},
-        "temperature": {"mode": "fixed", "initial": 0.7},
-        "sampler": {"allocation": "uniform"},
-        "trainer": {"steps": 1, "eval_before": False, "eval_after": False},
-        "logging": {"progress": False},
-    }
-    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
-    with RewardPipeline([RewardTermSpec("accuracy", "accuracy")], correctness="accuracy", base_dir=tmp_path) as rewards:
-        c = in_process.components(recipe, tmp_path / "run", rewards)
-        assert "# Tools" in c.driver.test[0].prompt and '"name": "add"' in c.driver.test[0].prompt
-        metrics, _ = trainer.rl_step(c, 0)
-    assert metrics["tools/calls"] >= 1 and metrics["rollout/turns"] > 1, metrics
-    assert metrics["tools/timeouts"] == 0
-    assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4
-
-
-@pytest.mark.integration
-def test_a_ray_rollout_worker_runs_the_same_episode(setup, episodes):
-    """Through a real RolloutWorker actor: the tool file found from the recipe's directory, the tool pool started
-    inside the actor, and the episode the same ids as in this process (seeded by sample and turn alone)."""
-    import ray
-
-    from rlqa.rollout.group import RolloutGroup
-
-    recipe, _, _, _, prompt = setup
-    recipe = recipe.model_copy(update={"rollout": recipe.rollout.model_copy(update={"workers": 1, "torch_threads": 1})})
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        group = RolloutGroup(str(recipe.model.path), recipe)
-        [remote] = group.generate(requests(prompt, [3]), PARAMS, 0)
-    finally:
-        ray.shutdown()
-    assert (remote.turns, remote.tool_calls) == (2, 1)
-    assert remote.completion_tokens == episodes[1].completion_tokens and remote.loss_mask == episodes[1].loss_mask
 
 
 # -- stateful environments (rollout.environment) ------------------------------------------------------------------------
@@ -348,10 +290,12 @@ def test_a_reset_observation_is_appended_to_the_prompt_which_is_tokenised_again(
     assert episode.tool_calls == plain.tool_calls >= 1 and episode.environment_reward is None  # no get_reward
 
 
-def test_a_training_step_with_an_environment_resets_it_from_the_rows_and_logs_its_term(smollm2_dir, tmp_path):
-    """The recipe's path in one process: the environment's methods rendered into the prompts, each request handed
-    its dataset row (reset reads the answer column), the episodes scored by get_reward and the `environment` term
-    summed and logged next to accuracy, one GRPO step on them."""
+def test_a_training_step_with_an_environment_resets_it_from_the_rows_and_logs_its_term_and_tool_calls(smollm2_dir, tmp_path):
+    """The recipe's path in one process: the environment's methods rendered into the chat dataset's prompts as tools,
+    the backend built from the recipe, each request handed its dataset row (reset reads the answer column), the
+    episodes scored by get_reward and the `environment` term summed and logged next to accuracy and the step's tool
+    metrics, one GRPO step on them. (A recipe's tool files are built into the backend by the same make_backend,
+    whose tool path the Ray test runs; the multi-turn log-prob gap is the learner test's.)"""
     import in_process
     from rewards.pipeline import RewardPipeline
     from rlqa import trainer
@@ -362,7 +306,7 @@ def test_a_training_step_with_an_environment_resets_it_from_the_rows_and_logs_it
     raw = {
         "model": {"path": str(smollm2_dir)},
         "data": {"train": data, "test": data},
-        "rollout": {"workers": 1, "prompts_per_step": 1, "rollouts_per_prompt": 4, "max_new_tokens": 40,
+        "rollout": {"workers": 1, "prompts_per_step": 1, "rollouts_per_prompt": 2, "max_new_tokens": 40,
                     "environment": "rlqa.tools.examples:SumToTarget", "max_turns": 3},
         "learner": {"lr": 1e-6, "torch_threads": 1},
         "rewards": {"terms": [{"fn": "accuracy"}, {"fn": "environment", "weight": 0.5}]},
@@ -374,49 +318,57 @@ def test_a_training_step_with_an_environment_resets_it_from_the_rows_and_logs_it
     recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
     with RewardPipeline.from_config(recipe.rewards, tmp_path) as rewards:
         c = in_process.components(recipe, tmp_path / "run", rewards)
-        assert '"name": "add"' in c.driver.test[0].prompt
+        assert "# Tools" in c.driver.test[0].prompt and '"name": "add"' in c.driver.test[0].prompt
         generated = []
         generate = c.schedule.generate
         c.schedule.generate = lambda *a, **k: generated.append(generate(*a, **k)) or generated[-1]
         metrics, _ = trainer.rl_step(c, 0)
     [batch] = generated
     values = [r.environment_reward for r in batch.rollouts]
-    # the seeds of step 0 make samples 0 and 2 call add(17, 25) = 42, the target: done at once, reward 1; samples 1
-    # and 3 answer without a call (44, 10): reward 0. One turn each; reward/environment = (1 + 0 + 1 + 0) / 4
+    # the seeds of step 0 make sample 0 call add(17, 25) = 42, the target: done at once, reward 1; sample 1 answers
+    # without a call (44): reward 0. One turn each; reward/environment = (1 + 0) / 2, tools/calls = 1 call / 1 step
     calls = [json.dumps({"name": "add", "arguments": {"a": 17, "b": 25}}) in r.text for r in batch.rollouts]
-    assert calls == [True, False, True, False] and values == [1.0, 0.0, 1.0, 0.0], [r.text for r in batch.rollouts]
+    assert calls == [True, False] and values == [1.0, 0.0], [r.text for r in batch.rollouts]
     assert metrics["reward/environment"] == 0.5 and metrics["tools/environment_errors"] == 0
-    assert metrics["tools/calls"] == 2 and metrics["rollout/turns"] == 1.0
+    assert metrics["tools/calls"] == 1 and metrics["rollout/turns"] == 1.0 and metrics["tools/timeouts"] == 0
     assert 0 < metrics["rollout/logprob_diff_max"] < 1e-4
 
 
 @pytest.mark.integration
-def test_a_ray_rollout_worker_runs_the_same_environment_episode(setup, episodes, tmp_path):
-    """Through a real RolloutGroup and RolloutWorker actor: the group hands each request its row from the recipe's
-    dataset, the environment's zygote and episode processes start inside the actor, and sample 2's episode is the
-    in-process one: add(17, 25) = 42, add(42, 45) = 87 = the row's answer, done, reward 1."""
+def test_ray_rollout_workers_run_the_same_tool_and_environment_episodes(setup, episodes, tmp_path):
+    """Through real RolloutGroups and RolloutWorker actors, both started at once in one Ray session. The tool recipe:
+    the tool file found from the recipe's directory, the tool pool started inside the actor, and sample 3's episode
+    the same ids as in this process (seeded by sample and turn alone). The environment recipe: the group hands each
+    request its row from the recipe's dataset, the environment's zygote and episode processes start inside the
+    actor, and sample 2's episode is the in-process one: add(17, 25) = 42, add(42, 45) = 87 = the row's answer,
+    done, reward 1."""
     import ray
 
     from rlqa.rollout.group import RolloutGroup
 
-    recipe, _, _, _, prompt = setup
-    three = episodes[0]
+    tools, _, _, _, prompt = setup
+    three, two = episodes
+    tools = tools.model_copy(update={"rollout": tools.rollout.model_copy(update={"workers": 1, "torch_threads": 1})})
     (tmp_path / "sums.jsonl").write_text(json.dumps({"prompt": SHOTS, "answer": "87", "id": "p"}) + "\n")
     data = {"path": "sums.jsonl", "chat_template": True, "id_key": "id", "answer_key": "answer"}
     raw = {
-        "model": {"path": str(recipe.model.path)},
+        "model": {"path": str(tools.model.path)},
         "data": {"train": data, "test": data},
         "rollout": {"workers": 1, "torch_threads": 1, "environment": "rlqa.tools.examples:SumToTarget", "max_turns": 3,
                     "max_new_tokens": PARAMS.max_new_tokens},
         "rewards": {"terms": [{"fn": "environment"}], "correctness": None},
     }
-    recipe = validate_recipe(raw, source="test", base_dir=tmp_path)
+    environment = validate_recipe(raw, source="test", base_dir=tmp_path)
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        group = RolloutGroup(str(recipe.model.path), recipe)
-        [remote] = group.generate(requests(prompt, [2]), PARAMS, 0)
+    try:  # both actors load the model side by side; each generate waits for its own
+        tool_group = RolloutGroup(str(tools.model.path), tools)
+        environment_group = RolloutGroup(str(environment.model.path), environment)
+        [by_tool] = tool_group.generate(requests(prompt, [3]), PARAMS, 0)
+        [by_environment] = environment_group.generate(requests(prompt, [2]), PARAMS, 0)
     finally:
         ray.shutdown()
+    assert (by_tool.turns, by_tool.tool_calls) == (2, 1)
+    assert by_tool.completion_tokens == two.completion_tokens and by_tool.loss_mask == two.loss_mask
     end_of_turn_2 = spans(three.loss_mask)[1][0]
-    assert (remote.turns, remote.tool_calls, remote.finish_reason, remote.environment_reward) == (2, 2, "stop", 1.0)
-    assert remote.completion_tokens == three.completion_tokens[:end_of_turn_2]
+    assert (by_environment.turns, by_environment.tool_calls, by_environment.finish_reason, by_environment.environment_reward) == (2, 2, "stop", 1.0)
+    assert by_environment.completion_tokens == three.completion_tokens[:end_of_turn_2]
