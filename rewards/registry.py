@@ -4,15 +4,12 @@ A recipe names each reward term's function with one of these specs. Loading one 
 code, so every way a spec can be wrong ends here as a one-line `UserError`.
 """
 
-import hashlib
-import importlib
 import inspect
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from rlqa.errors import UserError
+from rlqa.loading import absolute_location, load_attribute
 
 # Short names a recipe may use; other engineers add theirs here.
 BUILTIN_REWARDS: dict[str, str] = {
@@ -51,12 +48,7 @@ def resolve_spec(spec: str, *, base_dir: Path | None = None) -> str:
     location, _, attribute = spec.rpartition(":")
     if not location or not attribute:
         raise UserError(f"reward {spec!r}: expected 'package.module:function' or 'path/to/file.py:function'")
-    if _is_path(location):
-        path = Path(location).expanduser()
-        if not path.is_absolute():
-            path = (base_dir or Path.cwd()) / path
-        return f"{path.resolve()}:{attribute}"
-    return f"{location}:{attribute}"
+    return f"{absolute_location(location, base_dir)}:{attribute}"
 
 
 def function_name(spec: str) -> str:
@@ -66,16 +58,9 @@ def function_name(spec: str) -> str:
 
 def load_reward_fn(spec: str, *, base_dir: Path | None = None) -> Callable:
     """The function a spec names; relative file paths are resolved against base_dir (the recipe's directory)."""
-    location, _, attribute = resolve_spec(spec, base_dir=base_dir).rpartition(":")
-    if _is_path(location):
-        module = _import_file(spec, Path(location))
-    else:
-        module = _import_module(spec, location)
-    target = module
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise UserError(f"reward {spec!r}: {location} has no attribute {attribute!r}")
-        target = getattr(target, part)
+    resolved = resolve_spec(spec, base_dir=base_dir)
+    target = load_attribute(resolved, f"reward {spec!r}", "rlqa_user_rewards")
+    attribute = resolved.rpartition(":")[2]
     if not callable(target):
         raise UserError(f"reward {spec!r}: {attribute} is not callable (type {type(target).__name__})")
     return target
@@ -105,37 +90,3 @@ def check_call(spec: str, fn: Callable, kwargs: dict) -> None:
 
 def _name(fn: Callable) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
-
-
-def _is_path(location: str) -> bool:
-    return location.endswith(".py") or "/" in location or "\\" in location
-
-
-def _import_module(spec: str, name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            raise UserError(f"reward {spec!r}: no module named {exc.name!r}") from exc
-        raise UserError(f"reward {spec!r}: importing {name} failed: {exc}") from exc
-    except Exception as exc:
-        raise UserError(f"reward {spec!r}: importing {name} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _import_file(spec: str, path: Path):
-    if not path.is_file():
-        raise UserError(f"reward {spec!r}: no such file {path}")
-    # One module per file, under a name unique to its path, so two recipes' "rewards.py" do not collide.
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    module_name = f"rlqa_user_rewards_{path.stem}_{digest}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[module_name]
-        raise UserError(f"reward {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    return module

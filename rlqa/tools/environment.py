@@ -34,7 +34,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rlqa.errors import UserError
-from rlqa.tools.registry import _import_file, _import_module, _is_path, tool_schema
+from rlqa.loading import absolute_location, load_attribute
+from rlqa.tools.registry import tool_schema
 from rewards.workers import Outcome, Session, WorkerPool
 
 RESERVED = ("reset", "get_reward")  # methods of the convention, never tools
@@ -46,27 +47,14 @@ def resolve_environment_spec(spec: str, base_dir: Path | str | None = None) -> s
     location, _, attribute = spec.rpartition(":")
     if not location or not attribute:
         raise UserError(f"rollout.environment: {spec!r}: expected 'package.module:ClassName' or 'path/to/file.py:ClassName'")
-    if _is_path(location):
-        path = Path(location).expanduser()
-        if not path.is_absolute():
-            path = Path(base_dir or Path.cwd()) / path
-        return f"{path.resolve()}:{attribute}"
-    return spec
+    return f"{absolute_location(location, base_dir)}:{attribute}"
 
 
 def load_environment(spec: str) -> type:
     """The class a resolved spec names, checked against the convention (a UserError naming what is wrong)."""
-    location, _, attribute = spec.rpartition(":")
+    attribute = spec.rpartition(":")[2]
     where = f"rollout.environment: {spec!r}"
-    try:
-        module = _import_file(spec, Path(location)) if _is_path(location) else _import_module(spec, location)
-    except UserError as err:  # the registry's words name rollout.tools
-        raise UserError(str(err).replace("rollout.tools", "rollout.environment", 1)) from None
-    target = module
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise UserError(f"{where}: {location} has no attribute {attribute!r}")
-        target = getattr(target, part)
+    target = load_attribute(spec, where, "rlqa_user_environments")
     if not inspect.isclass(target):
         raise UserError(f"{where}: {attribute} is not a class (type {type(target).__name__}); an environment is a class whose instances are episodes")
     if not callable(getattr(target, "reset", None)):

@@ -9,14 +9,11 @@ Loading a `rollout.tools` list is the one place a spec becomes code and a schema
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from rlqa.errors import UserError
+from rlqa.loading import absolute_location, load_attribute
 
 # The short names a recipe may use; the built-in python tool runs in the sandbox with the recipe's limits
 # (rlqa.tools.runner), not through this function's defaults.
@@ -37,23 +34,13 @@ def resolve_tool_spec(spec: str, base_dir: Path | str | None = None) -> str:
     location, _, attribute = spec.rpartition(":")
     if not location or not attribute:
         raise UserError(f"rollout.tools: {spec!r}: expected 'package.module:function' or 'path/to/file.py:function'")
-    if _is_path(location):
-        path = Path(location).expanduser()
-        if not path.is_absolute():
-            path = Path(base_dir or Path.cwd()) / path
-        return f"{path.resolve()}:{attribute}"
-    return f"{location}:{attribute}"
+    return f"{absolute_location(location, base_dir)}:{attribute}"
 
 
 def load_tool(spec: str) -> Callable:
     """The function a resolved spec names."""
-    location, _, attribute = spec.rpartition(":")
-    module = _import_file(spec, Path(location)) if _is_path(location) else _import_module(spec, location)
-    target = module
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise UserError(f"rollout.tools: {spec!r}: {location} has no attribute {attribute!r}")
-        target = getattr(target, part)
+    target = load_attribute(spec, f"rollout.tools: {spec!r}", "rlqa_user_tools")
+    attribute = spec.rpartition(":")[2]
     if not callable(target):
         raise UserError(f"rollout.tools: {spec!r}: {attribute} is not callable (type {type(target).__name__})")
     return target
@@ -126,36 +113,3 @@ def _with_limits(schema: dict, limits) -> dict:
     function = schema["function"]
     description = function["description"].replace(describe_limits(SandboxLimits()), describe_limits(limits))
     return {**schema, "function": {**function, "description": description}}
-
-
-def _is_path(location: str) -> bool:
-    return location.endswith(".py") or "/" in location or "\\" in location
-
-
-def _import_module(spec: str, name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            raise UserError(f"rollout.tools: {spec!r}: no module named {exc.name!r}") from None
-        raise UserError(f"rollout.tools: {spec!r}: importing {name} failed: {exc}") from None
-    except Exception as exc:
-        raise UserError(f"rollout.tools: {spec!r}: importing {name} failed: {type(exc).__name__}: {exc}") from None
-
-
-def _import_file(spec: str, path: Path):
-    if not path.is_file():
-        raise UserError(f"rollout.tools: {spec!r}: no such file {path}")
-    # One module per file, under a name unique to its path, so two recipes' "tools.py" do not collide.
-    module_name = f"rlqa_user_tools_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[module_name]
-        raise UserError(f"rollout.tools: {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from None
-    return module
