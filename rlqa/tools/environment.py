@@ -26,9 +26,7 @@ back as JSON (nothing is unpickled from a worker), so reward functions do not ge
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +34,7 @@ from pathlib import Path
 from rlqa.errors import UserError
 from rlqa.loading import absolute_location, load_attribute
 from rlqa.tools.registry import tool_schema
+from rlqa.tools.runner import result_text, settle
 from rewards.workers import Outcome, Session, WorkerPool
 
 RESERVED = ("reset", "get_reward")  # methods of the convention, never tools
@@ -286,23 +285,10 @@ def _environment_task(state: dict, task: tuple):
     kind = task[0]
     if kind == "reset":
         state["instance"] = state["cls"]()
-        return _settle(state["instance"].reset(**task[1]))
+        return settle(state["instance"].reset(**task[1]))
     instance = state["instance"]
     if kind == "reward":
-        return _settle(instance.get_reward())
+        return settle(instance.get_reward())
     _, name, arguments = task
-    result = _settle(getattr(instance, name)(**arguments))
-    return [_as_text(result), bool(getattr(instance, "done", False))]
-
-
-def _settle(value):
-    return asyncio.run(value) if inspect.iscoroutine(value) else value
-
-
-def _as_text(result) -> str:
-    if isinstance(result, str):
-        return result
-    try:
-        return json.dumps(result, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return str(result)
+    result = settle(getattr(instance, name)(**arguments))
+    return [result_text(result), bool(getattr(instance, "done", False))]

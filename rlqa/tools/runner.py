@@ -150,9 +150,17 @@ def _call_tool(functions: list[Callable], task: tuple) -> str:
     """Worker handler: one call, its result as the text the model reads (JSON for a non-string result, as a
     template would show it)."""
     index, arguments = task
-    result = functions[index](**arguments)
-    if inspect.iscoroutine(result):  # an async def tool
-        result = asyncio.run(result)
+    return result_text(settle(functions[index](**arguments)))
+
+
+def settle(value):
+    """A value, or what an `async def` tool's coroutine returns."""
+    return asyncio.run(value) if inspect.iscoroutine(value) else value
+
+
+def result_text(result) -> str:
+    """What the model reads of a tool's result: a string as it is, anything else as JSON (as a template would show
+    it), or str() when it is not JSON."""
     if isinstance(result, str):
         return result
     try:
