@@ -244,32 +244,6 @@ def rows_of(prompt, samples, answer):
     return [GenerationRequest("p", j, prompt, sample_seed(0, 1, "p", j), row=row) for j in samples]
 
 
-def test_an_environment_episode_runs_its_instance_ends_when_done_and_scores_it(setup, episodes):
-    """SumToTarget (the built-in example) with the row's answer 87 and the same `add` schema as the tool, so the
-    prompt and the first turns are the tool episodes': sample 2 adds 17 + 25 = 42, then 42 + 45 = 87, the target,
-    so the instance is done and the episode ends there (no suffix, no third turn) with reward 1; sample 3 adds
-    17 + 25 = 42 and answers, never reaching 87: the tool episode exactly, reward 0."""
-    from rewards.pipeline import RewardPipeline, RewardTermSpec
-
-    tokenizer, prompt = setup[3], setup[4]
-    three, two = episodes
-    environment, schemas = environment_backend(setup)
-    assert schemas == tool_schemas(setup[0].rollout, setup[1])  # the prompt is the tool episodes' prompt
-    done, missed = environment.generate(rows_of(prompt, [2, 3], "87"), PARAMS, version=0)
-    end_of_turn_2 = spans(three.loss_mask)[1][0]
-    assert (done.turns, done.tool_calls, done.tool_errors, done.finish_reason) == (2, 2, 0, "stop")
-    assert done.completion_tokens == three.completion_tokens[:end_of_turn_2]
-    assert done.loss_mask == three.loss_mask[:end_of_turn_2] and [done.completion_tokens[a:b] for a, b in spans(done.loss_mask)] == [suffix(tokenizer, "42")]
-    assert done.prompt_tokens == list(prompt) and done.environment_reward == 1.0 and done.environment_error == ""
-    assert (missed.turns, missed.tool_calls, missed.finish_reason) == (2, 1, "stop")
-    assert missed.completion_tokens == two.completion_tokens and missed.loss_mask == two.loss_mask
-    assert missed.environment_reward == 0.0
-    # the reward term, weight 0.5: totals 0.5 x 1 = 0.5 and 0.5 x 0 = 0; reward/environment is the mean, (1 + 0) / 2
-    with RewardPipeline([RewardTermSpec("environment", "environment", weight=0.5)], correctness=None) as pipeline:
-        scored = pipeline(["a", "b"], ["p", "p"], {"environment_reward": [done.environment_reward, missed.environment_reward]})
-    assert scored.total == [0.5, 0.0] and scored.metrics["reward/environment"] == 0.5
-
-
 def test_a_reset_observation_is_appended_to_the_prompt_which_is_tokenised_again(setup, tmp_path):
     """Observing.reset returns " Use the add tool.": the rollout's prompt is the chat template over the messages with
     that text after the last user message's, tokenised as the driver tokenises prompts; and the episode is the one a
@@ -335,18 +309,23 @@ def test_a_training_step_with_an_environment_resets_it_from_the_rows_and_logs_it
 
 
 @pytest.mark.integration
-def test_ray_rollout_workers_run_the_same_tool_and_environment_episodes(setup, episodes, tmp_path):
-    """Through real RolloutGroups and RolloutWorker actors, both started at once in one Ray session. The tool recipe:
-    the tool file found from the recipe's directory, the tool pool started inside the actor, and sample 3's episode
-    the same ids as in this process (seeded by sample and turn alone). The environment recipe: the group hands each
-    request its row from the recipe's dataset, the environment's zygote and episode processes start inside the
-    actor, and sample 2's episode is the in-process one: add(17, 25) = 42, add(42, 45) = 87 = the row's answer,
-    done, reward 1."""
+def test_ray_workers_run_the_tool_episode_and_environment_episodes_that_end_when_done_and_are_scored(setup, episodes, tmp_path):
+    """Through real RolloutGroups and RolloutWorker actors, both started at once in one Ray session.
+
+    The tool recipe: the tool file found from the recipe's directory, the tool pool started inside the actor, and
+    sample 3's episode the same ids as in this process (seeded by sample and turn alone).
+
+    The environment recipe: SumToTarget (the built-in example) with the row's answer 87, handed to each request by
+    the group from the recipe's dataset, its zygote and episode processes inside the actor, and the same `add`
+    schema as the tool, so the prompt and the first turns are the tool episodes': sample 2 adds 17 + 25 = 42, then
+    42 + 45 = 87, the target, so the instance is done and the episode ends there (no suffix, no third turn) with
+    reward 1; sample 3 adds 17 + 25 = 42 and answers, never reaching 87: the tool episode exactly, reward 0."""
     import ray
 
+    from rewards.pipeline import RewardPipeline, RewardTermSpec
     from rlqa.rollout.group import RolloutGroup
 
-    tools, _, _, _, prompt = setup
+    tools, root, _, tokenizer, prompt = setup
     three, two = episodes
     tools = tools.model_copy(update={"rollout": tools.rollout.model_copy(update={"workers": 1, "torch_threads": 1})})
     (tmp_path / "sums.jsonl").write_text(json.dumps({"prompt": SHOTS, "answer": "87", "id": "p"}) + "\n")
@@ -359,16 +338,26 @@ def test_ray_rollout_workers_run_the_same_tool_and_environment_episodes(setup, e
         "rewards": {"terms": [{"fn": "environment"}], "correctness": None},
     }
     environment = validate_recipe(raw, source="test", base_dir=tmp_path)
+    assert tool_schemas(environment.rollout, tmp_path) == tool_schemas(tools.rollout, root)  # the tool episodes' prompt
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:  # both actors load the model side by side; each generate waits for its own
         tool_group = RolloutGroup(str(tools.model.path), tools)
         environment_group = RolloutGroup(str(environment.model.path), environment)
         [by_tool] = tool_group.generate(requests(prompt, [3]), PARAMS, 0)
-        [by_environment] = environment_group.generate(requests(prompt, [2]), PARAMS, 0)
+        done, missed = environment_group.generate(requests(prompt, [2, 3]), PARAMS, 0)
     finally:
         ray.shutdown()
     assert (by_tool.turns, by_tool.tool_calls) == (2, 1)
     assert by_tool.completion_tokens == two.completion_tokens and by_tool.loss_mask == two.loss_mask
     end_of_turn_2 = spans(three.loss_mask)[1][0]
-    assert (by_environment.turns, by_environment.tool_calls, by_environment.finish_reason, by_environment.environment_reward) == (2, 2, "stop", 1.0)
-    assert by_environment.completion_tokens == three.completion_tokens[:end_of_turn_2]
+    assert (done.turns, done.tool_calls, done.tool_errors, done.finish_reason) == (2, 2, 0, "stop")
+    assert done.completion_tokens == three.completion_tokens[:end_of_turn_2]
+    assert done.loss_mask == three.loss_mask[:end_of_turn_2] and [done.completion_tokens[a:b] for a, b in spans(done.loss_mask)] == [suffix(tokenizer, "42")]
+    assert done.prompt_tokens == list(prompt) and done.environment_reward == 1.0 and done.environment_error == ""
+    assert (missed.turns, missed.tool_calls, missed.finish_reason) == (2, 1, "stop")
+    assert missed.completion_tokens == two.completion_tokens and missed.loss_mask == two.loss_mask
+    assert missed.environment_reward == 0.0
+    # the reward term, weight 0.5: totals 0.5 x 1 = 0.5 and 0.5 x 0 = 0; reward/environment is the mean, (1 + 0) / 2
+    with RewardPipeline([RewardTermSpec("environment", "environment", weight=0.5)], correctness=None) as pipeline:
+        scored = pipeline(["a", "b"], ["p", "p"], {"environment_reward": [done.environment_reward, missed.environment_reward]})
+    assert scored.total == [0.5, 0.0] and scored.metrics["reward/environment"] == 0.5
