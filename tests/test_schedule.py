@@ -112,7 +112,8 @@ def test_an_async_checkpoint_holds_the_next_steps_rollouts_and_a_resumed_schedul
         "rollouts": [{"prompt_id": "p1", "sample_index": 0, "prompt_tokens": [1, 2], "completion_tokens": [3, 4],
                       "logprobs": [-0.25, -1.5], "finish_reason": "stop", "policy_version": 0, "text": "34",
                       "loss_mask": None,  # None: all the model's tokens (a state without the key loads the same)
-                      "turns": None, "tool_calls": 0, "tool_errors": 0, "tool_timeouts": 0}],  # single-turn
+                      "turns": None, "tool_calls": 0, "tool_errors": 0, "tool_timeouts": 0,  # single-turn
+                      "environment_reward": None, "environment_error": ""}],
     }
 
     class MustNotGenerate:
