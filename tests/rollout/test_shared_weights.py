@@ -1,6 +1,6 @@
 """Weights through the run's shared-memory file: what the learner writes is what every worker loads, bit for bit,
-through real Ray actors, a replaced worker included; and a run with it produces the same steps as through the
-object store."""
+through real Ray actors, a replaced worker included, as through the object store; and a whole run with it trains on
+the weights its workers sampled with."""
 
 import json
 import random
