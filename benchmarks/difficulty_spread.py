@@ -14,7 +14,7 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
-from rlqa.config import load_recipe
+from rlqa.recipe_files import load_recipe
 from rlqa.data.sources import build_examples
 from rlqa.evaluation import EVAL_STEP, scorer
 from rlqa.models import load_tokenizer

@@ -30,7 +30,7 @@ SYSTEM = "Reply with only the final answer in \\boxed{}, for example \\boxed{7}.
 
 
 def recipe(model_dir: str, mode: str, rank: int):
-    from rlqa.config import validate_recipe
+    from rlqa.recipe_files import validate_recipe
 
     lora = {"r": rank, "alpha": 2 * rank, "target_modules": "all-linear"} if mode == "lora" else None
     raw = {

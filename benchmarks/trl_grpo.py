@@ -32,7 +32,8 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from rlqa.config import Recipe, load_recipe, resolve_path
+from rlqa.config import Recipe
+from rlqa.recipe_files import load_recipe, resolve_path
 from rlqa.data.sources import build_examples
 from rlqa.models import load_model, load_tokenizer, quiet_hf
 from rewards.math import accuracy

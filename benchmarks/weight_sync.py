@@ -17,7 +17,7 @@ from pathlib import Path
 import ray
 
 from rlqa.cluster import reaped, shared_dir
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.learner.group import start_learners
 from rlqa.rollout.group import RolloutGroup
 from rlqa.rollout.sync import ObjectStoreSync, SharedMemorySync

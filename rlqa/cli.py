@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from rlqa import rundir
-    from rlqa.config import check_paths, load_recipe
+    from rlqa.recipe_files import check_paths, load_recipe
     from rlqa.metrics import require_sinks
 
     from rlqa.tools.registry import check_tools
@@ -166,7 +166,7 @@ def _import_gguf(args) -> int:
 
 def _check(args) -> int:
     from rewards.registry import check_call, load_reward_fn
-    from rlqa.config import check_paths, load_recipe, to_yaml
+    from rlqa.recipe_files import check_paths, load_recipe, to_yaml
     from rlqa.tools.registry import check_tools
 
     recipe = load_recipe(args.recipe, args.overrides)

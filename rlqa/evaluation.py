@@ -14,7 +14,8 @@ from pathlib import Path
 
 from rlqa import checkpoint
 from rlqa.cluster import ray_session
-from rlqa.config import DatasetConfig, Recipe, load_recipe
+from rlqa.config import DatasetConfig, Recipe
+from rlqa.recipe_files import load_recipe
 from rlqa.data.example import Example, reward_inputs
 from rlqa.data.sources import build_examples
 from rlqa.errors import UserError

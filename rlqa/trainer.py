@@ -44,7 +44,8 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from rlqa import checkpoint, stages
 from rlqa.cluster import TOKEN_VARIABLE, ray_session, shared_dir
-from rlqa.config import Recipe, to_yaml
+from rlqa.config import Recipe
+from rlqa.recipe_files import to_yaml
 from rlqa.data.example import Example
 from rlqa.data.sources import build_examples
 from rlqa.errors import UserError

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rlqa.cli import main
-from rlqa.config import apply_override, load_recipe, reference_markdown, to_yaml
+from rlqa.recipe_files import apply_override, load_recipe, reference_markdown, to_yaml
 from rlqa.errors import UserError
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
@@ -155,7 +155,7 @@ def test_reference_lists_every_section():
 def test_docs_recipe_reference_is_up_to_date():
     """docs/recipe.md is generated; a key added to the schema without regenerating it fails here."""
     docs = Path(__file__).resolve().parents[1] / "docs" / "recipe.md"
-    assert docs.read_text() == reference_markdown() + "\n", "regenerate: python -m rlqa.config > docs/recipe.md"
+    assert docs.read_text() == reference_markdown() + "\n", "regenerate: python -m rlqa.recipe_files > docs/recipe.md"
 
 
 def test_overrides_are_accepted_anywhere_on_the_command_line(capsys):

@@ -12,7 +12,7 @@ import ray
 import yaml
 
 from rlqa.cli import main
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.group import start_learners
 from rlqa.learner.learner import Learner

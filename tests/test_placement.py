@@ -6,7 +6,7 @@ import pytest
 import ray
 import yaml
 
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.errors import UserError
 from rlqa.placement import layout, shortfall
 from rlqa.rollout.backends import check_backend

@@ -194,7 +194,7 @@ def test_top_k_top_p_logprobs_are_those_the_learner_computes(smollm2_dir, tmp_pa
     import in_process
     from rewards.pipeline import RewardPipeline, RewardTermSpec
     from rlqa import trainer
-    from rlqa.config import validate_recipe
+    from rlqa.recipe_files import validate_recipe
 
     (tmp_path / "digits.py").write_text(DIGIT_SHARE)
     raw = recipe_for(smollm2_dir)

@@ -26,7 +26,8 @@ from pydantic import BaseModel
 
 import in_process
 from rlqa.cli import main
-from rlqa.config import Recipe, Section, apply_override, validate_recipe
+from rlqa.config import Recipe, Section
+from rlqa.recipe_files import apply_override, validate_recipe
 from rlqa.errors import UserError
 from rlqa.placement import layout
 from rlqa.rollout.backends import check_backend

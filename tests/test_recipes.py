@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlqa.cli import main
-from rlqa.config import check_paths, load_recipe, resolve_path
+from rlqa.recipe_files import check_paths, load_recipe, resolve_path
 from rlqa.data.loaders import load_examples
 from rlqa.errors import UserError
 from rlqa.models import create_model_dir

@@ -10,7 +10,8 @@ import torch
 import in_process
 from rlqa import stages, trainer
 from rlqa.yields import YieldTotals, describe_yield
-from rlqa.config import SamplerConfig, validate_recipe
+from rlqa.config import SamplerConfig
+from rlqa.recipe_files import validate_recipe
 from rlqa.data.example import Example
 from rlqa.length_history import LengthHistory
 from rlqa.metrics import merge

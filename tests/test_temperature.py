@@ -147,7 +147,8 @@ def test_the_drivers_vocabulary_size_is_the_width_of_the_logits_not_the_tokenize
     # T = 1 with H* = 2, H = 1 gives T = 1 + ln 2 / 6.412379 = 1.108094 (V = 99 would give 1.113257).
     import torch
 
-    from rlqa.config import TinyModelConfig, validate_recipe
+    from rlqa.config import TinyModelConfig
+    from rlqa.recipe_files import validate_recipe
     from rlqa.models import build_char_tokenizer, build_tiny_model
     from rlqa.trainer import build_driver
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rlqa.config import DatasetConfig, Recipe, resolve_path
+from rlqa.config import DatasetConfig, Recipe
+from rlqa.recipe_files import resolve_path
 from rlqa.data.example import Example
 from rlqa.data.loaders import check_prompt_options, load_examples, render_prompt
 from rlqa.errors import UserError

@@ -8,7 +8,8 @@ import tokenizers
 import transformers
 from tokenizers import models, pre_tokenizers
 
-from rlqa.config import DatasetConfig, validate_recipe
+from rlqa.config import DatasetConfig
+from rlqa.recipe_files import validate_recipe
 from rlqa.data import Example, load_examples
 from rlqa.errors import UserError
 

@@ -13,7 +13,7 @@ import in_process
 import tis_check
 from rlqa import trainer
 from rlqa.cli import main
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.learner.learner import Learner
 from rlqa.models import create_model_dir
 from rewards.pipeline import RewardPipeline, RewardTermSpec

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.learner import Learner
 from rlqa.learner.plan import pack_by_tokens

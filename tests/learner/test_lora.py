@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 import in_process
 from rlqa import trainer
 from rlqa.cli import main
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.errors import UserError
 from rlqa.learner import lora
 from rlqa.learner.batch import TrainSample, collate

@@ -16,7 +16,7 @@ from rlqa.algorithms.gae import gae_advantages, token_level_rewards
 from rlqa.algorithms.losses import aggregate
 from rlqa.algorithms.mismatch import logprob_gap
 from rlqa.algorithms.policy_losses import policy_objective
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.learner.batch import TrainSample, collate, per_sample
 from rlqa.learner.learner import Learner
 from rlqa.models import create_model_dir

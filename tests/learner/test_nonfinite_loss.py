@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.learner import Learner
 from rlqa.models import create_model_dir

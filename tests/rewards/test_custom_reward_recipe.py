@@ -9,7 +9,7 @@ import yaml
 from rewards.pipeline import RewardPipeline, RewardTermSpec
 from rewards.registry import load_reward_fn
 from rlqa.cli import main
-from rlqa.config import load_recipe
+from rlqa.recipe_files import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"

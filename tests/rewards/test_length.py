@@ -64,7 +64,7 @@ def test_every_hapo_weight_a_recipe_accepts_keeps_correct_above_wrong(tmp_path, 
     # total = accuracy (1/0) + w · r_len. Correct: r_len ≥ -0.7, so ≥ 1 - 0.7 w (0.3 at w = 1; -0.05 at w = 1.5);
     # wrong: r_len ≤ 0, so ≤ 0 for w ≥ 0 (w = -0.5 turns a long wrong answer's -1 into +0.5). The schema admits
     # exactly the weights for which the worst correct total beats the best wrong one, and names the key otherwise.
-    from rlqa.config import validate_recipe
+    from rlqa.recipe_files import validate_recipe
 
     raw = {"rewards": {"terms": [{"fn": "accuracy"}, {"fn": "hapo_length", "weight": weight}]}}
     if not 0 <= weight <= 1:

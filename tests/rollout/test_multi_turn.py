@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.data.loaders import render_prompt
 from rlqa.errors import UserError
 from rlqa.learner.batch import TrainSample

@@ -13,7 +13,7 @@ import yaml
 from rlqa import trainer
 from rlqa.cli import main
 from rlqa.cluster import shared_dir
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.learner.batch import TrainSample
 from rlqa.learner.group import start_learners
 from rlqa.models import create_model_dir

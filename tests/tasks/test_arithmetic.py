@@ -5,7 +5,8 @@ import statistics
 import math_verify
 import pytest
 
-from rlqa.config import DatasetConfig, validate_recipe
+from rlqa.config import DatasetConfig
+from rlqa.recipe_files import validate_recipe
 from rlqa.errors import UserError
 from rlqa.tasks.arithmetic import LEVELS, _Problem, _solution, split_of
 from rlqa.tasks.arithmetic import make_examples as make_from_section

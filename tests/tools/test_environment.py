@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from rlqa.cli import main
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.errors import UserError
 from rlqa.tools.environment import (
     EnvironmentHost, environment_info, episode_row, load_environment, method_schemas, resolve_environment_spec,

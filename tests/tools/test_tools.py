@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rlqa.cli import main
-from rlqa.config import validate_recipe
+from rlqa.recipe_files import validate_recipe
 from rlqa.errors import UserError
 from rlqa.rollout.types import Rollout
 from rlqa.stages import tool_metrics
